@@ -1,0 +1,28 @@
+# Set-up and entry points. `make demo` and `make test` create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+# Local runs keep all traffic on loopback and send no usage statistics.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: install demo test ui clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[studies,dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: install
+	$(PY) -m antimetric train --data-name demo
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf runs data/demo .pytest_cache

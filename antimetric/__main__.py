@@ -1,0 +1,5 @@
+import sys
+
+from antimetric.cli import main
+
+sys.exit(main())

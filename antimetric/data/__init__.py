@@ -1,0 +1,1 @@
+"""Dataset readers, the built-in demo dataset, transforms and the manifest."""

@@ -1,0 +1,153 @@
+"""All branches of the ensemble as one network.
+
+Branch m of a stage is channel slice [m*C, (m+1)*C) of a grouped convolution with
+`groups = ensemble_size` (times the block's own groups, for ResNeXt). A BatchNorm over
+ensemble_size*C channels normalises every channel separately, so it is exactly one
+BatchNorm per branch. The first convolutions of the first block (conv1 and the downsample
+conv) read the shared trunk feature, which is the same for every branch: they are dense
+convolutions with ensemble_size*C outputs, which costs the same FLOPs as the loop and
+saves copying the trunk feature ensemble_size times.
+
+Parameter names mirror torchvision's (`layer2.0.conv1.weight`), so a branch's weights are
+a slice along dim 0 of the batched tensor (see `convert.py`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def scale_branches(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Multiply branch m's channels of x (b, m*c, h, w) by scale (b, m)."""
+    channels = x.shape[1] // scale.shape[1]
+    return x * scale.repeat_interleave(channels, dim=1)[:, :, None, None].to(x.dtype)
+
+
+def _batched_conv(conv: nn.Conv2d, ensemble_size: int, dense_input: bool) -> nn.Conv2d:
+    if dense_input and conv.groups != 1:
+        raise ValueError("a convolution reading the shared feature must be ungrouped")
+    return nn.Conv2d(
+        conv.in_channels * (1 if dense_input else ensemble_size),
+        conv.out_channels * ensemble_size,
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups * (1 if dense_input else ensemble_size),
+        bias=False,
+    )
+
+
+def _batched_bn(bn: nn.BatchNorm2d, ensemble_size: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(bn.num_features * ensemble_size, eps=bn.eps, momentum=bn.momentum)
+
+
+class BatchedBlock(nn.Module):
+    """One torchvision BasicBlock or Bottleneck, for all branches at once."""
+
+    def __init__(self, block: nn.Module, ensemble_size: int, dense_input: bool) -> None:
+        super().__init__()
+        self.ensemble_size = ensemble_size
+        self.dense_input = dense_input
+        self.conv_names = [n for n in ("conv1", "conv2", "conv3") if hasattr(block, n)]
+        for i, name in enumerate(self.conv_names, start=1):
+            setattr(self, name, _batched_conv(getattr(block, name), ensemble_size, dense_input and i == 1))
+            setattr(self, f"bn{i}", _batched_bn(getattr(block, f"bn{i}"), ensemble_size))
+        self.downsample = None
+        if block.downsample is not None:
+            conv, bn = block.downsample
+            self.downsample = nn.Sequential(_batched_conv(conv, ensemble_size, dense_input), _batched_bn(bn, ensemble_size))
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        # x: (b, c, h, w) shared feature if dense_input, else (b, m*c, h, w)
+        out = x
+        for i, name in enumerate(self.conv_names, start=1):
+            out = getattr(self, name)(out)
+            if i == 1 and scale is not None:  # conv(w * x) == w * conv(x): no bias
+                out = scale_branches(out, scale)
+            out = getattr(self, f"bn{i}")(out)
+            if i < len(self.conv_names):
+                out = self.relu(out)
+        if self.downsample is not None:
+            conv, bn = self.downsample
+            identity = conv(x)
+            if scale is not None:
+                identity = scale_branches(identity, scale)
+            identity = bn(identity)
+        elif self.dense_input:
+            identity = x.repeat(1, self.ensemble_size, 1, 1)
+            if scale is not None:
+                identity = scale_branches(identity, scale)
+        else:
+            identity = x
+        return self.relu(out + identity)  # (b, m*c_out, h', w')
+
+
+class BranchLinear(nn.Module):
+    """One linear layer per branch, computed as a single batched matmul."""
+
+    def __init__(self, ensemble_size: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(ensemble_size, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(ensemble_size, out_features))
+        bound = 1 / math.sqrt(in_features)  # nn.Linear's default initialisation
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (b, m, in) -> (m, b, in) @ (m, in, out) -> (b, m, out)
+        out = torch.baddbmm(self.bias.unsqueeze(1).to(x.dtype), x.transpose(0, 1), self.weight.transpose(1, 2).to(x.dtype))
+        return out.transpose(0, 1)
+
+
+class BatchedBranches(nn.Module):
+    """The branch tails and heads of every branch, taking the shared feature once."""
+
+    def __init__(
+        self, tail: nn.Sequential, ensemble_size: int, feature_width: int, meta_class_size: int, with_fc: bool
+    ) -> None:
+        super().__init__()
+        self.ensemble_size = ensemble_size
+        self.stages = nn.ModuleDict()
+        dense = True
+        for stage_name, stage in tail.named_children():
+            blocks = []
+            for block in stage:
+                blocks.append(BatchedBlock(block, ensemble_size, dense_input=dense))
+                dense = False
+            self.stages[stage_name] = nn.Sequential(*blocks)
+        self.head = BranchLinear(ensemble_size, feature_width, meta_class_size) if with_fc else None
+        reset_like_torchvision(self)
+
+    def forward(self, shared: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        b, m = shared.shape[0], self.ensemble_size
+        x = shared  # (b, c, h, w)
+        for stage in self.stages.values():
+            for block in stage:
+                x = block(x, scale if block.dense_input else None)  # (b, m*c, h, w)
+        if len(self.stages):
+            pooled = x.mean(dim=(2, 3)).view(b, m, -1)  # (b, m, c)
+        else:  # share_type layer4: the branches are only the heads
+            pooled = x.mean(dim=(2, 3)).unsqueeze(1).expand(b, m, -1)
+            if scale is not None:
+                pooled = pooled * scale.unsqueeze(-1).to(pooled.dtype)
+        return self.head(pooled) if self.head is not None else pooled  # (b, m, d)
+
+
+@torch.no_grad()
+def reset_like_torchvision(branches: BatchedBranches) -> None:
+    """Initialise each branch as torchvision initialises a fresh ResNet.
+
+    torchvision draws conv weights from kaiming_normal_(mode="fan_out"); a grouped conv's
+    fan_out as torch computes it would include all branches, so the std is per branch here.
+    """
+    m = branches.ensemble_size
+    for module in branches.stages.modules():
+        if isinstance(module, nn.Conv2d):
+            fan_out = module.out_channels // m * module.kernel_size[0] * module.kernel_size[1]
+            module.weight.normal_(0.0, math.sqrt(2.0 / fan_out))
+        elif isinstance(module, nn.BatchNorm2d):
+            module.reset_parameters()

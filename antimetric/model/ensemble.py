@@ -1,0 +1,100 @@
+"""The ensemble: a shared ResNet trunk feeding ensemble_size branches."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from antimetric.config import ModelConfig
+from antimetric.errors import ConfigError
+from antimetric.model.backbones import build_resnet, get_backbone, split_resnet
+from antimetric.model.batched import BatchedBranches
+from antimetric.model.convert import batched_to_reference, replicate_tail
+from antimetric.model.reference import ReferenceBranches
+
+
+class EnsembleNet(nn.Module):
+    def __init__(self, trunk: nn.Sequential, branches: nn.Module, with_random: bool) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.branches = branches
+        self.ensemble_size: int = branches.ensemble_size
+        self.with_random = with_random
+
+    def branch_weights(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        """Per-sample, per-branch scale of the shared feature (b, m), or None for 1.
+
+        Training draws softmax(uniform) weights; evaluation uses their expectation 1/m, so that
+        the branches' BatchNorm statistics, gathered on scaled features, still apply.
+        """
+        if not self.with_random:
+            return None
+        if self.training:
+            return torch.rand(batch, self.ensemble_size, device=device).softmax(dim=1)
+        return torch.full((batch, self.ensemble_size), 1.0 / self.ensemble_size, device=device)
+
+    def forward(self, images: torch.Tensor, branch_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-branch logits (b, m, d). `branch_weights` overrides the drawn ones (tests)."""
+        shared = self.trunk(images)  # (b, c, h, w)
+        if branch_weights is None:
+            branch_weights = self.branch_weights(images.shape[0], images.device)
+        return self.branches(shared, branch_weights)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The retrieval embedding: L2-normalised branch outputs, concatenated (b, m*d)."""
+        return F.normalize(self(images).float(), dim=-1).flatten(1)
+
+
+def build_model(config: ModelConfig, implementation: str = "batched") -> EnsembleNet:
+    """An ensemble from a resolved ModelConfig.
+
+    Every branch starts from the same ImageNet tail when pretrained, or from its own random
+    draw otherwise. The reference loop gets the very weights the batched network drew, so the
+    two implementations of one seed start equal.
+    """
+    if implementation not in ("batched", "reference"):
+        raise ConfigError(f"unknown implementation {implementation!r}; choose 'batched' or 'reference'")
+    backbone = get_backbone(config.backbone)
+    net = build_resnet(config.backbone, bool(config.pretrained), config.weights_file)
+    trunk, tail = split_resnet(net, config.share_type)
+    check_branch_output(config, backbone.feature_width, has_tail=len(tail) > 0)
+    args = (tail, config.ensemble_size, backbone.feature_width, config.meta_class_size, config.with_fc)
+    branches = BatchedBranches(*args)
+    if config.pretrained or config.weights_file:
+        state = replicate_tail(tail.state_dict(), config.ensemble_size)
+        branches.load_state_dict({k[len("branches."):]: v for k, v in state.items() if k.startswith("branches.")},
+                                 strict=False)
+    model = EnsembleNet(trunk, branches, config.with_random)
+    if implementation == "reference":
+        model = to_reference(model, args)
+    return model
+
+
+def to_reference(model: EnsembleNet, args: tuple) -> EnsembleNet:
+    """The same weights in the seed's per-branch layout."""
+    reference = EnsembleNet(model.trunk, ReferenceBranches(*args), model.with_random)
+    reference.load_state_dict(batched_to_reference(model.state_dict(), model.ensemble_size))
+    return reference
+
+
+def check_branch_output(config: ModelConfig, feature_width: int, has_tail: bool) -> None:
+    if not config.with_fc and config.meta_class_size > feature_width:
+        raise ConfigError(
+            f"--meta-class-size {config.meta_class_size} exceeds the {feature_width}-wide branch feature that "
+            f"serves as logits without a head; add --with-fc or use at most {feature_width} meta-classes"
+        )
+    if not has_tail and not config.with_fc:
+        raise ConfigError(
+            "--share-type layer4 shares the whole ResNet, so without --with-fc all branches are identical; "
+            "add --with-fc or share less"
+        )
+
+
+def default_implementation(backbone: str, device_type: str) -> str:
+    """The faster formulation, as measured (benchmarks/RESULTS.md): the batched network on GPUs;
+    on CPUs, the batched network for the narrow `tiny` backbone and the loop for full ResNets,
+    whose wide grouped convolutions run slower than per-branch ones there."""
+    if device_type == "cpu" and backbone != "tiny":
+        return "reference"
+    return "batched"

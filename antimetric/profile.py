@@ -1,0 +1,39 @@
+"""Parameter and FLOP counts of an ensemble, as the seed's README reports them."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import thop
+import torch
+
+from antimetric.config import ModelConfig
+from antimetric.model.batched import BranchLinear
+from antimetric.model.ensemble import build_model
+
+
+def count_params(config: ModelConfig, implementation: str = "batched") -> int:
+    """Trainable parameters, counted on the meta device (no memory, no weights download)."""
+    with torch.device("meta"):
+        model = build_model(_random_init(config), implementation)
+    return sum(p.numel() for p in model.parameters())
+
+
+def profile(config: ModelConfig, image_size: int = 256, implementation: str = "batched") -> dict[str, int]:
+    """{"params", "flops"} for one 3 x image_size x image_size image; flops is thop's count
+    (multiply-accumulates), the figure the seed reported."""
+    with torch.device("meta"):
+        model = build_model(_random_init(config), implementation).eval()
+        image = torch.empty(1, 3, image_size, image_size)
+    # thop leaves buffers in the model it measures: measure a copy.
+    macs, _ = thop.profile(copy.deepcopy(model), inputs=(image,), custom_ops={BranchLinear: _count_branch_linear},
+                           verbose=False)
+    return {"params": sum(p.numel() for p in model.parameters()), "flops": int(macs)}
+
+
+def _random_init(config: ModelConfig) -> ModelConfig:
+    return dataclasses.replace(config, pretrained=False, weights_file=None)
+
+
+def _count_branch_linear(module: BranchLinear, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+    module.total_ops += torch.DoubleTensor([int(output.numel()) * module.weight.shape[-1]])

@@ -1,0 +1,118 @@
+"""Everything one training run needs, built from a resolved config: data, model, optimiser."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from antimetric.config import RunConfig
+from antimetric.data.dataset import ImageDataset
+from antimetric.data.demo import ensure_demo
+from antimetric.data.manifest import load_or_prepare
+from antimetric.data.records import DatasetIndex
+from antimetric.data.splits import EvalSet, Splits, make_splits
+from antimetric.data.transforms import test_transform, train_transform
+from antimetric.errors import ConfigError
+from antimetric.meta_classes import assign_meta_classes, check_meta_class_size, load_meta_ids
+from antimetric.model.ensemble import EnsembleNet, build_model, default_implementation
+
+
+@dataclass
+class EvalLoaders:
+    query: DataLoader
+    gallery: DataLoader | None
+
+
+@dataclass
+class TrainingSession:
+    config: RunConfig  # resolved
+    device: torch.device
+    index: DatasetIndex
+    splits: Splits
+    meta_ids: np.ndarray  # (ensemble_size, n_train_classes)
+    model: EnsembleNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.MultiStepLR
+    train_loader: DataLoader
+    val: EvalLoaders | None
+    test: EvalLoaders
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu")
+    return device
+
+
+def load_index(config: RunConfig, progress: bool) -> DatasetIndex:
+    data_path = Path(config.data.data_path)
+    if config.data.data_name == "demo":
+        ensure_demo(data_path / "demo")
+    return load_or_prepare(config.data.data_name, data_path, progress=progress)
+
+
+def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSession:
+    """`config` must be resolved (antimetric.config.resolve)."""
+    data, model_cfg, train = config.data, config.model, config.train
+    device = pick_device(train.device)
+    torch.manual_seed(train.seed)
+    index = load_index(config, progress)
+    splits = make_splits(index, data.val_fraction, data.max_per_class, train.seed)
+    meta_ids = _meta_ids(config, splits.train_classes)
+    implementation = model_cfg.implementation
+    if implementation == "auto":
+        implementation = default_implementation(model_cfg.backbone, device.type)
+    model = build_model(model_cfg, implementation).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, **({"fused": True} if device.type == "cuda" else {}))
+    milestones = [int(0.5 * train.num_epochs), int(0.7 * train.num_epochs)]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+
+    crop = data.crop_type == "cropped"
+    targets = {label: torch.as_tensor(meta_ids[:, col]) for col, label in enumerate(splits.train_classes)}
+    train_set = ImageDataset(splits.train, index.root, train_transform(data.data_name, data.crop_type, data.image_size),
+                             crop, targets)
+    if len(train_set) < train.batch_size and train.train:
+        raise ConfigError(f"{len(train_set)} training images are fewer than --batch-size {train.batch_size}")
+    generator = torch.Generator().manual_seed(train.seed)
+    workers = _num_workers(data.num_workers)
+    train_loader = DataLoader(train_set, batch_size=train.batch_size, shuffle=True, drop_last=True,
+                              num_workers=workers, pin_memory=device.type == "cuda", generator=generator,
+                              persistent_workers=workers > 0)
+
+    def eval_loaders(eval_set: EvalSet) -> EvalLoaders:
+        transform = test_transform(data.data_name, data.crop_type, data.image_size)
+
+        def loader(records):
+            return DataLoader(ImageDataset(records, index.root, transform, crop), batch_size=config.eval.eval_batch_size,
+                              num_workers=workers, pin_memory=device.type == "cuda")
+        return EvalLoaders(loader(eval_set.query), loader(eval_set.gallery) if eval_set.gallery is not None else None)
+
+    return TrainingSession(
+        config, device, index, splits, meta_ids, model, optimizer, scheduler, train_loader,
+        eval_loaders(splits.val) if splits.val is not None else None, eval_loaders(splits.test),
+    )
+
+
+def _meta_ids(config: RunConfig, train_classes: list[int]) -> np.ndarray:
+    m, d = config.model.ensemble_size, config.model.meta_class_size
+    check_meta_class_size(len(train_classes), d, m)
+    if config.train.load_ids:
+        return load_meta_ids(Path(config.train.load_ids), train_classes, d, m)
+    return assign_meta_classes(len(train_classes), d, m, config.train.seed)
+
+
+def _num_workers(requested: int | None) -> int:
+    """Decoding in the main process is fastest on two cores; more cores get worker processes."""
+    if requested is not None:
+        return requested
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cpus <= 2 else min(8, cpus - 1)

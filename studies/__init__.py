@@ -1,0 +1,1 @@
+"""Hyperparameter studies of antimetric ensembles on Ray Tune, Optuna and MLflow."""

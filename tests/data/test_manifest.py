@@ -1,0 +1,191 @@
+import json
+import os
+
+import pytest
+
+from antimetric.data import manifest as manifest_module
+from antimetric.data.layout import read_dataset
+from antimetric.data.manifest import MANIFEST_NAME, load_manifest, load_or_prepare, prepare
+from antimetric.errors import DatasetLayoutError
+from tests.fixtures.datasets import make_cars, make_cub, make_inshop, make_sop
+
+MAKERS = {"cub": make_cub, "car": make_cars, "sop": make_sop, "isc": make_inshop, "demo": make_cub}
+
+
+def _damage(info, missing_index: int, corrupt_index: int) -> tuple[str, str]:
+    """Delete one image and cut another short; returns their record paths."""
+    missing, corrupt = info["records"][missing_index][0], info["records"][corrupt_index][0]
+    (info["root"] / missing).unlink()
+    path = info["root"] / corrupt
+    path.write_bytes(path.read_bytes()[:40])
+    return missing, corrupt
+
+
+@pytest.mark.parametrize("top_folder", [False, True], ids=["flat", "top-folder"])
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_manifest_reads_back_as_the_layout(tmp_path, name, top_folder):
+    info = MAKERS[name](tmp_path / name, top_folder=top_folder)
+
+    report = prepare(name, tmp_path, progress=False)
+    loaded = load_manifest(name, tmp_path)
+
+    expected = read_dataset(name, tmp_path / name)
+    assert loaded.name == name
+    assert loaded.root.is_absolute()
+    assert loaded.root == info["root"].resolve()
+    assert loaded.records == expected.records
+    assert report.manifest == tmp_path / name / MANIFEST_NAME
+    assert report.to_json() == {
+        "dataset": name,
+        "manifest": str(tmp_path / name / MANIFEST_NAME),
+        "splits": info["splits"],
+        "unreadable": 0,
+        "unreadable_files": [],
+    }
+
+
+def test_unreadable_images_are_listed_and_left_out(tmp_path):
+    info = make_cub(tmp_path / "cub", n_classes=4, per_class=3)
+    missing, corrupt = _damage(info, missing_index=0, corrupt_index=7)
+
+    report = prepare("cub", tmp_path, progress=False)
+
+    reasons = {entry.path: entry.reason for entry in report.unreadable}
+    assert set(reasons) == {missing, corrupt}
+    assert reasons[missing] == "missing file"
+    assert reasons[corrupt] and "\n" not in reasons[corrupt]
+    summary = report.to_json()
+    assert summary["unreadable"] == 2
+    assert sorted(summary["unreadable_files"]) == sorted([missing, corrupt])
+    assert summary["splits"] == {"train": {"images": 5, "classes": 2}, "test": {"images": 5, "classes": 2}}
+
+    loaded = load_manifest("cub", tmp_path)
+    expected = [r for r in read_dataset("cub", tmp_path / "cub").records if r.path not in {missing, corrupt}]
+    assert loaded.records == expected
+    assert loaded.summary() == summary["splits"]
+
+
+def test_report_lists_at_most_twenty_unreadable_files(tmp_path):
+    info = make_sop(tmp_path / "sop", n_classes=6, per_class=4)
+    for path, *_ in info["records"]:
+        (info["root"] / path).unlink()
+    summary = prepare("sop", tmp_path, progress=False).to_json()
+    assert summary["unreadable"] == 24
+    assert len(summary["unreadable_files"]) == 20
+    assert load_manifest("sop", tmp_path).records == []
+
+
+def test_manifest_is_plain_json_in_the_documented_format(tmp_path):
+    info = make_cub(tmp_path / "cub", n_classes=2, per_class=2, top_folder=True)
+    missing, _ = _damage(info, missing_index=1, corrupt_index=2)
+    prepare("cub", tmp_path, progress=False)
+
+    raw = (tmp_path / "cub" / MANIFEST_NAME).read_bytes()
+    assert raw.lstrip().startswith(b"{")
+    manifest = json.loads(raw)
+    assert set(manifest) == {"format", "dataset", "root", "records", "unreadable"}
+    assert manifest["format"] == 1
+    assert manifest["dataset"] == "cub"
+    assert manifest["root"] == "CUB_200_2011"
+    assert [tuple(row[:3]) for row in manifest["records"]] == [r[:3] for r in info["records"]]
+    assert manifest["records"][0][3] == list(info["records"][0][3])
+    assert {entry["path"] for entry in manifest["unreadable"]} >= {missing}
+    assert all(set(entry) == {"path", "reason"} for entry in manifest["unreadable"])
+
+
+def test_inshop_manifest_has_null_boxes_and_flat_root(tmp_path):
+    make_inshop(tmp_path / "isc")
+    prepare("isc", tmp_path, progress=False)
+    manifest = json.loads((tmp_path / "isc" / MANIFEST_NAME).read_text())
+    assert manifest["root"] == "."
+    assert all(row[3] is None for row in manifest["records"])
+
+
+def test_manifest_is_written_atomically(tmp_path, monkeypatch):
+    make_cub(tmp_path / "cub", n_classes=2, per_class=1)
+    prepare("cub", tmp_path, progress=False)
+    folder = tmp_path / "cub"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["images", "images.txt", "image_class_labels.txt", "bounding_boxes.txt", MANIFEST_NAME]
+    )
+    before = (folder / MANIFEST_NAME).read_bytes()
+
+    replaced = []
+
+    def failing_replace(source, target):
+        replaced.append((os.path.dirname(source), os.path.dirname(target)))
+        raise OSError("disk full")
+
+    monkeypatch.setattr(manifest_module.os, "replace", failing_replace)
+    with pytest.raises(DatasetLayoutError, match="cannot write manifest .*disk full"):
+        prepare("cub", tmp_path, progress=False)
+
+    assert replaced == [(str(folder), str(folder))]  # the temporary file sits beside the manifest
+    assert (folder / MANIFEST_NAME).read_bytes() == before
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".")]
+
+
+def test_missing_manifest_tells_how_to_prepare(tmp_path):
+    make_cub(tmp_path / "cub", n_classes=2, per_class=1)
+    with pytest.raises(DatasetLayoutError) as caught:
+        load_manifest("cub", tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"python -m antimetric prepare --data-path {tmp_path} --data-name cub" in message
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"format": 2}, "format 2"),
+        ({"dataset": "sop"}, "'sop'"),
+        ({"records": [["a.jpg", "one", "train", None]]}, "malformed manifest"),
+        ({"records": [["a.jpg", 1, "validation", None]]}, "malformed manifest"),
+    ],
+    ids=["format", "dataset", "label", "split"],
+)
+def test_foreign_or_damaged_manifest_is_a_clear_error(tmp_path, change, expected):
+    make_cub(tmp_path / "cub", n_classes=2, per_class=1)
+    prepare("cub", tmp_path, progress=False)
+    path = tmp_path / "cub" / MANIFEST_NAME
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(DatasetLayoutError) as caught:
+        load_manifest("cub", tmp_path)
+    assert expected in str(caught.value)
+    assert "antimetric prepare" in str(caught.value)
+
+
+def test_non_json_manifest_is_a_clear_error(tmp_path):
+    (tmp_path / "cub").mkdir()
+    (tmp_path / "cub" / MANIFEST_NAME).write_bytes(b"\x80\x04\x95 pickled")
+    with pytest.raises(DatasetLayoutError, match="cannot read manifest"):
+        load_manifest("cub", tmp_path)
+
+
+def test_load_or_prepare_prepares_once(tmp_path, monkeypatch):
+    make_cub(tmp_path / "cub", n_classes=2, per_class=2)
+    first = load_or_prepare("cub", tmp_path, progress=False)
+    assert (tmp_path / "cub" / MANIFEST_NAME).is_file()
+
+    def no_second_prepare(*args, **kwargs):
+        raise AssertionError("prepare ran although the manifest exists")
+
+    monkeypatch.setattr(manifest_module, "prepare", no_second_prepare)
+    assert load_or_prepare("cub", tmp_path, progress=False) == first
+
+
+def test_progress_bar_goes_to_stderr_only_when_asked(tmp_path, capsys):
+    make_cub(tmp_path / "cub", n_classes=2, per_class=1)
+    prepare("cub", tmp_path, progress=False)
+    quiet = capsys.readouterr()
+    assert quiet.out == "" and quiet.err == ""
+    prepare("cub", tmp_path, progress=True)
+    loud = capsys.readouterr()
+    assert loud.out == "" and "2/2" in loud.err
+
+
+def test_prepare_of_a_missing_layout_raises_and_writes_nothing(tmp_path):
+    (tmp_path / "car").mkdir()
+    with pytest.raises(DatasetLayoutError, match="cars_annos.mat"):
+        prepare("car", tmp_path, progress=False)
+    assert list((tmp_path / "car").iterdir()) == []

@@ -1,0 +1,43 @@
+import pytest
+
+from antimetric.config import RunConfig, parse_recalls, resolve
+from antimetric.errors import ConfigError
+
+
+def test_flat_round_trip_and_unknown_keys():
+    config = RunConfig.from_flat({"data_name": "cub", "ensemble_size": 4, "lr": 0.01, "recalls": "8,1"})
+    assert config.data.data_name == "cub" and config.model.ensemble_size == 4 and config.train.lr == 0.01
+    assert config.eval.recalls == (1, 8)
+    assert RunConfig.from_flat(config.to_flat()) == config
+    with pytest.raises(ConfigError, match="unknown config key 'ensemble'"):
+        RunConfig.from_flat({"ensemble": 4})
+
+
+def test_dataset_defaults_fill_only_unset_fields():
+    sop = resolve(RunConfig.from_flat({"data_name": "sop"}))
+    assert (sop.model.meta_class_size, sop.train.num_epochs, sop.eval.recalls) == (512, 40, (1, 10, 100, 1000))
+    assert sop.model.pretrained and not sop.model.with_fc and sop.train.lr == 1e-4
+    isc = resolve(RunConfig.from_flat({"data_name": "isc", "meta_class_size": 64}))
+    assert isc.model.meta_class_size == 64 and isc.eval.recalls == (1, 10, 20, 30, 40, 50)
+    demo = resolve(RunConfig())
+    assert demo.model.backbone == "tiny" and demo.model.pretrained is False
+
+
+@pytest.mark.parametrize("values,needle", [
+    ({"data_name": "mnist"}, "unknown dataset 'mnist'"),
+    ({"data_name": "sop", "crop_type": "cropped"}, "only cub and car"),
+    ({"val_fraction": 1.5}, "--val-fraction must be in"),
+    ({"ensemble_size": 0}, "--ensemble-size must be at least 1"),
+    ({"meta_class_size": 1}, "--meta-class-size must be at least 2"),
+    ({"lr": -1.0}, "--lr must be positive"),
+    ({"implementation": "fast"}, "unknown implementation"),
+])
+def test_bad_values_are_rejected_with_the_option_name(values, needle):
+    with pytest.raises(ConfigError, match=needle):
+        resolve(RunConfig.from_flat(values))
+
+
+@pytest.mark.parametrize("text", ["", "a,b", "0,1", "-1"])
+def test_bad_recalls(text):
+    with pytest.raises(ConfigError, match="--recalls"):
+        parse_recalls(text)

@@ -1,0 +1,80 @@
+"""A short real training run on the demo dataset."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from antimetric.config import RunConfig
+from antimetric.train import BEST_FILE, CONFIG_FILE, EPOCHS_FILE, FEATURES_FILE, LAST_FILE, META_IDS_FILE, fit
+
+
+def _config(data_path, tmp_path, **overrides):
+    values = dict(data_name="demo", data_path=str(data_path), output_dir=str(tmp_path), ensemble_size=8,
+                  meta_class_size=4, num_epochs=4, lr=3e-3, val_fraction=0.2, run_name="run", seed=0)
+    values.update(overrides)
+    return RunConfig.from_flat(values)
+
+
+@pytest.fixture(scope="module")
+def trained(demo_data_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    untrained = fit(_config(demo_data_path, out, train=False, run_name="untrained"))
+    epochs = []
+    result = fit(_config(demo_data_path, out), lambda r, save: epochs.append(r))
+    return untrained, result, epochs
+
+
+def test_training_raises_recall(trained):
+    untrained, result, _ = trained
+    before, after = untrained.best_metrics["test_recall_at_1"], result.best_metrics["test_recall_at_1"]
+    assert after > before + 0.08, (before, after)
+    assert result.best_metrics["val_recall_at_1"] > untrained.best_metrics["val_recall_at_1"]
+
+
+def test_every_epoch_reports_all_metrics(trained):
+    _, result, epochs = trained
+    assert [r.epoch for r in epochs] == [1, 2, 3, 4]
+    first, last = epochs[0].metrics, epochs[-1].metrics
+    assert last["loss"] < first["loss"] and last["branch_accuracy"] > first["branch_accuracy"]
+    for key in ("images_per_s", "epoch_seconds", "test_recall_at_8", "test_map_at_r", "val_recall_at_1"):
+        assert np.isfinite(last[key]), key
+    assert epochs[-1].metrics["lr"] < epochs[0].metrics["lr"]  # MultiStepLR at 50% and 70%
+    assert result.best_epoch == max(epochs, key=lambda r: r.metrics["val_recall_at_1"]).epoch
+
+
+def test_run_folder(trained):
+    _, result, epochs = trained
+    run = result.run_dir
+    config = json.loads((run / CONFIG_FILE).read_text())
+    assert config["ensemble_size"] == 8 and config["backbone"] == "tiny"
+    assert len(json.loads((run / META_IDS_FILE).read_text())["ids"]) == 8
+    rows = list(csv.DictReader((run / EPOCHS_FILE).open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    best = torch.load(run / BEST_FILE, weights_only=True)
+    assert best["epoch"] == result.best_epoch
+    last = torch.load(run / LAST_FILE, weights_only=True)
+    assert last["epoch"] == 4 and "optimizer" in last
+    features = np.load(run / FEATURES_FILE, allow_pickle=False)
+    n = len(features["query_paths"])
+    assert features["query_features"].shape == (n, 8 * 4) and features["query_labels"].shape == (n,)
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_resume_continues_after_the_saved_epoch(demo_data_path, tmp_path):
+    states = tmp_path / "states"
+    seen = []
+
+    def save_first(result, save):
+        seen.append(result.epoch)
+        save(states)
+        return True  # stop after one epoch
+
+    fit(_config(demo_data_path, tmp_path, num_epochs=2, run_name="a"), save_first)
+    assert seen == [1]
+    resumed = []
+    result = fit(_config(demo_data_path, tmp_path, num_epochs=2, run_name="b"), lambda r, s: resumed.append(r.epoch),
+                 resume_from=states)
+    assert resumed == [2]
+    assert [row["epoch"] for row in result.history] == [1, 2]
