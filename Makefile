@@ -19,10 +19,14 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: install
-	$(PY) -m antimetric train --data-name demo
+	$(PY) -m studies.search demo
+
+# The MLflow UI on the studies' store (plain `mlflow ui` would not find mlruns/mlflow.db).
+ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
 test: install
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf runs data/demo .pytest_cache
+	rm -rf runs data/demo .pytest_cache mlruns/mlflow.db mlruns/artifacts

@@ -1,0 +1,143 @@
+"""Search spaces as plain data, one function per dataset, and their sampling with Optuna.
+
+A space maps a config key to one of
+  {"type": "choice", "values": [...]}
+  {"type": "int", "low": a, "high": b, "log": bool}
+  {"type": "float", "low": a, "high": b, "log": bool}
+`meta_class_size`, if searched, must be an int range: it is narrowed per trial to the sizes
+the core accepts for the sampled ensemble size (at most the number of training classes,
+and enough codes, meta**ensemble >= classes), so no trial gets a rejected combination.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import optuna
+
+from antimetric.errors import ConfigError
+
+Space = dict[str, dict[str, Any]]
+
+
+def demo_space() -> Space:
+    """CPU-sized: the tiny backbone on 64 px glyph images."""
+    return {
+        "ensemble_size": {"type": "choice", "values": [4, 8, 12, 16]},
+        "meta_class_size": {"type": "int", "low": 2, "high": 12, "log": True},
+        "share_type": {"type": "choice", "values": ["layer1", "layer2", "layer3"]},
+        "with_random": {"type": "choice", "values": [False, True]},
+        "with_fc": {"type": "choice", "values": [False, True]},
+        "lr": {"type": "float", "low": 3e-4, "high": 5e-3, "log": True},
+    }
+
+
+def _fine_grained_space(meta_low: int, meta_high: int) -> Space:
+    return {
+        "ensemble_size": {"type": "choice", "values": [12, 24, 48]},
+        "meta_class_size": {"type": "int", "low": meta_low, "high": meta_high, "log": True},
+        "share_type": {"type": "choice", "values": ["maxpool", "layer1", "layer2", "layer3"]},
+        "with_random": {"type": "choice", "values": [False, True]},
+        "with_fc": {"type": "choice", "values": [False, True]},
+        "lr": {"type": "float", "low": 3e-5, "high": 3e-4, "log": True},
+    }
+
+
+def cub_space() -> Space:
+    return _fine_grained_space(4, 48)
+
+
+def car_space() -> Space:
+    return _fine_grained_space(4, 48)
+
+
+def sop_space() -> Space:
+    return _fine_grained_space(64, 1024)
+
+
+def isc_space() -> Space:
+    return _fine_grained_space(32, 512)
+
+
+SPACES: dict[str, Callable[[], Space]] = {
+    "demo": demo_space, "cub": cub_space, "car": car_space, "sop": sop_space, "isc": isc_space,
+}
+
+
+def smallest_meta_class_size(n_classes: int, ensemble_size: int) -> int:
+    """The least d with d**ensemble_size >= n_classes (and d >= 2)."""
+    d = max(2, int(round(n_classes ** (1.0 / ensemble_size))) - 1)
+    while d**ensemble_size < n_classes:
+        d += 1
+    return d
+
+
+def meta_class_range(spec: dict[str, Any], ensemble_size: int, n_classes: int) -> tuple[int, int] | None:
+    low = max(spec["low"], smallest_meta_class_size(n_classes, ensemble_size))
+    high = min(spec["high"], n_classes)
+    return (low, high) if low <= high else None
+
+
+def restrict(space: Space, n_classes: int, fixed: dict[str, Any]) -> Space:
+    """The space without ensemble sizes for which no meta-class size in range is valid."""
+    space = {name: dict(spec) for name, spec in space.items()}
+    meta = space.get("meta_class_size")
+    if meta is None:
+        return space
+    if meta["type"] != "int":
+        raise ConfigError("meta_class_size must be searched as an int range ({'type': 'int', 'low':, 'high':})")
+    ensemble = space.get("ensemble_size")
+    sizes = ensemble["values"] if ensemble else [fixed["ensemble_size"]]
+    valid = [e for e in sizes if meta_class_range(meta, e, n_classes) is not None]
+    if not valid:
+        raise ConfigError(
+            f"no ensemble size in {sizes} has a valid meta-class size in [{meta['low']}, {meta['high']}] "
+            f"for {n_classes} training classes"
+        )
+    if ensemble:
+        ensemble["values"] = valid
+    return space
+
+
+class SpaceSampler:
+    """A define-by-run function for ray.tune.search.optuna.OptunaSearch (a class, so that Tune can
+    pickle it with the searcher's state)."""
+
+    def __init__(self, space: Space, n_classes: int, fixed: dict[str, Any]) -> None:
+        self.space = restrict(space, n_classes, fixed)
+        self.n_classes = n_classes
+        self.fixed_ensemble_size = fixed.get("ensemble_size")
+
+    def __call__(self, trial: optuna.Trial) -> None:
+        ensemble_size = self.fixed_ensemble_size
+        for name, spec in self.space.items():
+            if name == "meta_class_size":
+                low, high = meta_class_range(spec, ensemble_size, self.n_classes)
+                trial.suggest_int(name, low, high, log=spec.get("log", False))
+            else:
+                value = suggest(trial, name, spec)
+                if name == "ensemble_size":
+                    ensemble_size = value
+
+
+def suggest(trial: optuna.Trial, name: str, spec: dict[str, Any]) -> Any:
+    kind = spec["type"]
+    if kind == "choice":
+        return trial.suggest_categorical(name, spec["values"])
+    if kind == "int":
+        return trial.suggest_int(name, spec["low"], spec["high"], log=spec.get("log", False))
+    if kind == "float":
+        return trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False))
+    raise ConfigError(f"search space entry {name!r} has unknown type {kind!r}; use choice, int or float")
+
+
+def distributions(space: Space, n_classes: int, fixed: dict[str, Any]) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Optuna distributions of the (restricted) space, for rebuilding a study from Ray's results."""
+    out: dict[str, optuna.distributions.BaseDistribution] = {}
+    for name, spec in restrict(space, n_classes, fixed).items():
+        if spec["type"] == "choice":
+            out[name] = optuna.distributions.CategoricalDistribution(spec["values"])
+        elif spec["type"] == "int":
+            out[name] = optuna.distributions.IntDistribution(spec["low"], spec["high"], log=spec.get("log", False))
+        else:
+            out[name] = optuna.distributions.FloatDistribution(spec["low"], spec["high"], log=spec.get("log", False))
+    return out

@@ -1,0 +1,99 @@
+"""Running a study: Ray Tune with OptunaSearch (TPE) and ASHA, MLflow callback, summary at the end."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from studies.report import summarize
+from studies.search import StudySettings, count_training_classes, trial_constants
+from studies.spaces import SPACES, SpaceSampler
+from studies.tracking import MLflowTrialCallback, ensure_experiment
+from studies.trainable import EPOCH, OBJECTIVE, train_ensemble
+
+# Checkpoints kept per trial: the best by the objective plus the latest (which Ray always keeps,
+# to resume from). A ResNet18 x 48 checkpoint with its Adam state is several GB.
+CHECKPOINTS_PER_TRIAL = 2
+
+
+def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> tune.Tuner:
+    constants = trial_constants(settings)
+    space = SPACES[settings.name]()
+    searcher = OptunaSearch(
+        space=SpaceSampler(space, n_classes, _resolved_fixed(constants)),
+        metric=OBJECTIVE,
+        mode="max",
+        sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=max(2, min(10, settings.num_samples // 2))),
+    )
+    scheduler = ASHAScheduler(time_attr=EPOCH, metric=OBJECTIVE, mode="max", max_t=settings.max_epochs,
+                              grace_period=max(1, settings.max_epochs // 5), reduction_factor=3)
+    resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
+    return tune.Tuner(
+        tune.with_resources(train_ensemble, resources),
+        param_space=constants,
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, settings.max_concurrent),
+                                    scheduler=scheduler, num_samples=settings.num_samples, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=settings.experiment,
+            storage_path=str(settings.storage_path),
+            callbacks=[MLflowTrialCallback(settings.tracking_uri, experiment_id, settings.experiment)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_PER_TRIAL,
+                                                    checkpoint_score_attribute=OBJECTIVE,
+                                                    checkpoint_score_order="max"),
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=1,
+        ),
+    )
+
+
+def _resolved_fixed(constants: dict) -> dict:
+    from studies.trainable import trial_config
+
+    return trial_config(constants).to_flat()
+
+
+def run_study(settings: StudySettings) -> int:
+    n_classes = count_training_classes(settings)
+    experiment_id = ensure_experiment(settings.tracking_uri, settings.experiment, _artifact_root(settings))
+    experiment_path = settings.storage_path / settings.experiment
+    if settings.address:
+        ray.init(address=settings.address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        if settings.resume:
+            if not tune.Tuner.can_restore(str(experiment_path)):
+                print(f"error: --resume: no study to resume in {experiment_path}; drop --resume to start one",
+                      file=sys.stderr)
+                return 2
+            tuner = tune.Tuner.restore(str(experiment_path), tune.with_resources(
+                train_ensemble, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}),
+                resume_unfinished=True, resume_errored=False)
+        elif tune.Tuner.can_restore(str(experiment_path)):
+            print(f"error: a study named {settings.experiment} exists in {experiment_path}; pass --resume to continue "
+                  "it or --experiment NEW_NAME to start another", file=sys.stderr)
+            return 2
+        else:
+            tuner = build_tuner(settings, experiment_id, n_classes)
+        results = tuner.fit()
+        if results.num_terminated + results.num_errors < len(results):
+            print(f"study interrupted; continue it with: python -m studies.search {settings.name} "
+                  f"--experiment {settings.experiment} --resume", file=sys.stderr)
+            return 130
+        summarize(settings, results, experiment_id, n_classes)
+        return 0
+    finally:
+        ray.shutdown()
+
+
+def _artifact_root(settings: StudySettings) -> Path | None:
+    """Local SQLite stores keep artifacts beside the database; servers choose their own."""
+    if settings.tracking_uri.startswith("sqlite:///"):
+        return Path(settings.tracking_uri[len("sqlite:///"):]).parent
+    return None

@@ -1,0 +1,36 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+# Real Ray on loopback, no usage reports, no auth tokens.
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+os.environ.update(RAY_ENV)
+
+
+@pytest.fixture
+def study_dirs(tmp_path):
+    """A private MLflow store and Ray storage folder for one study."""
+    return {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "storage": tmp_path / "ray"}
+
+
+def study_command(data_path: Path, dirs: dict, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "studies.search", "demo", "--smoke-test", "--data-path", str(data_path),
+            "--tracking-uri", dirs["tracking_uri"], "--storage-path", str(dirs["storage"]), "--experiment", "t", *extra]
+
+
+def run_study(data_path: Path, dirs: dict, *extra: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run(study_command(data_path, dirs, *extra), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **RAY_ENV})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def trial_runs(tracking_uri: str, experiment: str = "t"):
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id], max_results=1000)
+    return client, [r for r in runs if "trial_id" in r.data.tags], [r for r in runs if "study_summary" in r.data.tags]

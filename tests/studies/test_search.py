@@ -1,0 +1,77 @@
+"""Smoke studies with the real Ray Tune, Optuna and MLflow."""
+import os
+import signal
+import subprocess
+import time
+
+from tests.studies.conftest import RAY_ENV, run_study, study_command, trial_runs
+
+
+def _metric_steps(client, run, key="val_recall_at_1"):
+    return [m.step for m in client.get_metric_history(run.info.run_id, key)]
+
+
+def test_smoke_study_records_every_trial(demo_data_path, study_dirs):
+    proc = run_study(demo_data_path, study_dirs)
+    assert "best config:" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    client, runs, summary = trial_runs(study_dirs["tracking_uri"])
+    assert len(runs) == 3 and len({r.data.tags["trial_id"] for r in runs}) == 3
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["dataset"] == "demo"
+        assert run.data.params["image_size"] == "32" and run.data.params["backbone"] == "tiny"
+        steps = _metric_steps(client, run)
+        assert steps == list(range(1, len(steps) + 1)) and steps
+        for key in ("test_recall_at_1", "test_map_at_r", "loss", "branch_accuracy", "images_per_s", "epoch_seconds"):
+            assert key in run.data.metrics, key
+        artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "best_checkpoint")]
+        assert artifacts == ["best_checkpoint/best.pt"]
+    assert len(summary) == 1
+    files = {a.path for a in client.list_artifacts(summary[0].info.run_id)}
+    assert {"trials.csv", "best_config.json", "optimization_history.png", "param_importances.png"} <= files
+
+
+def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs):
+    """SIGKILL the driver mid-study; --resume keeps finished trials, continues the running ones
+    from their checkpoints, and leaves exactly one finished MLflow run per trial."""
+    args = ("--max-epochs", "12", "--num-samples", "3")
+    driver = subprocess.Popen(study_command(demo_data_path, study_dirs, *args), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, **RAY_ENV})
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # wait until some trial has reported a few epochs
+            time.sleep(1)
+            try:
+                client, runs, _ = trial_runs(study_dirs["tracking_uri"])
+            except Exception:  # the store or experiment is not there yet
+                continue
+            if any(len(_metric_steps(client, r)) >= 3 for r in runs):
+                break
+        assert driver.poll() is None, "the study ended before it could be interrupted"
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    client, before, _ = trial_runs(study_dirs["tracking_uri"])
+    running = {r.data.tags["trial_id"]: len(_metric_steps(client, r)) for r in before if r.info.status == "RUNNING"}
+    assert any(epochs >= 3 for epochs in running.values())
+
+    run_study(demo_data_path, study_dirs, *args, "--resume")
+    client, runs, summary = trial_runs(study_dirs["tracking_uri"])
+    assert len(summary) == 1
+    by_trial = {r.data.tags["trial_id"]: r for r in runs}
+    assert len(by_trial) == len(runs)  # one run per trial
+    assert {r.data.tags["trial_id"] for r in before} <= set(by_trial)
+    assert sum(r.info.status == "FINISHED" for r in runs) >= 3 and not any(r.info.status == "RUNNING" for r in runs)
+    for trial_id, epochs in running.items():
+        if epochs >= 3 and by_trial[trial_id].info.status == "FINISHED":
+            # it went on from a checkpoint, not from epoch 1
+            assert int(by_trial[trial_id].data.tags["resumed_at_epoch"]) > 1
+    for run in runs:
+        steps = _metric_steps(client, run)
+        assert steps == list(range(1, len(steps) + 1)), steps  # no epoch logged twice
+
+
+def test_resume_without_a_study_is_a_clear_error(demo_data_path, study_dirs):
+    proc = subprocess.run(study_command(demo_data_path, study_dirs, "--resume"), capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **RAY_ENV})
+    assert proc.returncode == 2 and "no study to resume" in proc.stderr

@@ -1,0 +1,40 @@
+"""The trainable in a user's own Tuner, exactly as the README shows it."""
+import ray
+from ray import tune
+
+from studies.tracking import MLflowTrialCallback, ensure_experiment
+from studies.trainable import train_ensemble
+from tests.studies.conftest import trial_runs
+
+
+def test_own_tuner_with_a_failing_trial(demo_data_path, study_dirs):
+    experiment_id = ensure_experiment(study_dirs["tracking_uri"], "t")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        tuner = tune.Tuner(
+            train_ensemble,
+            param_space={
+                "data_name": "demo", "data_path": str(demo_data_path), "num_epochs": 2,
+                "image_size": 32, "max_per_class": 8, "ensemble_size": 4,
+                # 400 meta-classes exceed the 24 training classes: that trial must fail alone.
+                "meta_class_size": tune.grid_search([4, 400]),
+                "lr": tune.loguniform(1e-3, 5e-3),
+            },
+            tune_config=tune.TuneConfig(metric="val_recall_at_1", mode="max"),
+            run_config=tune.RunConfig(storage_path=str(study_dirs["storage"]), name="own",
+                                      callbacks=[MLflowTrialCallback(study_dirs["tracking_uri"], experiment_id, "t")]),
+        )
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+    assert len(results) == 2 and results.num_errors == 1
+    good = results.get_best_result()
+    assert good.config["meta_class_size"] == 4 and good.metrics["epoch"] == 2
+    assert 0 <= good.metrics["test_recall_at_1"] <= 1
+    failed = next(r for r in results if r.error)
+    assert "--meta-class-size 400" in str(failed.error)
+
+    client, runs, _ = trial_runs(study_dirs["tracking_uri"])
+    status = {r.data.params["meta_class_size"]: r for r in runs}
+    assert status["4"].info.status == "FINISHED"
+    assert status["400"].info.status == "FAILED" and "--meta-class-size 400" in status["400"].data.tags["error"]
