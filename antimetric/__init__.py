@@ -1,14 +1,25 @@
-"""antimetric: randomized-ensemble metric learning for image retrieval."""
-from antimetric.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig, resolve
-from antimetric.errors import AntimetricError, ConfigError, DatasetLayoutError
-from antimetric.evaluate import recall_at_k, retrieval_metrics
-from antimetric.model import EnsembleNet, build_model
-from antimetric.train import EpochResult, FitResult, fit
+"""antimetric: randomized-ensemble metric learning for image retrieval.
+
+The public names below are imported on first use, so that `import antimetric.model` needs
+torch and torchvision only (the throughput benchmark runs on machines with nothing else).
+"""
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AntimetricError", "ConfigError", "DataConfig", "DatasetLayoutError", "EnsembleNet", "EpochResult", "EvalConfig",
-    "FitResult", "ModelConfig", "RunConfig", "TrainConfig", "build_model", "fit", "recall_at_k", "resolve",
-    "retrieval_metrics",
-]
+_EXPORTS = {
+    "AntimetricError": "antimetric.errors", "ConfigError": "antimetric.errors",
+    "DatasetLayoutError": "antimetric.errors",
+    "DataConfig": "antimetric.config", "EvalConfig": "antimetric.config", "ModelConfig": "antimetric.config",
+    "RunConfig": "antimetric.config", "TrainConfig": "antimetric.config", "resolve": "antimetric.config",
+    "EnsembleNet": "antimetric.model", "build_model": "antimetric.model",
+    "recall_at_k": "antimetric.evaluate", "retrieval_metrics": "antimetric.evaluate",
+    "EpochResult": "antimetric.train", "FitResult": "antimetric.train", "fit": "antimetric.train",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'antimetric' has no attribute {name!r}")

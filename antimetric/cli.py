@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     _add(train, "--pretrained", action=argparse.BooleanOptionalAction, help="ImageNet weights (default: on; demo off)")
     _add(train, "--weights-file", help="a local torchvision ImageNet .pth instead of downloading")
     _add(train, "--implementation", default="auto", choices=IMPLEMENTATIONS, help="branch formulation")
+    _add(train, "--activation-checkpointing", action=argparse.BooleanOptionalAction,
+         help="recompute activations in the backward pass (default: turned on after a GPU out-of-memory)")
+    _add(train, "--compile", action="store_true", help="torch.compile the network for training")
     _add(train, "--seed", type=int, default=0)
     _add(train, "--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     _add(train, "--num-workers", type=int, help="data-loader processes (default: from the CPU count)")

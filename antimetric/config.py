@@ -38,6 +38,7 @@ class ModelConfig:
     pretrained: bool | None = None  # ImageNet weights; default True except for 'demo'
     weights_file: str | None = None  # a local torchvision ImageNet .pth instead of downloading
     implementation: str = "auto"  # 'batched' (grouped convs), 'reference' (seed's loop), 'auto'
+    activation_checkpointing: bool | None = None  # recompute activations in backward; None: on after a GPU OOM
 
 
 @dataclass
@@ -49,6 +50,7 @@ class TrainConfig:
     device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:1', ...
     train: bool = True  # False: only evaluate the untrained (or pretrained) ensemble
     load_ids: str | None = None  # meta-class ids file to reuse instead of drawing new ones
+    compile: bool = False  # torch.compile the network for training (H100: +9 % images/s, ~40 s to compile)
 
 
 @dataclass
@@ -153,6 +155,8 @@ def _check(config: RunConfig) -> None:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {data.val_fraction}")
     if model.implementation not in IMPLEMENTATIONS:
         raise ConfigError(f"unknown implementation {model.implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
+    if model.activation_checkpointing and model.implementation == "reference":
+        raise ConfigError("--activation-checkpointing works on the batched network; drop --implementation reference")
     for name, value in (("ensemble_size", model.ensemble_size), ("meta_class_size", model.meta_class_size),
                         ("batch_size", train.batch_size), ("num_epochs", train.num_epochs),
                         ("image_size", data.image_size), ("max_per_class", data.max_per_class)):

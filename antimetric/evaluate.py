@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from antimetric.metrics import map_at_r, r_precision, recall_at_k, recall_key, retrieval_metrics
 from antimetric.model.ensemble import EnsembleNet
+from antimetric.step import to_device_batch
 
 __all__ = ["Embeddings", "embed", "map_at_r", "r_precision", "recall_at_k", "recall_key", "retrieval_metrics",
            "score"]
@@ -31,9 +32,7 @@ def embed(model: EnsembleNet, loader: DataLoader, device: torch.device, *, progr
     model.eval()
     features, labels = [], []
     for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        images = images.to(device, non_blocking=True)
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = to_device_batch(images, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             features.append(model.embed(images).half().cpu())
         labels.append(torch.as_tensor(targets))

@@ -19,6 +19,7 @@ from antimetric.data.transforms import test_transform, train_transform
 from antimetric.errors import ConfigError
 from antimetric.meta_classes import assign_meta_classes, check_meta_class_size, load_meta_ids
 from antimetric.model.ensemble import EnsembleNet, build_model, default_implementation
+from antimetric.step import make_optimizer, prepare_device
 
 
 @dataclass
@@ -35,6 +36,7 @@ class TrainingSession:
     splits: Splits
     meta_ids: np.ndarray  # (ensemble_size, n_train_classes)
     model: EnsembleNet
+    train_model: torch.nn.Module  # the model, or its torch.compile'd wrapper (same parameters)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.MultiStepLR
     train_loader: DataLoader
@@ -69,10 +71,15 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
     implementation = model_cfg.implementation
     if implementation == "auto":
         implementation = default_implementation(model_cfg.backbone, device.type)
-    model = build_model(model_cfg, implementation).to(device)
+    prepare_device(device)
+    with device:  # initialise the weights where they will live
+        model = build_model(model_cfg, implementation)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, **({"fused": True} if device.type == "cuda" else {}))
+    if hasattr(model.branches, "checkpoint_blocks"):
+        model.branches.checkpoint_blocks = bool(model_cfg.activation_checkpointing)
+    train_model = torch.compile(model) if train.compile else model
+    optimizer = make_optimizer(model, train.lr, device)
     milestones = [int(0.5 * train.num_epochs), int(0.7 * train.num_epochs)]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
@@ -97,7 +104,7 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
         return EvalLoaders(loader(eval_set.query), loader(eval_set.gallery) if eval_set.gallery is not None else None)
 
     return TrainingSession(
-        config, device, index, splits, meta_ids, model, optimizer, scheduler, train_loader,
+        config, device, index, splits, meta_ids, model, train_model, optimizer, scheduler, train_loader,
         eval_loaders(splits.val) if splits.val is not None else None, eval_loaders(splits.test),
     )
 

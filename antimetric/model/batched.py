@@ -17,6 +17,7 @@ import math
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def scale_branches(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -120,6 +121,9 @@ class BatchedBranches(nn.Module):
                 dense = False
             self.stages[stage_name] = nn.Sequential(*blocks)
         self.head = BranchLinear(ensemble_size, feature_width, meta_class_size) if with_fc else None
+        # Recompute each block's activations in the backward pass instead of keeping them: for
+        # large ensembles of Bottleneck ResNets, whose activations outgrow the GPU.
+        self.checkpoint_blocks = False
         reset_like_torchvision(self)
 
     def forward(self, shared: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -127,7 +131,11 @@ class BatchedBranches(nn.Module):
         x = shared  # (b, c, h, w)
         for stage in self.stages.values():
             for block in stage:
-                x = block(x, scale if block.dense_input else None)  # (b, m*c, h, w)
+                block_scale = scale if block.dense_input else None
+                if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
+                    x = checkpoint(block, x, block_scale, use_reentrant=False)
+                else:
+                    x = block(x, block_scale)  # (b, m*c, h, w)
         if len(self.stages):
             pooled = x.mean(dim=(2, 3)).view(b, m, -1)  # (b, m, c)
         else:  # share_type layer4: the branches are only the heads

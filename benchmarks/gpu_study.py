@@ -1,0 +1,185 @@
+"""Every throughput figure of benchmarks/RESULTS.md in one run (made for a short GPU lease).
+
+    python benchmarks/gpu_study.py --out DIR               # on a CUDA machine, ~6 minutes
+    python benchmarks/gpu_study.py --out DIR --smoke       # tiny sizes on a CPU, to check the script
+
+Sections, each written to DIR/study.json as soon as it ends (a section that fails or runs out
+of time is recorded as such and the next one starts):
+  levers   - the seed configuration (ResNet18, share layer1, 48 branches, meta 12, batch 32,
+             256 px): the reference loop and the batched network with one lever added at a time
+  memory   - peak memory and images/s of ResNet18/34/50/ResNeXt50 x 48, with and without
+             activation checkpointing
+  eval     - Recall@K + MAP@R over 60,502 x 24,576 features (SOP scale)
+  loader   - decode + augment images/s of the input pipeline alone, by worker count
+  embed    - inference images/s of the seed configuration (what embedding a test set costs)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import evaluation  # noqa: E402
+import loader  # noqa: E402
+from throughput import REFERENCE, Variant, count_step_flops, measure_peak, parser, safe_measure  # noqa: E402
+
+from antimetric.config import ModelConfig  # noqa: E402
+from antimetric.model import build_model  # noqa: E402
+
+EAGER = Variant("batched", cudnn_benchmark=False, fused_adam=False)
+LEVERS = [  # (name, variant): each row adds one lever to the row before, unless it says otherwise
+    ("loop fp32 (seed)", REFERENCE),
+    ("loop bf16+CL", Variant("reference", fused_adam=False, cudnn_benchmark=False)),
+    ("batched bf16+CL", EAGER),
+    ("+ cudnn.benchmark", dataclasses.replace(EAGER, cudnn_benchmark=True)),
+    ("+ fused Adam", Variant("batched")),
+    ("  same, NCHW", Variant("batched", channels_last=False)),
+    ("  same, act. checkpointing", Variant("batched", activation_checkpointing=True)),
+    ("  same, batch 64", Variant("batched", batch_size=64)),
+    ("  same, batch 128", Variant("batched", batch_size=128)),
+    ("+ torch.compile", Variant("batched", compile="default")),
+    ("+ compile reduce-overhead (CUDA graphs)", Variant("batched", compile="reduce-overhead")),
+]
+BACKBONES = ["resnet18", "resnet34", "resnet50", "resnext50"]
+
+
+def levers(args, device, peak) -> dict:
+    flops = count_step_flops(args, device) / args.batch_size
+    rows = {}
+    for name, variant in LEVERS:
+        if args.smoke and variant.compile not in (None, "default"):
+            continue
+        steps = args.steps
+        if variant.implementation == "reference":
+            args.steps = max(3, steps // 2)  # the loop is slow; fewer steps give the same precision
+        m = safe_measure(args, variant, device, flops, peak)
+        args.steps = steps
+        rows[name] = {**dataclasses.asdict(m), "variant": dataclasses.asdict(variant)}
+        _print_row(name, m)
+        _checkpoint(args)
+    return {"step_tflop": flops * args.batch_size / 1e12, "rows": rows}
+
+
+def memory(args, device, peak) -> dict:
+    rows = {}
+    base_steps, base_warmup = args.steps, args.warmup
+    args.steps, args.warmup = 3, 1
+    backbone = args.backbone
+    try:
+        for name in (["tiny"] if args.smoke else BACKBONES):
+            args.backbone = name
+            for ckpt in (False, True):
+                m = safe_measure(args, Variant("batched", activation_checkpointing=ckpt), device, 0.0, peak)
+                rows[f"{name}{' +ckpt' if ckpt else ''}"] = dataclasses.asdict(m)
+                _print_row(f"{name}{' +ckpt' if ckpt else ''}", m)
+                _checkpoint(args)
+    finally:
+        args.backbone, args.steps, args.warmup = backbone, base_steps, base_warmup
+    return rows
+
+
+def embed(args, device, peak) -> dict:
+    config = ModelConfig(backbone=args.backbone, share_type=args.share_type, ensemble_size=args.ensemble_size,
+                         meta_class_size=args.meta_class_size, with_fc=True, pretrained=False)
+    with device:
+        model = build_model(config).eval()
+    batch = 8 if args.smoke else 256
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    images = torch.randn(batch, 3, args.image_size, args.image_size, device=device)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        for _ in range(2):
+            model.embed(images)
+        _sync(device)
+        start, reps = time.perf_counter(), (2 if args.smoke else 16)
+        for _ in range(reps):
+            model.embed(images)
+        _sync(device)
+    rate = batch * reps / (time.perf_counter() - start)
+    print(f"embedding: {rate:.0f} images/s (batch {batch})")
+    return {"images_per_s": rate, "batch": batch, "images": batch * reps}
+
+
+def loader_section(args, device, peak) -> dict:
+    workers = [0, 1] if args.smoke else [0, 4, 8, 15]
+    result = loader.run(workers, n_images=64 if args.smoke else 512, epochs=2 if args.smoke else 3)
+    print(f"loader: {result['images_per_s_by_workers']}")
+    return result
+
+
+def eval_section(args, device, peak) -> dict:
+    if args.smoke:
+        return evaluation.run(str(device), 4000, 576, 48, 1024)
+    result = evaluation.run(str(device), evaluation.SOP_TEST_IMAGES, 48 * 512, 48, 4096)
+    print(f"eval: {result['seconds']:.2f} s, peak {result['peak_memory_bytes'] / 2**30:.1f} GiB")
+    return result
+
+
+SECTIONS = {"levers": levers, "memory": memory, "eval": eval_section, "loader": loader_section, "embed": embed}
+RESULT: dict = {}
+
+
+def _print_row(name: str, m) -> None:
+    extra = f" compile {m.compile_s:.0f}s" if m.compile_s else ""
+    error = f"  {m.error}" if m.error else ""
+    print(f"{name:42s} {m.images_per_s:8.1f} img/s {m.tflops_per_s:7.1f} TFLOP/s {m.peak_fraction:6.1%} "
+          f"{m.peak_memory_bytes / 2**30:6.1f} GiB loss0 {m.loss_step0:.4f}{extra}{error}", flush=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _checkpoint(args) -> None:
+    out = Path(args.out) / "study.json"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(RESULT, indent=1, default=str))
+    tmp.replace(out)
+
+
+def main() -> int:
+    p = parser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--budget-s", type=float, default=480, help="skip sections that would start after this")
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS))
+    args = p.parse_args()
+    if args.smoke:
+        args.backbone, args.ensemble_size, args.image_size, args.batch_size, args.steps = "tiny", 4, 32, 8, 2
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    start = time.perf_counter()
+    RESULT.update(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                  torch=torch.__version__, date=time.strftime("%Y-%m-%d"), command=" ".join(sys.argv))
+    peak = measure_peak(device)
+    RESULT["peak_tflops_per_s"] = peak / 1e12
+    print(f"{RESULT['device']} torch {torch.__version__}: matmul peak {peak / 1e12:.0f} TFLOP/s", flush=True)
+    for name in args.sections:
+        if time.perf_counter() - start > args.budget_s:
+            RESULT[name] = {"skipped": "time budget spent"}
+            continue
+        section_start = time.perf_counter()
+        try:
+            RESULT[name] = SECTIONS[name](args, device, peak)
+        except Exception:  # record it and go on: one lease, one run
+            RESULT[name] = {"error": traceback.format_exc()[-2000:]}
+            print(RESULT[name]["error"], flush=True)
+        RESULT[name + "_seconds"] = time.perf_counter() - section_start
+        _checkpoint(args)
+    print(json.dumps({k: v for k, v in RESULT.items() if k.endswith("_seconds")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Training throughput of the seed-style per-branch loop and the fast (batched) path, side by side.
+
+    python benchmarks/throughput.py --device cuda --json          # the seed configuration
+    python benchmarks/throughput.py --device cpu --backbone tiny --ensemble-size 8 --image-size 64 --steps 5
+
+Both paths start from the same weights and train on the same random batch with Adam, so
+their step-0 losses agree. Reported per path: images/s, achieved TFLOP/s (torch's flop
+counter on one step), fraction of a peak measured in this run (a large bf16 matmul on CUDA,
+fp32 on CPU), and peak memory. Needs torch and torchvision only.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from antimetric.config import ModelConfig  # noqa: E402
+from antimetric.model import build_model  # noqa: E402
+from antimetric.step import prepare_device, training_step  # noqa: E402
+
+
+@dataclass
+class Variant:
+    """How one path trains: the branch formulation and the speed levers it uses."""
+
+    implementation: str = "batched"  # or "reference" (the seed's loop)
+    bf16: bool = True  # autocast on CUDA (training_step does it whenever the device is CUDA)
+    channels_last: bool = True
+    fused_adam: bool = True
+    cudnn_benchmark: bool = True
+    compile: str | None = None  # torch.compile mode: None (eager), "default", "max-autotune-no-cudagraphs", ...
+    activation_checkpointing: bool = False
+    batch_size: int | None = None  # None: the benchmark's --batch-size
+
+
+REFERENCE = Variant("reference", bf16=False, channels_last=False, fused_adam=False, cudnn_benchmark=False)
+
+
+def fast_variant(device: torch.device, backbone: str) -> Variant:
+    """What `antimetric train` does by default on this device (antimetric.step, .session)."""
+    from antimetric.model.ensemble import default_implementation
+
+    if device.type == "cuda":
+        return Variant(default_implementation(backbone, "cuda"))
+    return Variant(default_implementation(backbone, "cpu"), bf16=False, channels_last=False, fused_adam=False,
+                   cudnn_benchmark=False)
+
+
+@dataclass
+class Measurement:
+    images_per_s: float
+    step_ms: float
+    tflops_per_s: float
+    peak_fraction: float
+    peak_memory_bytes: int
+    loss_step0: float
+    compile_s: float | None = None
+    error: str | None = None
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    return ModelConfig(backbone=args.backbone, share_type=args.share_type, ensemble_size=args.ensemble_size,
+                       meta_class_size=args.meta_class_size, with_fc=True, pretrained=False)
+
+
+def measure_peak(device: torch.device) -> float:
+    """FLOP/s of a large matmul: bf16 on CUDA, fp32 on CPU (the dtype training runs in there)."""
+    n = 8192 if device.type == "cuda" else 2048
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    reps, best = (20 if device.type == "cuda" else 5), float("inf")
+    for _ in range(3):  # best of three
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 * reps / best
+
+
+def count_step_flops(args: argparse.Namespace, device: torch.device | None = None) -> float:
+    """FLOPs of one training step: 3 x the forward pass (backward = input + weight gradients),
+    counted by torch's flop counter on the meta device (no memory, no time). Within 0.1 % of
+    torch's count of a whole step of the loop (which skips the image gradient); counting the
+    step directly would be wrong here, as the counter overcounts grouped-conv backward passes."""
+    with torch.device("meta"):
+        model = build_model(model_config(args), "batched")
+        images = torch.empty(args.batch_size, 3, args.image_size, args.image_size)
+    with FlopCounterMode(display=False) as counter:
+        model(images)
+    return 3.0 * counter.get_total_flops()
+
+
+def measure(args: argparse.Namespace, variant: Variant, device: torch.device, flops_per_image: float,
+            peak: float) -> Measurement:
+    batch = variant.batch_size or args.batch_size
+    torch.backends.cudnn.benchmark = variant.cudnn_benchmark
+    torch.manual_seed(0)  # the same weights for every variant
+    with device:
+        model = build_model(model_config(args), variant.implementation)
+    if hasattr(model.branches, "checkpoint_blocks"):
+        model.branches.checkpoint_blocks = variant.activation_checkpointing
+    images, targets = _batch(args, batch, device)
+    if variant.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, **({"fused": True} if variant.fused_adam else {}))
+    step_model = model
+    compile_s = None
+    if variant.compile:
+        step_model = torch.compile(model, mode=None if variant.compile == "default" else variant.compile)
+    autocast_enabled = variant.bf16 and device.type == "cuda"
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step():
+        return training_step(step_model, images, targets, optimizer, bf16=autocast_enabled)[0]
+
+    start = time.perf_counter()
+    loss0 = step().item()  # compiles, if compiling
+    if variant.compile:
+        compile_s = time.perf_counter() - start
+    for _ in range(args.warmup):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    _sync(device)
+    seconds = (time.perf_counter() - start) / args.steps
+    peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    images_per_s = batch / seconds
+    tflops = flops_per_image * images_per_s
+    return Measurement(images_per_s, seconds * 1e3, tflops / 1e12, tflops / peak, peak_memory, loss0, compile_s)
+
+
+def _batch(args: argparse.Namespace, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(batch, 3, args.image_size, args.image_size, generator=g)
+    targets = torch.randint(0, args.meta_class_size, (batch, args.ensemble_size), generator=g)
+    return images.to(device), targets.to(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if hasattr(torch, "_dynamo"):
+        torch._dynamo.reset()
+
+
+def safe_measure(args, variant, device, flops_per_image, peak) -> Measurement:
+    """A variant that runs out of memory is reported as such, and the rest go on."""
+    try:
+        result = measure(args, variant, device, flops_per_image, peak)
+    except torch.cuda.OutOfMemoryError as exc:
+        result = Measurement(0.0, 0.0, 0.0, 0.0, 0, float("nan"), error=f"out of memory: {str(exc)[:120]}")
+    gc.collect()  # the model, optimiser and (after an error) the failed step's frames are gone now
+    _free(device)
+    return result
+
+
+def compare(args: argparse.Namespace, fast: Variant | None = None, reference: Variant = REFERENCE) -> dict:
+    device = torch.device(args.device)
+    prepare_device(device)
+    fast = fast or fast_variant(device, args.backbone)
+    if args.fast_implementation:
+        fast = dataclasses.replace(fast, implementation=args.fast_implementation)
+    peak = measure_peak(device)
+    flops_per_image = count_step_flops(args, device) / args.batch_size
+    ref = safe_measure(args, reference, device, flops_per_image, peak)
+    fst = safe_measure(args, fast, device, flops_per_image, peak)
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "config": {k: getattr(args, k) for k in ("backbone", "share_type", "ensemble_size", "meta_class_size",
+                                                 "batch_size", "image_size", "steps")},
+        "step_tflop": flops_per_image * args.batch_size / 1e12,
+        "peak_tflops_per_s": peak / 1e12,
+        "reference": {**asdict(ref), "variant": asdict(reference)},
+        "fast": {**asdict(fst), "variant": asdict(fast)},
+        "speedup": fst.images_per_s / ref.images_per_s if ref.images_per_s else float("nan"),
+    }
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--share-type", default="layer1")
+    p.add_argument("--ensemble-size", type=int, default=48)
+    p.add_argument("--meta-class-size", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per path")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps after the first")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--fast-implementation", choices=("batched", "reference"),
+                   help="override the fast path's formulation (default: what training picks for the device)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    return p
+
+
+def print_table(result: dict) -> None:
+    print(f"{result['device']}, torch {result['torch']}, {result['config']}")
+    print(f"one step = {result['step_tflop']:.3f} TFLOP; measured peak {result['peak_tflops_per_s']:.1f} TFLOP/s")
+    print(f"{'path':10s} {'images/s':>10s} {'TFLOP/s':>9s} {'of peak':>8s} {'peak MiB':>9s} {'loss@0':>8s}")
+    for name in ("reference", "fast"):
+        m = result[name]
+        print(f"{name:10s} {m['images_per_s']:10.1f} {m['tflops_per_s']:9.2f} {m['peak_fraction']:8.1%} "
+              f"{m['peak_memory_bytes'] / 2**20:9.0f} {m['loss_step0']:8.4f}")
+    print(f"speedup {result['speedup']:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    result = compare(args)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
