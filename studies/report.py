@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,15 @@ from antimetric.atomic import torch_save
 from antimetric.train import fit
 from studies.search import StudySettings
 from studies.spaces import SPACES, distributions
-from studies.tracking import close_finished_runs, log_checkpoint, log_summary, runs_by_trial, ui_command
+from studies.tracking import (
+    CHECKPOINT_ARTIFACT,
+    close_finished_runs,
+    has_artifact,
+    log_checkpoint,
+    log_summary,
+    runs_by_trial,
+    ui_command,
+)
 from studies.trainable import EPOCH, OBJECTIVE, trial_config
 
 
@@ -25,8 +33,7 @@ def trials_table(results, searched: list[str]) -> pd.DataFrame:
     rows = []
     for result in results:
         config = result.config or {}
-        trial_id = _trial_id(result)
-        row: dict[str, Any] = {"trial_id": (result.metrics or {}).get("trial_id", ""), "trial_dir": trial_id,
+        row: dict[str, Any] = {"trial_id": (result.metrics or {}).get("trial_id", ""), "trial_dir": _trial_dir(result),
                                "status": "ERROR" if result.error else "TERMINATED"}
         history = result.metrics_dataframe
         if history is not None and len(history) and OBJECTIVE in history:
@@ -44,8 +51,8 @@ def trials_table(results, searched: list[str]) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def _trial_id(result) -> str:
-    """The trial's folder name, which its MLflow run carries as the TRIAL_DIR_TAG."""
+def _trial_dir(result) -> str:
+    """The trial's folder name, which its MLflow run carries as a tag (runs_by_trial's key)."""
     return Path(result.path).name
 
 
@@ -53,10 +60,10 @@ def log_best_checkpoints(settings: StudySettings, results, experiment_id: str) -
     """Each trial's best checkpoint (model weights, meta-class ids, config, epoch) as an artifact of its run."""
     runs = runs_by_trial(settings.tracking_uri, experiment_id)
     for result in results:
-        run = runs.get(_trial_id(result))
+        run = runs.get(_trial_dir(result))
         if run is None or result.error or result.metrics_dataframe is None:
             continue
-        if any(a.path == "best_checkpoint" for a in _artifacts(settings, run.info.run_id)):
+        if has_artifact(settings.tracking_uri, run.info.run_id, CHECKPOINT_ARTIFACT):
             continue  # logged before the study was resumed
         checkpoint = result.get_best_checkpoint(OBJECTIVE, "max")
         if checkpoint is None:
@@ -65,12 +72,6 @@ def log_best_checkpoints(settings: StudySettings, results, experiment_id: str) -
             state = torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=True)
             torch_save(Path(out) / "best.pt", {k: state[k] for k in ("epoch", "model", "meta_ids", "config")})
             log_checkpoint(settings.tracking_uri, run.info.run_id, Path(out))
-
-
-def _artifacts(settings: StudySettings, run_id: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(settings.tracking_uri).list_artifacts(run_id)
 
 
 def optuna_plots(table: pd.DataFrame, settings: StudySettings, n_classes: int, fixed: dict, folder: Path
@@ -128,8 +129,8 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
     table = trials_table(results, searched)
     log_best_checkpoints(settings, results, experiment_id)
     close_finished_runs(settings.tracking_uri, experiment_id,
-                        {_trial_id(r): "ERROR" if r.error else "TERMINATED" for r in results},
-                        {_trial_id(r): str(r.error) for r in results if r.error})
+                        {_trial_dir(r): "ERROR" if r.error else "TERMINATED" for r in results},
+                        {_trial_dir(r): str(r.error) for r in results if r.error})
     finished = table[table["status"] == "TERMINATED"] if "status" in table else table
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -143,7 +144,7 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
         best_config: dict[str, Any] = {}
         if len(finished) and OBJECTIVE in finished:
             best = finished.iloc[0]
-            result = next(r for r in results if _trial_id(r) == best["trial_dir"])
+            result = next(r for r in results if _trial_dir(r) == best["trial_dir"])
             best_config = trial_config(result.config).to_flat()
             metrics.update({k: float(best[k]) for k in finished.columns if k == OBJECTIVE or k.startswith("test_")})
             metrics["untrained_test_recall_at_1"] = untrained_recall(result.config, folder)

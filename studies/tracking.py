@@ -19,6 +19,7 @@ from studies.trainable import EPOCH, trial_config
 
 DEFAULT_STORE = Path("mlruns")
 TRIAL_TAG, TRIAL_DIR_TAG, STUDY_TAG, SUMMARY_TAG = "trial_id", "trial_dir", "study", "study_summary"
+CHECKPOINT_ARTIFACT = "best_checkpoint"
 _MAX_TAG = 5000  # MLflow's limit on a tag value
 
 
@@ -156,7 +157,11 @@ def close_finished_runs(tracking_uri: str, experiment_id: str, statuses: dict[st
 
 
 def log_checkpoint(tracking_uri: str, run_id: str, folder: Path) -> None:
-    MlflowClient(tracking_uri).log_artifacts(run_id, str(folder), artifact_path="best_checkpoint")
+    MlflowClient(tracking_uri).log_artifacts(run_id, str(folder), artifact_path=CHECKPOINT_ARTIFACT)
+
+
+def has_artifact(tracking_uri: str, run_id: str, path: str) -> bool:
+    return any(a.path == path for a in MlflowClient(tracking_uri).list_artifacts(run_id))
 
 
 def log_summary(tracking_uri: str, experiment_id: str, study: str, files: dict[str, Path],
