@@ -13,7 +13,7 @@ import torch
 
 from antimetric.atomic import torch_save
 from antimetric.train import fit
-from studies.search import StudySettings
+from studies.search import StudySettings, trial_constants
 from studies.spaces import SPACES, distributions
 from studies.tracking import (
     CHECKPOINT_ARTIFACT,
@@ -136,8 +136,7 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
         folder = Path(tmp)
         table_path = folder / "trials.csv"
         table.to_csv(table_path, index=False)
-        fixed = trial_config({"data_name": settings.name, "data_path": str(settings.data_path),
-                              **settings.fixed}).to_flat()
+        fixed = trial_config(trial_constants(settings)).to_flat()
         files = {"trials": table_path, **optuna_plots(table, settings, n_classes, fixed, folder)}
         metrics: dict[str, float] = {"trials": len(table), "stopped_early": int(table["stopped_early"].sum()),
                                      "failed": int((table["status"] == "ERROR").sum())}

@@ -15,27 +15,31 @@ from studies.report import summarize
 from studies.search import StudySettings, count_training_classes, trial_constants
 from studies.spaces import SPACES, SpaceSampler
 from studies.tracking import MLflowTrialCallback, ensure_experiment
-from studies.trainable import EPOCH, OBJECTIVE, train_ensemble
+from studies.trainable import EPOCH, OBJECTIVE, train_ensemble, trial_config
 
 # Checkpoints kept per trial: the best by the objective plus the latest (which Ray always keeps,
 # to resume from). A ResNet18 x 48 checkpoint with its Adam state is several GB.
 CHECKPOINTS_PER_TRIAL = 2
 
 
+def trainable(settings: StudySettings):
+    """The trainable with each trial's CPUs and (possibly fractional) GPUs."""
+    return tune.with_resources(train_ensemble, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+
+
 def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> tune.Tuner:
     constants = trial_constants(settings)
     space = SPACES[settings.name]()
     searcher = OptunaSearch(
-        space=SpaceSampler(space, n_classes, _resolved_fixed(constants)),
+        space=SpaceSampler(space, n_classes, trial_config(constants).to_flat()),
         metric=OBJECTIVE,
         mode="max",
         sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=max(2, min(10, settings.num_samples // 2))),
     )
     scheduler = ASHAScheduler(time_attr=EPOCH, metric=OBJECTIVE, mode="max", max_t=settings.max_epochs,
                               grace_period=max(1, settings.max_epochs // 5), reduction_factor=3)
-    resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}
     return tune.Tuner(
-        tune.with_resources(train_ensemble, resources),
+        trainable(settings),
         param_space=constants,
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, settings.max_concurrent),
                                     scheduler=scheduler, num_samples=settings.num_samples, reuse_actors=True),
@@ -52,12 +56,6 @@ def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> 
     )
 
 
-def _resolved_fixed(constants: dict) -> dict:
-    from studies.trainable import trial_config
-
-    return trial_config(constants).to_flat()
-
-
 def run_study(settings: StudySettings) -> int:
     n_classes = count_training_classes(settings)
     experiment_id = ensure_experiment(settings.tracking_uri, settings.experiment, _artifact_root(settings))
@@ -72,9 +70,8 @@ def run_study(settings: StudySettings) -> int:
                 print(f"error: --resume: no study to resume in {experiment_path}; drop --resume to start one",
                       file=sys.stderr)
                 return 2
-            tuner = tune.Tuner.restore(str(experiment_path), tune.with_resources(
-                train_ensemble, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial}),
-                resume_unfinished=True, resume_errored=False)
+            tuner = tune.Tuner.restore(str(experiment_path), trainable(settings), resume_unfinished=True,
+                                       resume_errored=False)
         elif tune.Tuner.can_restore(str(experiment_path)):
             print(f"error: a study named {settings.experiment} exists in {experiment_path}; pass --resume to continue "
                   "it or --experiment NEW_NAME to start another", file=sys.stderr)
