@@ -1,0 +1,34 @@
+"""Search spaces never hand a trial a combination the core rejects."""
+import optuna
+import pytest
+
+from antimetric.errors import ConfigError
+from antimetric.meta_classes import check_meta_class_size
+from studies.spaces import SPACES, SpaceSampler, restrict, smallest_meta_class_size
+
+
+@pytest.mark.parametrize("name,n_classes", [("demo", 24), ("demo", 5), ("cub", 80), ("car", 78), ("sop", 9054),
+                                            ("isc", 3198)])
+def test_sampled_configs_are_valid(name, n_classes):
+    sampler = SpaceSampler(SPACES[name](), n_classes, {"ensemble_size": 8})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(60):
+        trial = study.ask()
+        sampler(trial)
+        params = trial.params
+        check_meta_class_size(n_classes, params["meta_class_size"], params["ensemble_size"])  # raises if invalid
+        study.tell(trial, 0.0)
+
+
+def test_smallest_meta_class_size():
+    for n, m in [(100, 48), (100, 4), (24, 4), (8, 3), (9, 3), (11318, 12), (2, 1)]:
+        d = smallest_meta_class_size(n, m)
+        assert d**m >= n and (d == 2 or (d - 1) ** m < n)
+
+
+def test_restrict_drops_ensemble_sizes_without_a_valid_meta_class_size():
+    space = {"ensemble_size": {"type": "choice", "values": [2, 4, 8]},
+             "meta_class_size": {"type": "int", "low": 2, "high": 3}}
+    assert restrict(space, 20, {})["ensemble_size"]["values"] == [4, 8]  # 3**2 = 9 < 20
+    with pytest.raises(ConfigError, match="no ensemble size"):
+        restrict(space, 10_000, {})  # 3**8 = 6561
