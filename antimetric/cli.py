@@ -6,13 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from antimetric.config import (
-    CROP_TYPES,
-    DATASETS,
-    IMPLEMENTATIONS,
-    RunConfig,
-    parse_recalls,
-)
+from antimetric.config import CROP_TYPES, DATASETS, IMPLEMENTATIONS, RunConfig, parse_recalls
 from antimetric.errors import AntimetricError, ConfigError
 from antimetric.model.backbones import BACKBONES, SHARE_TYPES
 

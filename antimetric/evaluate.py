@@ -8,13 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from antimetric.metrics import (
-    map_at_r,
-    r_precision,
-    recall_at_k,
-    recall_key,
-    retrieval_metrics,
-)
+from antimetric.metrics import map_at_r, r_precision, recall_at_k, recall_key, retrieval_metrics
 from antimetric.model.ensemble import EnsembleNet
 from antimetric.step import to_device_batch
 

@@ -17,11 +17,7 @@ from antimetric.data.records import DatasetIndex
 from antimetric.data.splits import EvalSet, Splits, make_splits
 from antimetric.data.transforms import test_transform, train_transform
 from antimetric.errors import ConfigError
-from antimetric.meta_classes import (
-    assign_meta_classes,
-    check_meta_class_size,
-    load_meta_ids,
-)
+from antimetric.meta_classes import assign_meta_classes, check_meta_class_size, load_meta_ids
 from antimetric.model.ensemble import EnsembleNet, build_model, default_implementation
 from antimetric.step import make_optimizer, prepare_device
 

@@ -7,13 +7,7 @@ from pathlib import Path
 import numpy as np
 from scipy.io import loadmat
 
-from antimetric.data.index_files import (
-    LayoutFolder,
-    LayoutSpec,
-    open_layout,
-    posix_path,
-    split_by_class_halves,
-)
+from antimetric.data.index_files import LayoutFolder, LayoutSpec, open_layout, posix_path, split_by_class_halves
 from antimetric.data.records import DatasetIndex, ImageRecord
 
 ANNOTATIONS, IMAGE_DIR = "cars_annos.mat", "car_ims/"

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from antimetric.data.index_files import (
-    LayoutFolder,
-    LayoutSpec,
-    open_layout,
-    posix_path,
-    split_by_class_halves,
-)
+from antimetric.data.index_files import LayoutFolder, LayoutSpec, open_layout, posix_path, split_by_class_halves
 from antimetric.data.records import Box, DatasetIndex, ImageRecord
 
 IMAGES, LABELS, BOXES, IMAGE_DIR = "images.txt", "image_class_labels.txt", "bounding_boxes.txt", "images/"

@@ -19,14 +19,7 @@ from tqdm import tqdm
 from antimetric.atomic import write_json
 from antimetric.data.images import open_rgb
 from antimetric.data.layout import read_dataset
-from antimetric.data.records import (
-    GALLERY,
-    QUERY,
-    TEST,
-    TRAIN,
-    DatasetIndex,
-    ImageRecord,
-)
+from antimetric.data.records import GALLERY, QUERY, TEST, TRAIN, DatasetIndex, ImageRecord
 from antimetric.errors import DatasetLayoutError
 
 MANIFEST_NAME = "antimetric-manifest.json"

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from antimetric.data.index_files import (
-    LayoutFolder,
-    LayoutSpec,
-    open_layout,
-    posix_path,
-)
+from antimetric.data.index_files import LayoutFolder, LayoutSpec, open_layout, posix_path
 from antimetric.data.records import TEST, TRAIN, DatasetIndex, ImageRecord
 
 TRAIN_LIST, TEST_LIST = "Ebay_train.txt", "Ebay_test.txt"

@@ -5,14 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from antimetric.data.records import (
-    GALLERY,
-    QUERY,
-    TEST,
-    TRAIN,
-    DatasetIndex,
-    ImageRecord,
-)
+from antimetric.data.records import GALLERY, QUERY, TEST, TRAIN, DatasetIndex, ImageRecord
 from antimetric.errors import ConfigError
 
 
