@@ -104,11 +104,14 @@ class MLflowTrialCallback(tune.Callback):
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        run_id = self.run_id(trial)
-        error = trial_error_text(trial)
-        self.client.set_tag(run_id, "error", error[-_MAX_TAG:])
-        self.client.log_text(run_id, error, "error.txt")
-        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        fail_run(self.client, self.run_id(trial), trial_error_text(trial))
+
+
+def fail_run(client: MlflowClient, run_id: str, error: str) -> None:
+    """End a run as FAILED, with the error as a tag (its end) and as error.txt (whole)."""
+    client.set_tag(run_id, "error", error[-_MAX_TAG:])
+    client.log_text(run_id, error, "error.txt")
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
 
 
 def trial_run(client: MlflowClient, experiment_id: str, trial_id: str, trial_dir: str, study: str,
@@ -150,10 +153,12 @@ def close_finished_runs(tracking_uri: str, experiment_id: str, statuses: dict[st
             continue
         status = statuses.get(trial_dir)
         if status == "ERROR":
-            client.set_tag(run.info.run_id, "error", errors.get(trial_dir, "")[-_MAX_TAG:])
-        elif status is None:
+            fail_run(client, run.info.run_id, errors.get(trial_dir, ""))
+        elif status == "TERMINATED":
+            client.set_terminated(run.info.run_id, "FINISHED")
+        else:
             client.set_tag(run.info.run_id, "killed", "the driver died before Ray saved this trial; not resumed")
-        client.set_terminated(run.info.run_id, {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(status, "KILLED"))
+            client.set_terminated(run.info.run_id, "KILLED")
 
 
 def log_checkpoint(tracking_uri: str, run_id: str, folder: Path) -> None:
