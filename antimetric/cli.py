@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     _add(train, "--max-per-class", type=int, default=300, help="training images kept per class (default: 300)")
     _add(train, "--pretrained", action=argparse.BooleanOptionalAction, help="ImageNet weights (default: on; demo off)")
     _add(train, "--weights-file", help="a local torchvision ImageNet .pth instead of downloading")
-    _add(train, "--implementation", default="auto", choices=IMPLEMENTATIONS, help="branch formulation")
+    _add(train, "--implementation", default="auto", choices=IMPLEMENTATIONS,
+         help="branch formulation: auto (= batched, on every device) or reference (the seed's loop)")
     _add(train, "--activation-checkpointing", action=argparse.BooleanOptionalAction,
          help="recompute activations in the backward pass (default: turned on after a GPU out-of-memory)")
     _add(train, "--compile", action="store_true", help="torch.compile the network for training")

@@ -37,7 +37,7 @@ class ModelConfig:
     with_fc: bool | None = None  # per-branch linear head to meta_class_size (seed default: off)
     pretrained: bool | None = None  # ImageNet weights; default True except for 'demo'
     weights_file: str | None = None  # a local torchvision ImageNet .pth instead of downloading
-    implementation: str = "auto"  # 'batched' (grouped convs), 'reference' (seed's loop), 'auto'
+    implementation: str = "auto"  # 'auto' (= 'batched', every device) or 'reference' (the seed's loop)
     activation_checkpointing: bool | None = None  # recompute activations in backward; None: on after a GPU OOM
 
 

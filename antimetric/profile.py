@@ -6,9 +6,10 @@ import dataclasses
 
 import thop
 import torch
+from thop.vision.basic_hooks import count_convNd
 
 from antimetric.config import ModelConfig
-from antimetric.model.batched import BranchLinear
+from antimetric.model.batched import BranchConv2d, BranchLinear
 from antimetric.model.ensemble import build_model
 
 
@@ -26,7 +27,7 @@ def profile(config: ModelConfig, image_size: int = 256, implementation: str = "b
         model = build_model(_random_init(config), implementation).eval()
         image = torch.empty(1, 3, image_size, image_size)
     # thop leaves buffers in the model it measures: measure a copy.
-    macs, _ = thop.profile(copy.deepcopy(model), inputs=(image,), custom_ops={BranchLinear: _count_branch_linear},
+    macs, _ = thop.profile(copy.deepcopy(model), inputs=(image,), custom_ops={BranchLinear: _count_branch_linear, BranchConv2d: count_convNd},
                            verbose=False)
     return {"params": sum(p.numel() for p in model.parameters()), "flops": int(macs)}
 

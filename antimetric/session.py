@@ -18,7 +18,7 @@ from antimetric.data.splits import EvalSet, Splits, make_splits
 from antimetric.data.transforms import test_transform, train_transform
 from antimetric.errors import ConfigError
 from antimetric.meta_classes import assign_meta_classes, check_meta_class_size, load_meta_ids
-from antimetric.model.ensemble import EnsembleNet, build_model, default_implementation
+from antimetric.model.ensemble import EnsembleNet, build_model, configure_for_device, default_implementation
 from antimetric.step import make_optimizer, prepare_device
 
 
@@ -74,8 +74,7 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
     prepare_device(device)
     with device:  # initialise the weights where they will live
         model = build_model(model_cfg, implementation)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = configure_for_device(model, model_cfg.backbone, device)
     if hasattr(model.branches, "checkpoint_blocks"):
         model.branches.checkpoint_blocks = bool(model_cfg.activation_checkpointing)
     train_model = torch.compile(model) if train.compile else model

@@ -7,8 +7,9 @@ from torch import nn
 
 
 def make_optimizer(model: nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
-    """Adam; the fused CUDA kernel where available (one launch for all 500M+ parameters)."""
-    return torch.optim.Adam(model.parameters(), lr=lr, **({"fused": True} if device.type == "cuda" else {}))
+    """Adam with the fused kernel: one pass over each parameter instead of one per operation
+    (on CUDA one launch for all 500M+ parameters; on CPU 8x less optimiser time, RESULTS.md)."""
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cuda", "cpu"))
 
 
 def prepare_device(device: torch.device) -> None:

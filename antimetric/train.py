@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from antimetric.atomic import save_npz, torch_save, write_json, write_text
 from antimetric.config import RunConfig, resolve
+from antimetric.errors import ConfigError
 from antimetric.evaluate import Embeddings, embed, embeddings_arrays, score
 from antimetric.meta_classes import save_meta_ids
 from antimetric.metrics import recall_key
@@ -210,6 +211,12 @@ def save_training_state(folder: Path, session: TrainingSession, epoch: int, trac
     return path
 
 
+def weight_layout(state: dict) -> str:
+    """'reference' for the per-branch loop's state dict (branches.stages.{m}.…), else 'batched'."""
+    return "reference" if any(k.startswith("branches.stages.0.") or k.startswith("branches.heads.") for k in state) \
+        else "batched"
+
+
 def load_training_state(path: Path, session: TrainingSession, tracker: BestTracker) -> int:
     """Restore a state saved by save_training_state (a file or the folder holding state.pt); returns its epoch."""
     if path.is_dir():
@@ -217,6 +224,10 @@ def load_training_state(path: Path, session: TrainingSession, tracker: BestTrack
     state = torch.load(path, map_location=session.device, weights_only=True)
     if not np.array_equal(state["meta_ids"].cpu().numpy(), session.meta_ids):
         raise ValueError(f"{path} was trained with other meta-class ids than this run")
+    saved, wanted = weight_layout(state["model"]), weight_layout(session.model.state_dict())
+    if saved != wanted:
+        raise ConfigError(f"{path} holds weights in the {saved} layout and this run builds the {wanted} one; "
+                          f"resume it with --implementation {saved}")
     session.model.load_state_dict(state["model"])
     session.optimizer.load_state_dict(state["optimizer"])
     session.scheduler.load_state_dict(state["scheduler"])

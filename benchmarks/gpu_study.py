@@ -2,9 +2,12 @@
 
     python benchmarks/gpu_study.py --out DIR               # on a CUDA machine, ~6 minutes
     python benchmarks/gpu_study.py --out DIR --smoke       # tiny sizes on a CPU, to check the script
+    python benchmarks/gpu_study.py --out DIR --sections convs levers --quick   # the next lease's run
 
 Sections, each written to DIR/study.json as soon as it ends (a section that fails or runs out
 of time is recorded as such and the next one starts):
+  convs    - each distinct branch convolution of the seed configuration alone, at batch 32 and 64,
+             by how it is computed (conv_kernels.py): where the step's time goes, layer by layer
   levers   - the seed configuration (ResNet18, share layer1, 48 branches, meta 12, batch 32,
              256 px): the reference loop and the batched network with one lever added at a time
   memory   - peak memory and images/s of ResNet18/34/50/ResNeXt50 x 48, with and without
@@ -27,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import conv_kernels  # noqa: E402
 import evaluation  # noqa: E402
 import loader  # noqa: E402
 from throughput import REFERENCE, Variant, count_step_flops, measure_peak, parser, safe_measure  # noqa: E402
@@ -42,12 +46,18 @@ LEVERS = [  # (name, variant): each row adds one lever to the row before, unless
     ("+ cudnn.benchmark", dataclasses.replace(EAGER, cudnn_benchmark=True)),
     ("+ fused Adam", Variant("batched")),
     ("  same, NCHW", Variant("batched", channels_last=False)),
+    ("  same, branch-major (one branch at a time)", Variant("batched", branch_major=True)),
+    ("  same, Triton grouped convs", Variant("batched", triton_convs=True)),
+    ("  same, Triton grouped convs, batch 64", Variant("batched", triton_convs=True, batch_size=64)),
     ("  same, act. checkpointing", Variant("batched", activation_checkpointing=True)),
     ("  same, batch 64", Variant("batched", batch_size=64)),
     ("  same, batch 128", Variant("batched", batch_size=128)),
     ("+ torch.compile", Variant("batched", compile="default")),
     ("+ compile reduce-overhead (CUDA graphs)", Variant("batched", compile="reduce-overhead")),
 ]
+# --quick: the rows that are new since the 2026-11-26 run, with the loop and the default beside them
+QUICK_LEVERS = ["loop fp32 (seed)", "+ fused Adam", "  same, Triton grouped convs",
+                "  same, Triton grouped convs, batch 64", "  same, branch-major (one branch at a time)"]
 BACKBONES = ["resnet18", "resnet34", "resnet50", "resnext50"]
 
 
@@ -56,6 +66,8 @@ def levers(args, device, peak) -> dict:
     rows = {}
     for name, variant in LEVERS:
         if args.smoke and variant.compile not in (None, "default"):
+            continue
+        if args.quick and name not in QUICK_LEVERS:
             continue
         steps = args.steps
         if variant.implementation == "reference":
@@ -125,7 +137,17 @@ def eval_section(args, device, peak) -> dict:
     return result
 
 
-SECTIONS = {"levers": levers, "memory": memory, "eval": eval_section, "loader": loader_section, "embed": embed}
+def convs_section(args, device, peak) -> dict:
+    conv_args = conv_kernels.parser().parse_args([
+        "--backbone", args.backbone, "--share-type", args.share_type, "--ensemble-size", str(args.ensemble_size),
+        "--meta-class-size", str(args.meta_class_size), "--image-size", str(args.image_size),
+        "--device", str(device.type), "--batches", *(["8"] if args.smoke else ["32", "64"]),
+        "--reps", "2" if args.smoke else "5"])
+    return conv_kernels.run(conv_args)
+
+
+SECTIONS = {"convs": convs_section, "levers": levers, "memory": memory, "eval": eval_section, "loader": loader_section,
+            "embed": embed}
 RESULT: dict = {}
 
 
@@ -152,6 +174,7 @@ def main() -> int:
     p = parser()
     p.add_argument("--out", required=True)
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--quick", action="store_true", help="levers: only the rows named in QUICK_LEVERS")
     p.add_argument("--budget-s", type=float, default=480, help="skip sections that would start after this")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS))
     args = p.parse_args()

@@ -40,6 +40,8 @@ class Variant:
     cudnn_benchmark: bool = True
     compile: str | None = None  # torch.compile mode: None (eager), "default", "max-autotune-no-cudagraphs", ...
     activation_checkpointing: bool = False
+    branch_major: bool = False  # batched network: each branch through all its layers in turn (CPU), or layer by layer
+    triton_convs: bool = False  # batched network on CUDA: grouped convolutions by antimetric's Triton kernels
     batch_size: int | None = None  # None: the benchmark's --batch-size
 
 
@@ -48,12 +50,13 @@ REFERENCE = Variant("reference", bf16=False, channels_last=False, fused_adam=Fal
 
 def fast_variant(device: torch.device, backbone: str) -> Variant:
     """What `antimetric train` does by default on this device (antimetric.step, .session)."""
-    from antimetric.model.ensemble import default_implementation
+    from antimetric.model.ensemble import branch_major_pays_off, default_implementation
 
+    implementation = default_implementation(backbone, device.type)
+    branch_major = branch_major_pays_off(backbone, device.type)
     if device.type == "cuda":
-        return Variant(default_implementation(backbone, "cuda"))
-    return Variant(default_implementation(backbone, "cpu"), bf16=False, channels_last=False, fused_adam=False,
-                   cudnn_benchmark=False)
+        return Variant(implementation, branch_major=branch_major)
+    return Variant(implementation, bf16=False, channels_last=False, cudnn_benchmark=False, branch_major=branch_major)
 
 
 @dataclass
@@ -113,6 +116,8 @@ def measure(args: argparse.Namespace, variant: Variant, device: torch.device, fl
         model = build_model(model_config(args), variant.implementation)
     if hasattr(model.branches, "checkpoint_blocks"):
         model.branches.checkpoint_blocks = variant.activation_checkpointing
+        model.branches.branch_major = variant.branch_major
+        model.branches.triton_convs = variant.triton_convs
     images, targets = _batch(args, batch, device)
     if variant.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -183,21 +188,33 @@ def compare(args: argparse.Namespace, fast: Variant | None = None, reference: Va
     fast = fast or fast_variant(device, args.backbone)
     if args.fast_implementation:
         fast = dataclasses.replace(fast, implementation=args.fast_implementation)
+    if args.fast_order:
+        fast = dataclasses.replace(fast, branch_major=args.fast_order == "branch-major")
     peak = measure_peak(device)
     flops_per_image = count_step_flops(args, device) / args.batch_size
-    ref = safe_measure(args, reference, device, flops_per_image, peak)
-    fst = safe_measure(args, fast, device, flops_per_image, peak)
+    # interleaved repeats, each path's median: a shared machine's drift hits both paths alike
+    samples: dict[str, list[Measurement]] = {"reference": [], "fast": []}
+    for _ in range(args.repeats):
+        samples["reference"].append(safe_measure(args, reference, device, flops_per_image, peak))
+        samples["fast"].append(safe_measure(args, fast, device, flops_per_image, peak))
+    ref, fst = (_median(samples[name]) for name in ("reference", "fast"))
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "config": {k: getattr(args, k) for k in ("backbone", "share_type", "ensemble_size", "meta_class_size",
-                                                 "batch_size", "image_size", "steps")},
+                                                 "batch_size", "image_size", "steps", "repeats")},
         "step_tflop": flops_per_image * args.batch_size / 1e12,
         "peak_tflops_per_s": peak / 1e12,
         "reference": {**asdict(ref), "variant": asdict(reference)},
         "fast": {**asdict(fst), "variant": asdict(fast)},
         "speedup": fst.images_per_s / ref.images_per_s if ref.images_per_s else float("nan"),
+        "images_per_s_samples": {name: [m.images_per_s for m in ms] for name, ms in samples.items()},
     }
+
+
+def _median(measurements: list[Measurement]) -> Measurement:
+    """The measurement of median speed (the upper middle one of an even count)."""
+    return sorted(measurements, key=lambda m: m.images_per_s)[len(measurements) // 2]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -210,9 +227,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=20, help="timed steps per path")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after the first")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="measure both paths this many times, interleaved, and report each one's median")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--fast-implementation", choices=("batched", "reference"),
                    help="override the fast path's formulation (default: what training picks for the device)")
+    p.add_argument("--fast-order", choices=("layer-major", "branch-major"),
+                   help="override the batched network's order of computation (default: what training picks)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 

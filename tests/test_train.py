@@ -78,3 +78,13 @@ def test_resume_continues_after_the_saved_epoch(demo_data_path, tmp_path):
                  resume_from=states)
     assert resumed == [2]
     assert [row["epoch"] for row in result.history] == [1, 2]
+
+
+def test_resuming_weights_of_the_other_layout_says_which_implementation_to_use(demo_data_path, tmp_path):
+    from antimetric.errors import ConfigError
+
+    states = tmp_path / "states"
+    fit(_config(demo_data_path, tmp_path, num_epochs=2, run_name="loop", implementation="reference"),
+        lambda result, save: save(states) or True)
+    with pytest.raises(ConfigError, match="--implementation reference"):
+        fit(_config(demo_data_path, tmp_path, num_epochs=2, run_name="batched"), resume_from=states)

@@ -92,9 +92,22 @@ def check_branch_output(config: ModelConfig, feature_width: int, has_tail: bool)
 
 
 def default_implementation(backbone: str, device_type: str) -> str:
-    """The faster formulation, as measured (benchmarks/RESULTS.md): the batched network on GPUs;
-    on CPUs, the batched network for the narrow `tiny` backbone and the loop for full ResNets,
-    whose wide grouped convolutions run slower than per-branch ones there."""
-    if device_type == "cpu" and backbone != "tiny":
-        return "reference"
+    """The batched network, on every device: it trains faster than the loop or as fast
+    (benchmarks/RESULTS.md), and its checkpoints load on any device."""
     return "batched"
+
+
+def branch_major_pays_off(backbone: str, device_type: str) -> bool:
+    """Measured (benchmarks/RESULTS.md): on CPUs, running each branch through all its layers in turn
+    beats one grouped convolution per layer at ResNet widths, and loses at the narrow `tiny`
+    backbone's; on GPUs one grouped kernel per layer is faster than a launch per branch."""
+    return device_type == "cpu" and backbone != "tiny"
+
+
+def configure_for_device(model: EnsembleNet, backbone: str, device: torch.device) -> EnsembleNet:
+    """The memory format and order of computation that train fastest on `device`."""
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if isinstance(model.branches, BatchedBranches):
+        model.branches.branch_major = branch_major_pays_off(backbone, device.type)
+    return model

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from antimetric.config import ModelConfig
@@ -20,3 +21,24 @@ def test_activation_checkpointing_gives_the_same_gradients():
     assert torch.allclose(out_plain, out_ckpt)
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
         assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7), name
+
+
+@pytest.mark.parametrize("branch_major", [False, True])
+def test_recomputation_does_not_update_batchnorm_statistics_twice(branch_major):
+    """The backward pass runs checkpointed blocks again; their BatchNorm running statistics must
+    come out as after one plain training step."""
+    config = ModelConfig(backbone="tiny", share_type="maxpool", ensemble_size=2, meta_class_size=4, with_fc=True,
+                         pretrained=False)
+    models = []
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        model = build_model(config)
+        model.branches.checkpoint_blocks = checkpointed
+        model.branches.branch_major = branch_major
+        model(torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))).sum().backward()
+        models.append(model)
+    plain, checkpointed = (dict(m.named_buffers()) for m in models)
+    for key, value in plain.items():
+        assert torch.allclose(checkpointed[key].float(), value.float(), rtol=1e-5, atol=1e-6), key
+    assert any(key.endswith("running_mean") and not torch.equal(value, torch.zeros_like(value))
+               for key, value in plain.items())  # the plain step did update them

@@ -1,0 +1,240 @@
+"""Time every branch convolution of a configuration, one at a time, by how it is computed.
+
+    python benchmarks/conv_kernels.py --device cuda --json                 # the seed configuration
+    python benchmarks/conv_kernels.py --device cpu --backbone tiny --ensemble-size 4 --image-size 32
+
+Where does a training step go? The whole-step profile (profile_step.py) shows cuDNN copying
+channel slices out for our grouped convolutions; this script times each distinct branch
+convolution of the batched network (shapes taken from a real forward pass) at one or more batch
+sizes, forward + backward and forward alone, computed as:
+
+  grouped-cl    one grouped convolution, channels-last (the default on CUDA)
+  grouped-nchw  one grouped convolution, NCHW
+  per-branch    one convolution per branch on the same weights
+  triton        CUDA (or Triton's CPU interpreter, TRITON_INTERPRET=1): antimetric's implicit-GEMM Triton kernels (antimetric/model/triton_conv.py),
+                forward, input and weight gradients; with its largest relative error against grouped-cl
+  tap-gemm      stride-1 3x3 only, forward only: the branch as the batch of 9 accumulated GEMMs
+                (torch.baddbmm) over shifted views of a zero-padded, branch-major activation;
+                no im2col copy. Tells whether a GEMM formulation can beat cuDNN's kernels.
+
+Needs torch and torchvision only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from antimetric.config import ModelConfig  # noqa: E402
+from antimetric.model import build_model  # noqa: E402
+from antimetric.model.batched import BranchConv2d  # noqa: E402
+
+
+def branch_convolutions(args: argparse.Namespace) -> list[dict]:
+    """The distinct branch convolutions of the batched network with their input shapes at batch 1."""
+    config = ModelConfig(backbone=args.backbone, share_type=args.share_type, ensemble_size=args.ensemble_size,
+                         meta_class_size=args.meta_class_size, with_fc=True, pretrained=False)
+    with torch.device("meta"):
+        model = build_model(config).eval()
+        images = torch.empty(1, 3, args.image_size, args.image_size)
+    found: dict[tuple, dict] = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            conv = module
+            key = (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.groups,
+                   tuple(inputs[0].shape[1:]))
+            entry = found.setdefault(key, {"names": [], "in_channels": conv.in_channels,
+                                           "out_channels": conv.out_channels, "kernel": conv.kernel_size[0],
+                                           "stride": conv.stride[0], "padding": conv.padding[0],
+                                           "groups": conv.groups, "branches": conv.branches,
+                                           "input_chw": list(inputs[0].shape[1:])})
+            entry["names"].append(name)
+        return hook
+
+    for name, module in model.branches.named_modules():
+        if isinstance(module, BranchConv2d):
+            module.register_forward_hook(record(name))
+    with torch.no_grad():
+        model(images)
+    return list(found.values())
+
+
+def _time(fn, device: torch.device, reps: int) -> float:
+    fn()
+    _sync(device)
+    best = float("inf")
+    for _ in range(2):
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        _sync(device)
+        best = min(best, (time.perf_counter() - start) / reps)
+    return best * 1e3
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def tap_gemm_forward(x_padded: torch.Tensor, weight_taps: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """3x3 stride-1 convolution of every branch as 9 accumulated batched GEMMs, without im2col.
+
+    x_padded: (g, n*(h+2)*(w+2) + tail, c) branch-major, channels-last, zero-padded images laid end
+    to end; the output is computed on the padded grid (its border rows are discarded), so the input
+    of tap (dy, dx) is the same buffer shifted by dy*(w+2)+dx rows: a view, not a copy.
+    weight_taps: (9, g, c, c_out). Returns (g, n*(h+2)*(w+2), c_out) on the padded grid.
+    """
+    rows = x_padded.shape[1] - 2 * (width + 2) - 2
+    out = None
+    for tap in range(9):
+        dy, dx = divmod(tap, 3)
+        shift = dy * (width + 2) + dx
+        a = x_padded[:, shift:shift + rows]
+        out = torch.bmm(a, weight_taps[tap]) if out is None else torch.baddbmm(out, a, weight_taps[tap])
+    return out
+
+
+STRATEGIES = ("grouped-cl", "grouped-nchw", "per-branch", "triton", "tap-gemm")
+
+
+def _max_error_against_grouped(grouped, candidate, base: torch.Tensor, weight: torch.Tensor) -> float:
+    """Largest relative difference (norm) of output, input and weight gradient from the grouped-cl result."""
+    results = []
+    for fn in (grouped, candidate):
+        x = base.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        weight.grad = None
+        y = fn(x)
+        projection = torch.randn(y.shape, generator=torch.Generator().manual_seed(0)).to(y)
+        (y.float() * projection.float()).sum().backward()
+        results.append((y.detach().float(), x.grad.float(), weight.grad.float()))
+    weight.grad = None
+    return max(((a - b).norm() / b.norm()).item() for a, b in zip(results[1], results[0]))
+
+
+def measure_conv(conv: dict, batch: int, device: torch.device, dtype: torch.dtype, reps: int,
+                 timed: tuple[str, ...] = STRATEGIES) -> dict:
+    c_in, h, w = conv["input_chw"]
+    g = conv["branches"]
+    weight = torch.randn(conv["out_channels"], c_in // conv["groups"], conv["kernel"], conv["kernel"], device=device,
+                         dtype=dtype, requires_grad=True)
+    base = torch.randn(batch, c_in, h, w, device=device, dtype=dtype)
+    kwargs = dict(stride=conv["stride"], padding=conv["padding"], groups=conv["groups"])
+    result: dict[str, float] = {}
+
+    def grouped(x):
+        return F.conv2d(x, weight, None, **kwargs)
+
+    def per_branch(x):
+        per = conv["groups"] // g
+        return torch.cat([F.conv2d(xb.contiguous(memory_format=torch.channels_last), wb, None, conv["stride"],
+                                   conv["padding"], 1, per)
+                          for xb, wb in zip(x.chunk(g, 1), weight.chunk(g, 0))], 1)
+
+    def triton(x):
+        from antimetric.model.triton_conv import grouped_conv2d
+
+        return grouped_conv2d(x, weight, conv["groups"], conv["stride"], conv["padding"])
+
+    strategies = {"grouped-cl": (grouped, torch.channels_last), "grouped-nchw": (grouped, torch.contiguous_format)}
+    if g > 1:
+        strategies["per-branch"] = (per_branch, torch.channels_last)
+    group_in, group_out = c_in // conv["groups"], conv["out_channels"] // conv["groups"]
+    triton_runs = device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"  # the interpreter: CPU checks
+    if g > 1 and triton_runs and min(group_in, group_out) >= 16:
+        strategies["triton"] = (triton, torch.channels_last)
+        result["triton_max_rel_error"] = _max_error_against_grouped(grouped, triton, base, weight)
+    for name, (fn, fmt) in strategies.items():
+        if name not in timed:
+            continue
+        x = base.contiguous(memory_format=fmt).requires_grad_(True)
+        grad = torch.ones_like(fn(x))
+
+        def train_pass(fn=fn, x=x, grad=grad):
+            x.grad = weight.grad = None
+            fn(x).backward(grad)
+
+        with torch.no_grad():
+            result[f"{name}_forward_ms"] = _time(lambda fn=fn, x=x: fn(x), device, reps)
+        result[f"{name}_train_ms"] = _time(train_pass, device, reps)
+    if "tap-gemm" in timed and g > 1 and conv["kernel"] == 3 and conv["stride"] == 1 and conv["groups"] == g:
+        c = c_in // g
+        padded = F.pad(base.view(batch, g, c, h, w).permute(1, 0, 3, 4, 2), (0, 0, 1, 1, 1, 1))  # (g, n, h+2, w+2, c)
+        flat = F.pad(padded.reshape(g, -1, c), (0, 0, 0, 2 * (w + 2) + 2))
+        taps = weight.detach().view(g, -1, c, 3, 3).permute(3, 4, 0, 2, 1).reshape(9, g, c, -1).contiguous()
+        with torch.no_grad():
+            out = tap_gemm_forward(flat, taps, h, w).view(g, batch, h + 2, w + 2, -1)[:, :, :h, :w]
+            expected = grouped(base).view(batch, g, -1, h, w).permute(1, 0, 3, 4, 2)
+            result["tap-gemm_max_rel_error"] = ((out - expected).abs().max() / expected.abs().max()).item()
+            result["tap-gemm_forward_ms"] = _time(lambda: tap_gemm_forward(flat, taps, h, w), device, reps)
+    out_elems = batch * conv["out_channels"] * ((h + 2 * conv["padding"] - conv["kernel"]) // conv["stride"] + 1) ** 2
+    flop_forward = 2 * out_elems * (c_in // conv["groups"]) * conv["kernel"] ** 2
+    result["forward_gflop"] = flop_forward / 1e9
+    return result
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    convs = branch_convolutions(args)
+    rows = []
+    for conv in convs:
+        for batch in args.batches:
+            row = {**conv, "batch": batch}
+            try:
+                row.update(measure_conv(conv, batch, device, dtype, args.reps, tuple(args.strategies)))
+            except torch.cuda.OutOfMemoryError as exc:
+                row["error"] = f"out of memory: {str(exc)[:100]}"
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            rows.append(row)
+            if not args.json:
+                _print_row(row)
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "dtype": str(dtype), "rows": rows}
+
+
+def _print_row(row: dict) -> None:
+    timings = " ".join(f"{k[:-3]}={v:.2f}" for k, v in row.items() if k.endswith("_ms"))
+    timings += "".join(f" {k}={v:.1e}" for k, v in row.items() if k.endswith("_error"))
+    print(f"{row['names'][0]:22s} x{len(row['names'])} {row['in_channels']}->{row['out_channels']} "
+          f"k{row['kernel']} s{row['stride']} g{row['groups']} in {row['input_chw'][1]}px b{row['batch']}: "
+          f"{timings} ({row['forward_gflop']:.0f} GFLOP fwd)", flush=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--share-type", default="layer1")
+    p.add_argument("--ensemble-size", type=int, default=48)
+    p.add_argument("--meta-class-size", type=int, default=12)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--batches", type=int, nargs="+", default=[32, 64])
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES),
+                   help="the ones to time (Triton's error against torch is checked whenever it can run)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    result = run(args)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
