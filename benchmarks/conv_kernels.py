@@ -27,6 +27,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -111,10 +112,10 @@ def _max_error_against_grouped(grouped, candidate, base: torch.Tensor, weight: t
     """Largest relative difference (norm) of output, input and weight gradient from the grouped-cl result."""
     results = []
     for fn in (grouped, candidate):
-        x = base.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        x = base.detach().clone(memory_format=torch.channels_last).requires_grad_(True)
         weight.grad = None
         y = fn(x)
-        projection = torch.randn(y.shape, generator=torch.Generator().manual_seed(0)).to(y)
+        projection = torch.randn(y.shape, generator=torch.Generator(y.device).manual_seed(0), device=y.device)
         (y.float() * projection.float()).sum().backward()
         results.append((y.detach().float(), x.grad.float(), weight.grad.float()))
     weight.grad = None
@@ -150,13 +151,16 @@ def measure_conv(conv: dict, batch: int, device: torch.device, dtype: torch.dtyp
         strategies["per-branch"] = (per_branch, torch.channels_last)
     group_in, group_out = c_in // conv["groups"], conv["out_channels"] // conv["groups"]
     triton_runs = device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"  # the interpreter: CPU checks
-    if g > 1 and triton_runs and min(group_in, group_out) >= 16:
-        strategies["triton"] = (triton, torch.channels_last)
-        result["triton_max_rel_error"] = _max_error_against_grouped(grouped, triton, base, weight)
+    if g > 1 and triton_runs and group_in % 16 == 0 and group_out % 16 == 0:
+        try:  # a kernel that fails here must not take the cuDNN rows with it
+            result["triton_max_rel_error"] = _max_error_against_grouped(grouped, triton, base, weight)
+            strategies["triton"] = (triton, torch.channels_last)
+        except Exception as exc:
+            result["triton_failure"] = f"{type(exc).__name__}: {str(exc)[:500]}"
     for name, (fn, fmt) in strategies.items():
         if name not in timed:
             continue
-        x = base.contiguous(memory_format=fmt).requires_grad_(True)
+        x = base.detach().clone(memory_format=fmt).requires_grad_(True)  # never base itself: it stays gradient-free
         grad = torch.ones_like(fn(x))
 
         def train_pass(fn=fn, x=x, grad=grad):
@@ -182,13 +186,16 @@ def measure_conv(conv: dict, batch: int, device: torch.device, dtype: torch.dtyp
     return result
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, result: dict | None = None, on_row: Callable[[], None] | None = None) -> dict:
+    """Fills `result` (a new dict by default) in place, calling on_row() after each row."""
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    convs = branch_convolutions(args)
-    rows = []
-    for conv in convs:
+    result = {} if result is None else result
+    result.update(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                  torch=torch.__version__, dtype=str(dtype), rows=[])
+    rows = result["rows"]
+    for conv in branch_convolutions(args):
         for batch in args.batches:
             row = {**conv, "batch": batch}
             try:
@@ -198,15 +205,17 @@ def run(args: argparse.Namespace) -> dict:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             rows.append(row)
+            if on_row is not None:
+                on_row()
             if not args.json:
                 _print_row(row)
-    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "torch": torch.__version__, "dtype": str(dtype), "rows": rows}
+    return result
 
 
 def _print_row(row: dict) -> None:
     timings = " ".join(f"{k[:-3]}={v:.2f}" for k, v in row.items() if k.endswith("_ms"))
     timings += "".join(f" {k}={v:.1e}" for k, v in row.items() if k.endswith("_error"))
+    timings += f" TRITON FAILED: {row['triton_failure']}" if "triton_failure" in row else ""
     print(f"{row['names'][0]:22s} x{len(row['names'])} {row['in_channels']}->{row['out_channels']} "
           f"k{row['kernel']} s{row['stride']} g{row['groups']} in {row['input_chw'][1]}px b{row['batch']}: "
           f"{timings} ({row['forward_gflop']:.0f} GFLOP fwd)", flush=True)

@@ -19,6 +19,7 @@ of time is recorded as such and the next one starts):
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import sys
 import time
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import conv_kernels  # noqa: E402
 import evaluation  # noqa: E402
 import loader  # noqa: E402
-from throughput import REFERENCE, Variant, count_step_flops, measure_peak, parser, safe_measure  # noqa: E402
+from throughput import REFERENCE, Measurement, Variant, count_step_flops, measure_peak, parser, safe_measure  # noqa: E402
 
 from antimetric.config import ModelConfig  # noqa: E402
 from antimetric.model import build_model  # noqa: E402
@@ -61,9 +62,22 @@ QUICK_LEVERS = ["loop fp32 (seed)", "+ fused Adam", "  same, Triton grouped conv
 BACKBONES = ["resnet18", "resnet34", "resnet50", "resnext50"]
 
 
+def _measure(args, variant, device, flops, peak) -> Measurement:
+    """safe_measure, with any error (a kernel that fails to compile, say) recorded as the row's result."""
+    try:
+        return safe_measure(args, variant, device, flops, peak)
+    except Exception as exc:  # one lease, one run: keep the other rows
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return Measurement(0.0, 0.0, 0.0, 0.0, 0, float("nan"), error=f"{type(exc).__name__}: {str(exc)[:300]}")
+
+
 def levers(args, device, peak) -> dict:
     flops = count_step_flops(args, device) / args.batch_size
-    rows = {}
+    # filled in place, so that _checkpoint writes each row as soon as it is measured
+    section = RESULT["levers"] = {"step_tflop": flops * args.batch_size / 1e12, "rows": {}}
+    rows = section["rows"]
     for name, variant in LEVERS:
         if args.smoke and variant.compile not in (None, "default"):
             continue
@@ -72,16 +86,18 @@ def levers(args, device, peak) -> dict:
         steps = args.steps
         if variant.implementation == "reference":
             args.steps = max(3, steps // 2)  # the loop is slow; fewer steps give the same precision
-        m = safe_measure(args, variant, device, flops, peak)
-        args.steps = steps
+        try:
+            m = _measure(args, variant, device, flops, peak)
+        finally:
+            args.steps = steps
         rows[name] = {**dataclasses.asdict(m), "variant": dataclasses.asdict(variant)}
         _print_row(name, m)
         _checkpoint(args)
-    return {"step_tflop": flops * args.batch_size / 1e12, "rows": rows}
+    return section
 
 
 def memory(args, device, peak) -> dict:
-    rows = {}
+    rows = RESULT["memory"] = {}
     base_steps, base_warmup = args.steps, args.warmup
     args.steps, args.warmup = 3, 1
     backbone = args.backbone
@@ -89,7 +105,7 @@ def memory(args, device, peak) -> dict:
         for name in (["tiny"] if args.smoke else BACKBONES):
             args.backbone = name
             for ckpt in (False, True):
-                m = safe_measure(args, Variant("batched", activation_checkpointing=ckpt), device, 0.0, peak)
+                m = _measure(args, Variant("batched", activation_checkpointing=ckpt), device, 0.0, peak)
                 rows[f"{name}{' +ckpt' if ckpt else ''}"] = dataclasses.asdict(m)
                 _print_row(f"{name}{' +ckpt' if ckpt else ''}", m)
                 _checkpoint(args)
@@ -143,7 +159,7 @@ def convs_section(args, device, peak) -> dict:
         "--meta-class-size", str(args.meta_class_size), "--image-size", str(args.image_size),
         "--device", str(device.type), "--batches", *(["8"] if args.smoke else ["32", "64"]),
         "--reps", "2" if args.smoke else "5"])
-    return conv_kernels.run(conv_args)
+    return conv_kernels.run(conv_args, RESULT.setdefault("convs", {}), on_row=lambda: _checkpoint(args))
 
 
 SECTIONS = {"convs": convs_section, "levers": levers, "memory": memory, "eval": eval_section, "loader": loader_section,
@@ -195,8 +211,9 @@ def main() -> int:
         section_start = time.perf_counter()
         try:
             RESULT[name] = SECTIONS[name](args, device, peak)
-        except Exception:  # record it and go on: one lease, one run
-            RESULT[name] = {"error": traceback.format_exc()[-2000:]}
+        except Exception:  # record it beside the rows measured so far, and go on: one lease, one run
+            partial = RESULT.get(name)
+            RESULT[name] = {**(partial if isinstance(partial, dict) else {}), "error": traceback.format_exc()[-2000:]}
             print(RESULT[name]["error"], flush=True)
         RESULT[name + "_seconds"] = time.perf_counter() - section_start
         _checkpoint(args)

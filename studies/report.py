@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from antimetric.atomic import torch_save
-from antimetric.train import fit
+from antimetric.train import BEST_FILE, fit
 from studies.search import StudySettings, trial_constants
 from studies.spaces import SPACES, distributions
 from studies.tracking import (
@@ -65,12 +65,14 @@ def log_best_checkpoints(settings: StudySettings, results, experiment_id: str) -
             continue
         if has_artifact(settings.tracking_uri, run.info.run_id, CHECKPOINT_ARTIFACT):
             continue  # logged before the study was resumed
-        checkpoint = result.get_best_checkpoint(OBJECTIVE, "max")
+        checkpoint = result.checkpoint  # the latest; it carries the best epoch's weights (train_ensemble)
         if checkpoint is None:
             continue
         with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as out:
-            state = torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=True)
-            torch_save(Path(out) / "best.pt", {k: state[k] for k in ("epoch", "model", "meta_ids", "config")})
+            if not (Path(folder) / BEST_FILE).exists():
+                continue
+            best = torch.load(Path(folder) / BEST_FILE, map_location="cpu", weights_only=True)
+            torch_save(Path(out) / BEST_FILE, {k: best[k] for k in ("epoch", "model", "meta_ids", "config")})
             log_checkpoint(settings.tracking_uri, run.info.run_id, Path(out))
 
 

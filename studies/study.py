@@ -17,8 +17,12 @@ from studies.spaces import SPACES, SpaceSampler
 from studies.tracking import MLflowTrialCallback, ensure_experiment
 from studies.trainable import EPOCH, OBJECTIVE, train_ensemble, trial_config
 
-# Checkpoints kept per trial: the best by the objective plus the latest (which Ray always keeps,
-# to resume from). A ResNet18 x 48 checkpoint with its Adam state is several GB.
+# Checkpoints kept per trial: the two most recent. Each holds the training state to resume from
+# and the best epoch's weights so far (train_ensemble), so no older one is needed. Kept by recency,
+# not by score: ranking by the objective could delete the checkpoint that the driver's last saved
+# experiment state names as the one to resume from, and a study killed at that moment could not
+# resume that trial ("checkpoint does not exist on storage anymore"). A ResNet18 x 48 checkpoint
+# with its Adam state is several GB.
 CHECKPOINTS_PER_TRIAL = 2
 
 
@@ -47,9 +51,7 @@ def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> 
             name=settings.experiment,
             storage_path=str(settings.storage_path),
             callbacks=[MLflowTrialCallback(settings.tracking_uri, experiment_id, settings.experiment)],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_PER_TRIAL,
-                                                    checkpoint_score_attribute=OBJECTIVE,
-                                                    checkpoint_score_order="max"),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_PER_TRIAL),
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=1,
         ),

@@ -1,6 +1,7 @@
 """The Ray Tune trainable: one config dict -> the core's fit() -> tune.report every epoch."""
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from ray import tune
 
 from antimetric.config import RunConfig, resolve
 from antimetric.errors import ConfigError
-from antimetric.train import EpochResult, fit
+from antimetric.train import BEST_FILE, EpochResult, fit
 
 OBJECTIVE = "val_recall_at_1"  # Recall@1 on training classes held out from training
 EPOCH = "epoch"  # the time attribute ASHA schedules on
@@ -35,10 +36,13 @@ def train_ensemble(config: dict[str, Any]) -> None:
     run_config = trial_config(config)
     run_config.output_dir = tune.get_context().get_trial_dir()
     run_config.run_name = "run"
+    best_file = Path(run_config.output_dir) / run_config.run_name / BEST_FILE  # fit() writes it on each new best
 
     def report(result: EpochResult, save_checkpoint) -> None:
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(Path(folder))
+            if best_file.exists():  # the best weights so far travel with every checkpoint
+                shutil.copy2(best_file, Path(folder) / BEST_FILE)
             tune.report({EPOCH: result.epoch, **result.metrics}, checkpoint=tune.Checkpoint.from_directory(folder))
 
     checkpoint = tune.get_checkpoint()
@@ -46,4 +50,8 @@ def train_ensemble(config: dict[str, Any]) -> None:
         fit(run_config, report)
         return
     with checkpoint.as_directory() as folder:
+        restored_best = Path(folder) / BEST_FILE
+        if restored_best.exists() and not best_file.exists():  # resumed elsewhere: bring the best weights along
+            best_file.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(restored_best, best_file)
         fit(run_config, report, resume_from=Path(folder))

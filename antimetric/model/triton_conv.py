@@ -7,12 +7,17 @@ channels where they lie, in place: activations are channels-last (n, h, w, group
 program (tile, g) computes output tile of group g as a GEMM over (kernel tap, input channel),
 loading the input through index arithmetic (implicit GEMM; no im2col copy).
 
-  forward   y[m, co]  = sum_{tap, ci} x[pixel(m, tap), ci] w[tap, ci, co]      (m: output pixel)
-  dgrad     dx[m, ci] = sum_{tap, co} dy[pixel'(m, tap), co] w[tap, ci, co]     (transposed indexing)
-  wgrad     dw[tap, ci, co] = sum_m x[pixel(m, tap), ci] dy[m, co]
+  forward   y[m, co]  = sum_{tap, ci} x[pixel(m, tap), ci] w[co, ci, tap]      (m: output pixel)
+  dgrad     dx[m, ci] = sum_{tap, co} dy[pixel'(m, tap), co] w[co, ci, tap]     (transposed indexing,
+            one program per output parity class for strides > 1, so no multiply is spent on zeros)
+  wgrad     dw[co, ci, tap] = sum_m x[pixel(m, tap), ci] dy[m, co]
 
-Opt-in (`BatchedBranches.conv_kernels = "triton"`), CUDA only, for groups of at least 16
-input and output channels; other convolutions keep cuDNN. Correctness is tested on the CPU with
+Weights are read, and weight gradients written, in the parameter's own layout (strides passed
+in), so no weight is copied into another layout; image sizes, stride and padding are compile-time
+constants, which keeps the index arithmetic out of the inner loop's instruction budget.
+
+Opt-in (`BatchedBranches.triton_convs = True`), CUDA only, for groups whose input and output
+channels are multiples of 16; other convolutions keep cuDNN. Correctness is tested on the CPU with
 Triton's interpreter (TRITON_INTERPRET=1); speed is measured by benchmarks/conv_kernels.py.
 The core imports this module only when the Triton path is chosen.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 import os
 
 import torch
+from torch.autograd.function import once_differentiable
 
 MIN_GROUP_CHANNELS = 16  # tl.dot's smallest K and N; group channels must be multiples of it
 
@@ -34,58 +40,86 @@ except ImportError:  # pragma: no cover - torch wheels for Linux ship it
 if triton is not None:
 
     @triton.jit
-    def conv_fwd_kernel(x_ptr, w_ptr, y_ptr, N, H, W, HO, WO, G, CI, CO, stride, pad,
+    def conv_fwd_kernel(x_ptr, w_ptr, y_ptr, N, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl.constexpr,
+                        G, CI, CO, stride: tl.constexpr, pad: tl.constexpr,
+                        sw_g, sw_c, sw_n, sw_kh, sw_kw,
                         KH: tl.constexpr, KW: tl.constexpr, TRANSPOSED: tl.constexpr,
                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-        """y (N, HO, WO, G*CO) from x (N, H, W, G*CI) and w (G, KH, KW, CI, CO).
+        """y (N, HO, WO, G*CO) from x (N, H, W, G*CI); weight element (g, reduction channel c, output channel n,
+        kh, kw) at w_ptr + g*sw_g + c*sw_c + n*sw_n + kh*sw_kh + kw*sw_kw (any layout).
 
-        TRANSPOSED: the input gradient of a convolution whose output is x, i.e. output pixel
-        (oh, ow) reads x at ((oh + pad - kh) / stride, ...) where that divides exactly."""
+        TRANSPOSED: program_id(2) is the output pixels' parity class (ph, pw) modulo the stride; only the taps
+        with kh = (ph + pad) mod stride (and kw likewise) reach that class, so no MMA is spent on zeros."""
         pid = tl.program_id(0)
         g = tl.program_id(1)
         num_n = tl.cdiv(CO, BN)
         pid_m = pid // num_n
         pid_n = pid % num_n
-        m_total = N * HO * WO
-        offs_m = pid_m * BM + tl.arange(0, BM)
         offs_n = pid_n * BN + tl.arange(0, BN)
-        ow = offs_m % WO
-        oh = (offs_m // WO) % HO
-        n = offs_m // (WO * HO)
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        offs_kk = tl.arange(0, BK)
+        if TRANSPOSED:
+            p = tl.program_id(2)
+            ph = p // stride
+            pw = p % stride
+            hop = (HO - ph + stride - 1) // stride  # output rows of this class
+            wop = (WO - pw + stride - 1) // stride
+            kh0 = (ph + pad) % stride
+            kw0 = (pw + pad) % stride
+            nkh = (KH - kh0 + stride - 1) // stride  # taps reaching this class (0 for 1x1 odd classes)
+            nkw = (KW - kw0 + stride - 1) // stride
+            m_total = N * hop * wop
+            offs_m = pid_m * BM + tl.arange(0, BM)
+            i = (offs_m // wop) % hop
+            j = offs_m % wop
+            n = offs_m // (wop * hop)
+            oh = ph + stride * i
+            ow = pw + stride * j
+            k_total = nkh * nkw * CI
+        else:
+            m_total = N * HO * WO
+            offs_m = pid_m * BM + tl.arange(0, BM)
+            ow = offs_m % WO
+            oh = (offs_m // WO) % HO
+            n = offs_m // (WO * HO)
+            i = oh * stride - pad
+            j = ow * stride - pad
+            k_total = KH * KW * CI
         in_range = offs_m < m_total
-        w_group = w_ptr + (g * KH * KW * CI).to(tl.int64) * CO
-        # one loop over (tap, channel block), long enough for Triton to pipeline; BK divides CI,
-        # so a block never spans two taps
-        for k0 in range(0, KH * KW * CI, BK):
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        x_rows = x_ptr + (n * (H * W)).to(tl.int64) * (G * CI) + g * CI
+        w_ptrs = w_ptr + g.to(tl.int64) * sw_g + offs_kk[:, None] * sw_c + offs_n[None, :] * sw_n
+        n_mask = offs_n[None, :] < CO
+        for k0 in range(0, k_total, BK):
             tap = k0 // CI
-            kh = tap // KW
-            kw = tap % KW
+            c0 = k0 - tap * CI
             if TRANSPOSED:
-                th = oh + pad - kh
-                tw = ow + pad - kw
-                ih = th // stride
-                iw = tw // stride
-                valid = (th >= 0) & (tw >= 0) & (th % stride == 0) & (tw % stride == 0)
+                kh = kh0 + stride * (tap // nkw)
+                kw = kw0 + stride * (tap % nkw)
+                ih = i + (ph + pad - kh) // stride  # exact division
+                iw = j + (pw + pad - kw) // stride
             else:
-                ih = oh * stride - pad + kh
-                iw = ow * stride - pad + kw
-                valid = (ih >= 0) & (iw >= 0)
-            valid = valid & (ih < H) & (iw < W) & in_range
-            row = ((n * H + ih) * W + iw).to(tl.int64) * (G * CI) + g * CI
-            offs_c = (k0 - tap * CI) + tl.arange(0, BK)
-            a = tl.load(x_ptr + row[:, None] + offs_c[None, :], mask=valid[:, None], other=0.0)
-            offs_k = k0 + tl.arange(0, BK)
-            b = tl.load(w_group + offs_k[:, None] * CO + offs_n[None, :], mask=offs_n[None, :] < CO, other=0.0)
-            acc += tl.dot(a, b)
-        out = y_ptr + offs_m.to(tl.int64)[:, None] * (G * CO) + g * CO + offs_n[None, :]
-        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=(offs_m[:, None] < m_total) & (offs_n[None, :] < CO))
+                kh = tap // KW
+                kw = tap % KW
+                ih = i + kh
+                iw = j + kw
+            valid = (ih >= 0) & (iw >= 0) & (ih < H) & (iw < W) & in_range
+            pix = ih * W + iw
+            a = tl.load(x_rows[:, None] + (pix * (G * CI))[:, None] + (c0 + offs_kk)[None, :],
+                        mask=valid[:, None], other=0.0)
+            b = tl.load(w_ptrs + (c0 * sw_c + kh * sw_kh + kw * sw_kw), mask=n_mask, other=0.0)
+            acc = tl.dot(a, b, acc)
+        out_row = ((n * HO + oh) * WO + ow).to(tl.int64)
+        out = y_ptr + out_row[:, None] * (G * CO) + g * CO + offs_n[None, :]
+        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=in_range[:, None] & n_mask)
+
 
     @triton.jit
-    def conv_wgrad_kernel(x_ptr, dy_ptr, dw_ptr, N, H, W, HO, WO, G, CI, CO, stride, pad,
+    def conv_wgrad_kernel(x_ptr, dy_ptr, dw_ptr, N, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr,
+                          WO: tl.constexpr, G, CI, CO, stride: tl.constexpr, pad: tl.constexpr,
+                          s_co, s_ci, s_kh, s_kw,
                           KH: tl.constexpr, KW: tl.constexpr,
                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-        """dw (G, KH, KW, CI, CO) float32 from x (N, H, W, G*CI) and dy (N, HO, WO, G*CO)."""
+        """dw (G*CO, CI, KH, KW) float32 with strides (s_co, s_ci, s_kh, s_kw), from x (N, H, W, G*CI) and dy."""
         pid = tl.program_id(0)
         tap_g = tl.program_id(1)
         g = tap_g // (KH * KW)
@@ -96,6 +130,10 @@ if triton is not None:
         offs_co = (pid % num_n) * BN + tl.arange(0, BN)
         m_total = N * HO * WO
         acc = tl.zeros((BM, BN), dtype=tl.float32)
+        ci_mask = offs_ci[:, None] < CI
+        co_mask = offs_co[None, :] < CO
+        x_base = x_ptr + g * CI + offs_ci[:, None]
+        dy_base = dy_ptr + g * CO + offs_co[None, :]
         for m0 in range(0, m_total, BK):
             offs_m = m0 + tl.arange(0, BK)
             ow = offs_m % WO
@@ -104,14 +142,14 @@ if triton is not None:
             ih = oh * stride - pad + kh
             iw = ow * stride - pad + kw
             valid = (ih >= 0) & (iw >= 0) & (ih < H) & (iw < W) & (offs_m < m_total)
-            row = ((n * H + ih) * W + iw).to(tl.int64) * (G * CI) + g * CI
-            a = tl.load(x_ptr + row[None, :] + offs_ci[:, None],
-                        mask=valid[None, :] & (offs_ci[:, None] < CI), other=0.0)  # (BM ci, BK m)
-            b = tl.load(dy_ptr + offs_m.to(tl.int64)[:, None] * (G * CO) + g * CO + offs_co[None, :],
-                        mask=(offs_m[:, None] < m_total) & (offs_co[None, :] < CO), other=0.0)  # (BK m, BN co)
-            acc += tl.dot(a, b)
-        out = dw_ptr + (tap_g * CI).to(tl.int64) * CO + offs_ci[:, None] * CO + offs_co[None, :]
-        tl.store(out, acc, mask=(offs_ci[:, None] < CI) & (offs_co[None, :] < CO))
+            row = ((n * H + ih) * W + iw).to(tl.int64) * (G * CI)
+            a = tl.load(x_base + row[None, :], mask=valid[None, :] & ci_mask, other=0.0)  # (BM ci, BK m)
+            b = tl.load(dy_base + offs_m.to(tl.int64)[:, None] * (G * CO),
+                        mask=(offs_m[:, None] < m_total) & co_mask, other=0.0)  # (BK m, BN co)
+            acc = tl.dot(a, b, acc)
+        out = (dw_ptr + (g * CO).to(tl.int64) * s_co + kh * s_kh + kw * s_kw
+               + offs_ci[:, None] * s_ci + offs_co[None, :] * s_co)
+        tl.store(out, acc, mask=ci_mask & co_mask)
 
 
 def _kernels():
@@ -122,8 +160,9 @@ def _kernels():
 
 def _blocks(rows: int, k: int, n: int, device: torch.device) -> tuple[int, int, int, int]:
     """(BM, BN, BK, num_warps): up to 128 x 128 x 64 tiles on GPUs, with BK dividing the reduction
-    channels k (a multiple of 16, see `supports`); 16 x 16 x 16 on the interpreter."""
-    if device.type != "cuda":
+    channels k (a multiple of 16, see `supports`); 16 x 16 x 16 on the interpreter, unless
+    ANTIMETRIC_TRITON_GPU_TILES=1 asks it to run the GPU's tiles (tests)."""
+    if device.type != "cuda" and os.environ.get("ANTIMETRIC_TRITON_GPU_TILES") != "1":
         return 16, 16, 16, 1
     bn = 128 if n >= 128 else 64 if n >= 64 else 32 if n >= 32 else 16
     bk = 64 if k % 64 == 0 else 32 if k % 32 == 0 else 16
@@ -135,40 +174,54 @@ def _out_size(size: int, kernel: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - kernel) // stride + 1
 
 
-def conv_forward(x: torch.Tensor, w: torch.Tensor, groups: int, stride: int, pad: int, *,
+def conv_forward(x: torch.Tensor, weight: torch.Tensor, groups: int, stride: int, pad: int, *,
                  transposed_to: tuple[int, int] | None = None) -> torch.Tensor:
-    """x (n, h, w, groups*ci) channels-last data, w (groups, kh, kw, ci, co) -> (n, ho, wo, groups*co).
-
-    transposed_to=(H, W): the transposed convolution back to an H x W input (the input gradient)."""
+    """x (n, h, w, groups*c) channels-last data, weight (groups*co, ci, kh, kw) in any layout
+    -> (n, ho, wo, groups*co). transposed_to=(H, W): the input gradient instead (x is then the
+    output gradient, reduced over co, giving (n, H, W, groups*ci))."""
     triton, fwd, _ = _kernels()
     n, h, wd, c_in = x.shape
-    g, kh, kw, ci, co = w.shape
-    if g != groups or c_in != groups * ci or ci % MIN_GROUP_CHANNELS:
-        raise ValueError(f"input {tuple(x.shape)} and weight {tuple(w.shape)} do not form {groups} groups of "
+    co_total, ci, kh, kw = weight.shape
+    co = co_total // groups
+    s0, s1, s2, s3 = weight.stride()
+    if transposed_to is None:
+        reduced, out_c, stride_c, stride_n = ci, co, s1, s0
+        ho, wo = _out_size(h, kh, stride, pad), _out_size(wd, kw, stride, pad)
+    else:
+        reduced, out_c, stride_c, stride_n = co, ci, s0, s1
+        ho, wo = transposed_to
+    if c_in != groups * reduced or reduced % MIN_GROUP_CHANNELS or out_c % MIN_GROUP_CHANNELS:
+        raise ValueError(f"input {tuple(x.shape)} and weight {tuple(weight.shape)} do not form {groups} groups of "
                          f"a multiple of {MIN_GROUP_CHANNELS} channels")
-    ho, wo = transposed_to if transposed_to else (_out_size(h, kh, stride, pad), _out_size(wd, kw, stride, pad))
-    y = torch.empty(n, ho, wo, groups * co, device=x.device, dtype=x.dtype)
-    bm, bn, bk, warps = _blocks(n * ho * wo, ci, co, x.device)
-    grid = (triton.cdiv(n * ho * wo, bm) * triton.cdiv(co, bn), groups)
-    fwd[grid](x, w, y, n, h, wd, ho, wo, groups, ci, co, stride, pad, KH=kh, KW=kw,
-              TRANSPOSED=transposed_to is not None, BM=bm, BN=bn, BK=bk, num_warps=warps)
+    y = torch.empty(n, ho, wo, groups * out_c, device=x.device, dtype=x.dtype)
+    bm, bn, bk, warps = _blocks(n * ho * wo, reduced, out_c, x.device)
+    if transposed_to is None:
+        grid = (triton.cdiv(n * ho * wo, bm) * triton.cdiv(out_c, bn), groups, 1)
+    else:  # one output parity class per program_id(2); the largest class sizes axis 0
+        rows = n * triton.cdiv(ho, stride) * triton.cdiv(wo, stride)
+        grid = (triton.cdiv(rows, bm) * triton.cdiv(out_c, bn), groups, stride * stride)
+    fwd[grid](x, weight, y, n, h, wd, ho, wo, groups, reduced, out_c, stride, pad,
+              co * s0, stride_c, stride_n, s2, s3, KH=kh, KW=kw, TRANSPOSED=transposed_to is not None,
+              BM=bm, BN=bn, BK=bk, num_warps=warps)
     return y
 
 
-def conv_weight_grad(x: torch.Tensor, dy: torch.Tensor, groups: int, kernel: tuple[int, int], stride: int,
+def conv_weight_grad(x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, groups: int, stride: int,
                      pad: int) -> torch.Tensor:
-    """float32 (groups, kh, kw, ci, co) weight gradient from channels-last data x and dy."""
+    """float32 weight gradient in `weight`'s shape and layout, from channels-last data x and dy."""
     triton, _, wgrad = _kernels()
     n, h, wd, c_in = x.shape
     _, ho, wo, c_out = dy.shape
     ci, co = c_in // groups, c_out // groups
-    kh, kw = kernel
-    dw = torch.empty(groups, kh, kw, ci, co, device=x.device, dtype=torch.float32)
-    bm, bn, bk, warps = _blocks(ci, n * ho * wo, co, x.device)
-    bm = min(bm, 64 if ci >= 64 else 32 if ci >= 32 else 16) if x.device.type == "cuda" else bm
+    kh, kw = weight.shape[-2:]
+    dw = torch.empty_like(weight, dtype=torch.float32)  # the parameter's layout: autograd keeps it as it is
+    bm, bn, bk, _ = _blocks(ci, n * ho * wo, co, x.device)
+    if bm > 16:  # GPU tiles: at most 64 input channels a tile, 4 warps for 64 x 128
+        bm = min(bm, 64 if ci >= 64 else 32 if ci >= 32 else 16)
+    warps = 8 if bm * bn >= 128 * 128 else 4 if bm > 16 else 1
     grid = (triton.cdiv(ci, bm) * triton.cdiv(co, bn), groups * kh * kw)
-    wgrad[grid](x, dy, dw, n, h, wd, ho, wo, groups, ci, co, stride, pad, KH=kh, KW=kw, BM=bm, BN=bn, BK=bk,
-                num_warps=warps)
+    wgrad[grid](x, dy, dw, n, h, wd, ho, wo, groups, ci, co, stride, pad, *dw.stride(),
+                KH=kh, KW=kw, BM=bm, BN=bn, BK=bk, num_warps=warps)
     return dw
 
 
@@ -177,33 +230,25 @@ class TritonGroupedConv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, groups: int, stride: int, pad: int) -> torch.Tensor:
-        kh, kw = weight.shape[-2:]
-        w = _weight_taps(weight.to(x.dtype), groups)  # (g, kh, kw, ci, co)
+        w = weight.to(x.dtype)  # bf16 under autocast; same layout as the parameter
         x_nhwc = x.permute(0, 2, 3, 1).contiguous()  # a view when x is channels-last
         y = conv_forward(x_nhwc, w, groups, stride, pad)
         ctx.save_for_backward(x_nhwc, w)
-        ctx.conf = (groups, stride, pad, (kh, kw), x.shape[2:], weight.dtype)
+        ctx.conf = (groups, stride, pad, tuple(x.shape[2:]), weight.dtype)
         return y.permute(0, 3, 1, 2)  # (n, c, h, w) shape, channels-last memory
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
         x_nhwc, w = ctx.saved_tensors
-        groups, stride, pad, kernel, in_hw, weight_dtype = ctx.conf
+        groups, stride, pad, in_hw, weight_dtype = ctx.conf
         dy = grad_y.to(x_nhwc.dtype).permute(0, 2, 3, 1).contiguous()
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            w_t = w.transpose(3, 4).contiguous()  # (g, kh, kw, co, ci): the transposed convolution's weights
-            grad_x = conv_forward(dy, w_t, groups, stride, pad, transposed_to=tuple(in_hw)).permute(0, 3, 1, 2)
+            grad_x = conv_forward(dy, w, groups, stride, pad, transposed_to=in_hw).permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
-            dw = conv_weight_grad(x_nhwc, dy, groups, kernel, stride, pad)  # (g, kh, kw, ci, co)
-            grad_w = dw.permute(0, 4, 3, 1, 2).reshape(-1, dw.shape[3], *kernel).to(weight_dtype)
+            grad_w = conv_weight_grad(x_nhwc, dy, w, groups, stride, pad).to(weight_dtype)
         return grad_x, grad_w, None, None, None
-
-
-def _weight_taps(weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """(groups*co, ci, kh, kw) -> (groups, kh, kw, ci, co), contiguous."""
-    co_total, ci, kh, kw = weight.shape
-    return weight.view(groups, co_total // groups, ci, kh, kw).permute(0, 3, 4, 2, 1).contiguous()
 
 
 def runs_on(x: torch.Tensor) -> bool:

@@ -47,20 +47,31 @@ CHECK = textwrap.dedent('''
 ''')
 
 
-def test_forward_and_both_gradients_match_torch_in_the_interpreter():
-    cases = [  # n, groups, channels in / out per group, size, kernel, stride
-        [2, 2, 16, 16, 5, 3, 1],  # a residual block's 3x3 (size not a multiple of anything)
-        [1, 3, 16, 32, 6, 3, 2],  # a stage's first 3x3, stride 2, widening
-        [2, 2, 32, 16, 4, 1, 2],  # the downsample 1x1, stride 2
-        [2, 2, 48, 16, 3, 3, 1],  # channels a multiple of 16 only
-    ]
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+def _worst_errors(cases, gpu_tiles=False):
+    env = {**os.environ, "TRITON_INTERPRET": "1", "ANTIMETRIC_TRITON_GPU_TILES": "1" if gpu_tiles else "0"}
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run([sys.executable, "-c", CHECK, json.dumps(cases)], capture_output=True, text=True, env=env,
                           timeout=300, cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    worst = json.loads(proc.stdout.strip().splitlines()[-1])
-    for name, rel in worst.items():
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_forward_and_both_gradients_match_torch_in_the_interpreter():
+    cases = [  # n, groups, channels in / out per group, size, kernel, stride
+        [2, 2, 16, 16, 5, 3, 1],  # a residual block's 3x3 (size not a multiple of anything)
+        [1, 3, 16, 32, 6, 3, 2],  # a stage's first 3x3, stride 2, widening
+        [1, 2, 16, 16, 7, 3, 2],  # stride 2 on an odd size: parity classes of unequal sizes
+        [2, 2, 32, 16, 4, 1, 2],  # the downsample 1x1, stride 2 (odd parity classes get no tap)
+        [2, 2, 48, 16, 3, 3, 1],  # channels a multiple of 16 only
+    ]
+    for name, rel in _worst_errors(cases).items():
+        assert rel < 1e-5, (name, rel)
+
+
+def test_the_gpu_tile_sizes_compute_the_same():
+    """The 128 x 128 x 64 tiles a GPU runs (and BK dividing the channels), on ResNet widths."""
+    cases = [[1, 2, 128, 128, 8, 3, 1], [1, 2, 64, 128, 8, 3, 2], [2, 2, 64, 128, 6, 1, 2]]
+    for name, rel in _worst_errors(cases, gpu_tiles=True).items():
         assert rel < 1e-5, (name, rel)
 
 

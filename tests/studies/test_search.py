@@ -2,7 +2,10 @@
 import os
 import signal
 import subprocess
+import tempfile
 import time
+
+import torch
 
 from tests.studies.conftest import RAY_ENV, run_study, study_command, trial_runs
 
@@ -26,6 +29,12 @@ def test_smoke_study_records_every_trial(demo_data_path, study_dirs):
             assert key in run.data.metrics, key
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "best_checkpoint")]
         assert artifacts == ["best_checkpoint/best.pt"]
+        with tempfile.TemporaryDirectory() as folder:  # the weights of the best epoch, not of the last
+            best = torch.load(client.download_artifacts(run.info.run_id, "best_checkpoint/best.pt", folder),
+                              weights_only=True)
+        history = client.get_metric_history(run.info.run_id, "val_recall_at_1")
+        best_value = max(m.value for m in history)
+        assert best["epoch"] == min(m.step for m in history if m.value == best_value)
     assert len(summary) == 1
     files = {a.path for a in client.list_artifacts(summary[0].info.run_id)}
     assert {"trials.csv", "best_config.json", "optimization_history.png", "param_importances.png"} <= files
