@@ -38,6 +38,9 @@ from antimetric.config import ModelConfig  # noqa: E402
 from antimetric.model import build_model  # noqa: E402
 from antimetric.model.batched import BranchConv2d  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import add_configuration_arguments  # noqa: E402
+
 
 def branch_convolutions(args: argparse.Namespace) -> list[dict]:
     """The distinct branch convolutions of the batched network with their input shapes at batch 1."""
@@ -223,11 +226,7 @@ def _print_row(row: dict) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", default="resnet18")
-    p.add_argument("--share-type", default="layer1")
-    p.add_argument("--ensemble-size", type=int, default=48)
-    p.add_argument("--meta-class-size", type=int, default=12)
-    p.add_argument("--image-size", type=int, default=256)
+    add_configuration_arguments(p)
     p.add_argument("--batches", type=int, nargs="+", default=[32, 64])
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES),

@@ -217,14 +217,19 @@ def _median(measurements: list[Measurement]) -> Measurement:
     return sorted(measurements, key=lambda m: m.images_per_s)[len(measurements) // 2]
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_configuration_arguments(p: argparse.ArgumentParser) -> None:
+    """The ensemble to measure; the defaults are the seed configuration."""
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--share-type", default="layer1")
     p.add_argument("--ensemble-size", type=int, default=48)
     p.add_argument("--meta-class-size", type=int, default=12)
-    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--image-size", type=int, default=256)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_configuration_arguments(p)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=20, help="timed steps per path")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after the first")
     p.add_argument("--repeats", type=int, default=1,
