@@ -38,6 +38,16 @@ def _recalls(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of pixels")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m antimetric", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="{prepare,train,profile}")
@@ -45,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     prepare = commands.add_parser("prepare", help="check a dataset's layout and images, write its manifest")
     _add(prepare, "--data-path", default="data", help="parent folder of the dataset folders (default: data)")
     _add(prepare, "--data-name", required=True, choices=DATASETS, help="dataset folder name")
+    _add(prepare, "--cache-size", type=_positive, metavar="PIXELS",
+         help="also write every image resized for this --image-size (e.g. 256), which training then reads")
+    _add(prepare, "--crop-type", default="uncropped", choices=CROP_TYPES,
+         help="the --crop-type the cache is for (default: uncropped)")
     prepare.add_argument("--json", action="store_true", help="print the summary as JSON")
     prepare.set_defaults(command=_prepare)
 
@@ -79,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     _add(train, "--seed", type=int, default=0)
     _add(train, "--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     _add(train, "--num-workers", type=int, help="data-loader processes (default: from the CPU count)")
+    _add(train, "--image-cache", action=argparse.BooleanOptionalAction, default=True,
+         help="read the resized images of `prepare --cache-size` when they match (default: on)")
     _add(train, "--eval-batch-size", type=int)
     _add(train, "--chunk-size", type=int, default=4096, help="query rows per block of the exact kNN search")
     _add(train, "--output-dir", default="runs", help="run folders are created here (default: runs)")
@@ -106,9 +122,11 @@ def _add(parser: argparse.ArgumentParser, *names: str, **kwargs) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    from antimetric.data.cache import CacheForm
     from antimetric.data.manifest import prepare
 
-    report = prepare(args.data_name, Path(args.data_path), progress=sys.stderr.isatty())
+    cache = CacheForm(args.crop_type, args.cache_size) if args.cache_size is not None else None
+    report = prepare(args.data_name, Path(args.data_path), progress=sys.stderr.isatty(), cache=cache)
     summary = report.to_json()
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -116,6 +134,9 @@ def _prepare(args: argparse.Namespace) -> int:
         for split, counts in summary["splits"].items():
             print(f"{split:8s} {counts['images']:7d} images {counts['classes']:6d} classes")
         print(f"unreadable {summary['unreadable']}; manifest written to {summary['manifest']}")
+        if summary["cache"] is not None:
+            print(f"resized images written to {summary['cache']} (read by train --crop-type {args.crop_type} "
+                  f"--image-size {args.cache_size})")
         for path in summary["unreadable_files"]:
             print(f"  unreadable: {path}")
     return 0

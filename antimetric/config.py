@@ -25,6 +25,7 @@ class DataConfig:
     val_fraction: float = 0.0  # fraction of the training classes held out for model selection
     max_per_class: int = 300  # training images kept per class (seed: 300)
     num_workers: int | None = None  # data-loader processes; None: chosen from the CPU count
+    image_cache: bool = True  # read the resized copies `prepare --cache-size` wrote, when they match
 
 
 @dataclass

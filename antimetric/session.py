@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from antimetric.config import RunConfig
+from antimetric.data.cache import CacheForm, find_cache
 from antimetric.data.dataset import ImageDataset
 from antimetric.data.demo import ensure_demo
 from antimetric.data.manifest import load_or_prepare
@@ -42,6 +44,7 @@ class TrainingSession:
     train_loader: DataLoader
     val: EvalLoaders | None
     test: EvalLoaders
+    image_root: Path  # where the images are read: the dataset's own files, or its resized cache
 
 
 def pick_device(name: str) -> torch.device:
@@ -82,9 +85,9 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
     milestones = [int(0.5 * train.num_epochs), int(0.7 * train.num_epochs)]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
-    crop = data.crop_type == "cropped"
+    image_root, crop = _image_source(config, index, progress)
     targets = {label: torch.as_tensor(meta_ids[:, col]) for col, label in enumerate(splits.train_classes)}
-    train_set = ImageDataset(splits.train, index.root, train_transform(data.data_name, data.crop_type, data.image_size),
+    train_set = ImageDataset(splits.train, image_root, train_transform(data.data_name, data.crop_type, data.image_size),
                              crop, targets)
     if len(train_set) < train.batch_size and train.train:
         raise ConfigError(f"{len(train_set)} training images are fewer than --batch-size {train.batch_size}")
@@ -98,14 +101,30 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
         transform = test_transform(data.data_name, data.crop_type, data.image_size)
 
         def loader(records):
-            return DataLoader(ImageDataset(records, index.root, transform, crop), batch_size=config.eval.eval_batch_size,
+            return DataLoader(ImageDataset(records, image_root, transform, crop), batch_size=config.eval.eval_batch_size,
                               num_workers=workers, pin_memory=device.type == "cuda")
         return EvalLoaders(loader(eval_set.query), loader(eval_set.gallery) if eval_set.gallery is not None else None)
 
     return TrainingSession(
         config, device, index, splits, meta_ids, model, train_model, optimizer, scheduler, train_loader,
-        eval_loaders(splits.val) if splits.val is not None else None, eval_loaders(splits.test),
+        eval_loaders(splits.val) if splits.val is not None else None, eval_loaders(splits.test), image_root,
     )
+
+
+def _image_source(config: RunConfig, index: DatasetIndex, progress: bool) -> tuple[Path, bool]:
+    """The folder to read images from and whether boxes still need cropping: the resized cache
+    when one matches this crop type, image size and manifest, else the dataset's own files."""
+    data = config.data
+    crop = data.crop_type == "cropped"
+    if not data.image_cache:
+        return index.root, crop
+    form = CacheForm(data.crop_type, data.image_size)
+    folder = find_cache(Path(data.data_path) / data.data_name, data.data_name, form, index.records)
+    if folder is None:
+        return index.root, crop
+    if progress:
+        print(f"reading resized images from {folder}", file=sys.stderr)
+    return folder, False  # boxes were applied when the cache was written
 
 
 def _meta_ids(config: RunConfig, train_classes: list[int]) -> np.ndarray:

@@ -37,7 +37,8 @@ def test_evaluation_and_loader_benchmarks():
     proc = subprocess.run([sys.executable, str(BENCHMARKS / "loader.py"), "--workers", "0", "--images", "16",
                            "--epochs", "1", "--json"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["images_per_s_by_workers"]["0"] > 0
+    loaded = json.loads(proc.stdout)
+    assert loaded["images_per_s_by_workers"]["0"] > 0 and loaded["cached_images_per_s_by_workers"]["0"] > 0
 
 
 def test_the_prepared_gpu_run_works_on_tiny_sizes(tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from antimetric.atomic import write_json
+from antimetric.data.cache import CacheForm, finish_cache, resized_for_cache, save_cached, start_cache
 from antimetric.data.images import open_rgb
 from antimetric.data.layout import read_dataset
 from antimetric.data.records import GALLERY, QUERY, TEST, TRAIN, DatasetIndex, ImageRecord
@@ -43,11 +44,13 @@ class PrepareReport:
     manifest: Path
     splits: dict[str, dict[str, int]]  # per split: images and classes, unreadable images excluded
     unreadable: list[UnreadableImage] = field(default_factory=list)
+    cache: Path | None = None  # the resized-image cache written, if one was asked for
 
     def to_json(self) -> dict:
         return {
             "dataset": self.dataset,
             "manifest": str(self.manifest),
+            "cache": str(self.cache) if self.cache is not None else None,
             "splits": self.splits,
             "unreadable": len(self.unreadable),
             "unreadable_files": [image.path for image in self.unreadable[:_REPORTED_UNREADABLE]],
@@ -58,15 +61,22 @@ def manifest_path(name: str, data_path: Path) -> Path:
     return Path(data_path) / name / MANIFEST_NAME
 
 
-def prepare(name: str, data_path: Path, *, progress: bool = True) -> PrepareReport:
+def prepare(name: str, data_path: Path, *, progress: bool = True, cache: CacheForm | None = None) -> PrepareReport:
     """Read dataset `name` from data_path/name, decode every image once and write its manifest there.
 
     Missing or undecodable images do not stop the run: they are listed as unreadable in the manifest
-    and the report, and load_manifest leaves them out.
+    and the report, and load_manifest leaves them out. With `cache`, each readable image is also
+    written resized into that cache folder (antimetric.data.cache), in the same pass.
     """
     dataset_dir = Path(data_path) / name
     index = read_dataset(name, dataset_dir)
-    unreadable = _find_unreadable(index, progress=progress)
+    cache_folder = cache.folder(dataset_dir) if cache is not None else None
+    if cache_folder is not None:
+        try:
+            start_cache(cache_folder)
+        except OSError as error:
+            raise DatasetLayoutError(f"{name}: cannot write the image cache in {cache_folder} ({error})") from None
+    unreadable = _find_unreadable(index, cache, cache_folder, progress=progress)
     path = manifest_path(name, data_path)
     try:
         write_json(path, _manifest_json(name, dataset_dir, index, unreadable))
@@ -74,7 +84,13 @@ def prepare(name: str, data_path: Path, *, progress: bool = True) -> PrepareRepo
         raise DatasetLayoutError(f"{name}: cannot write manifest {path} ({error})") from None
     skipped = {image.path for image in unreadable}
     readable = DatasetIndex(index.name, index.root, [r for r in index.records if r.path not in skipped])
-    return PrepareReport(dataset=name, manifest=path, splits=readable.summary(), unreadable=unreadable)
+    if cache is not None and cache_folder is not None:
+        try:
+            finish_cache(cache_folder, name, cache, readable.records)
+        except OSError as error:
+            raise DatasetLayoutError(f"{name}: cannot write the image cache index in {cache_folder} ({error})") from None
+    return PrepareReport(dataset=name, manifest=path, splits=readable.summary(), unreadable=unreadable,
+                         cache=cache_folder)
 
 
 def load_manifest(name: str, data_path: Path) -> DatasetIndex:
@@ -113,7 +129,8 @@ def load_or_prepare(name: str, data_path: Path, *, progress: bool = True) -> Dat
     return load_manifest(name, data_path)
 
 
-def _find_unreadable(index: DatasetIndex, *, progress: bool) -> list[UnreadableImage]:
+def _find_unreadable(index: DatasetIndex, cache: CacheForm | None, cache_folder: Path | None, *,
+                     progress: bool) -> list[UnreadableImage]:
     with (
         ThreadPoolExecutor(max_workers=_DECODE_THREADS) as pool,
         tqdm(
@@ -125,7 +142,10 @@ def _find_unreadable(index: DatasetIndex, *, progress: bool) -> list[UnreadableI
         ) as bar,
     ):
         reasons = []
-        for reason in pool.map(_unreadable_reason, (index.root / r.path for r in index.records)):
+        def check(record: ImageRecord) -> str | None:
+            return _check_image(index.name, index.root, record, cache, cache_folder)
+
+        for reason in pool.map(check, index.records):
             reasons.append(reason)
             bar.update()
     return [
@@ -135,15 +155,25 @@ def _find_unreadable(index: DatasetIndex, *, progress: bool) -> list[UnreadableI
     ]
 
 
-def _unreadable_reason(path: Path) -> str | None:
-    """None when the file decodes, else a short reason."""
+def _check_image(name: str, root: Path, record: ImageRecord, cache: CacheForm | None,
+                 cache_folder: Path | None) -> str | None:
+    """None when the file decodes (and, with a cache, its resized copy is written), else a short reason."""
     try:
-        open_rgb(path).close()
+        image = open_rgb(root / record.path)
     except FileNotFoundError:
         return "missing file"
     except Exception as error:  # PIL raises OSError, ValueError, SyntaxError... on damaged files
         text = " ".join(str(error).split()) or "no details"
         return f"{type(error).__name__}: {text}"[:_REASON_CHARS]
+    with image:
+        if cache is not None and cache_folder is not None:
+            try:
+                save_cached(resized_for_cache(image, record, cache), record, cache_folder)
+            except OSError as error:
+                raise DatasetLayoutError(
+                    f"{name}: cannot write the image cache in {cache_folder} ({error}); "
+                    "free disk space or prepare without --cache-size"
+                ) from None
     return None
 
 

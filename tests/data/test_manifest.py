@@ -38,6 +38,7 @@ def test_manifest_reads_back_as_the_layout(tmp_path, name, top_folder):
     assert report.to_json() == {
         "dataset": name,
         "manifest": str(tmp_path / name / MANIFEST_NAME),
+        "cache": None,
         "splits": info["splits"],
         "unreadable": 0,
         "unreadable_files": [],
