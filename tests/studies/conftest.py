@@ -23,10 +23,20 @@ def study_command(data_path: Path, dirs: dict, *extra: str) -> list[str]:
 
 
 def run_study(data_path: Path, dirs: dict, *extra: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    proc = subprocess.run(study_command(data_path, dirs, *extra), capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **RAY_ENV})
+    try:
+        proc = subprocess.run(study_command(data_path, dirs, *extra), capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **RAY_ENV})
+    except subprocess.TimeoutExpired as expired:  # show where the study was when it ran out of time
+        output = "".join(_text(part) for part in (expired.stdout, expired.stderr))
+        raise AssertionError(f"study did not finish in {timeout} s; its output ended:\n{output[-6000:]}") from None
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+def _text(part: str | bytes | None) -> str:
+    if part is None:
+        return ""
+    return part.decode("utf-8", "replace") if isinstance(part, bytes) else part
 
 
 def trial_runs(tracking_uri: str, experiment: str = "t"):
