@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from antimetric.config import CROP_TYPES, DATASETS, IMPLEMENTATIONS, RunConfig, parse_recalls
+from antimetric.config import BOXED_DATASETS, CROP_TYPES, DATASETS, IMPLEMENTATIONS, RunConfig, parse_recalls
+from antimetric.data.cache import MAX_CACHE_SIZE
 from antimetric.errors import AntimetricError, ConfigError
 from antimetric.model.backbones import BACKBONES, SHARE_TYPES
 
@@ -38,13 +39,13 @@ def _recalls(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive(text: str) -> int:
+def _cache_size(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of pixels")
+    if not 1 <= value <= MAX_CACHE_SIZE:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of pixels from 1 to {MAX_CACHE_SIZE}")
     return value
 
 
@@ -55,10 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     prepare = commands.add_parser("prepare", help="check a dataset's layout and images, write its manifest")
     _add(prepare, "--data-path", default="data", help="parent folder of the dataset folders (default: data)")
     _add(prepare, "--data-name", required=True, choices=DATASETS, help="dataset folder name")
-    _add(prepare, "--cache-size", type=_positive, metavar="PIXELS",
+    _add(prepare, "--cache-size", type=_cache_size, metavar="PIXELS",
          help="also write every image resized for this --image-size (e.g. 256), which training then reads")
-    _add(prepare, "--crop-type", default="uncropped", choices=CROP_TYPES,
-         help="the --crop-type the cache is for (default: uncropped)")
+    _add(prepare, "--crop-type", choices=CROP_TYPES, help="with --cache-size: the --crop-type the cache is for "
+         "(default: uncropped)")
     prepare.add_argument("--json", action="store_true", help="print the summary as JSON")
     prepare.set_defaults(command=_prepare)
 
@@ -125,7 +126,15 @@ def _prepare(args: argparse.Namespace) -> int:
     from antimetric.data.cache import CacheForm
     from antimetric.data.manifest import prepare
 
-    cache = CacheForm(args.crop_type, args.cache_size) if args.cache_size is not None else None
+    cache = None
+    if args.cache_size is not None:
+        cache = CacheForm(args.crop_type or "uncropped", args.cache_size)
+        if cache.crop_type == "cropped" and args.data_name not in BOXED_DATASETS:
+            raise ConfigError(f"--crop-type cropped needs bounding boxes, which {args.data_name} does not have; "
+                              "drop --crop-type")
+    elif args.crop_type is not None:
+        raise ConfigError("prepare --crop-type only says which cache --cache-size writes; add --cache-size "
+                          "(e.g. 256) or drop --crop-type")
     report = prepare(args.data_name, Path(args.data_path), progress=sys.stderr.isatty(), cache=cache)
     summary = report.to_json()
     if args.json:
@@ -135,7 +144,7 @@ def _prepare(args: argparse.Namespace) -> int:
             print(f"{split:8s} {counts['images']:7d} images {counts['classes']:6d} classes")
         print(f"unreadable {summary['unreadable']}; manifest written to {summary['manifest']}")
         if summary["cache"] is not None:
-            print(f"resized images written to {summary['cache']} (read by train --crop-type {args.crop_type} "
+            print(f"resized images written to {summary['cache']} (read by train --crop-type {cache.crop_type} "
                   f"--image-size {args.cache_size})")
         for path in summary["unreadable_files"]:
             print(f"  unreadable: {path}")

@@ -13,6 +13,7 @@ from antimetric.errors import ConfigError
 
 DATASETS = ("demo", "cub", "car", "sop", "isc")
 CROP_TYPES = ("uncropped", "cropped")
+BOXED_DATASETS = ("cub", "car", "demo")  # those with bounding boxes, which crop_type 'cropped' needs
 IMPLEMENTATIONS = ("auto", "batched", "reference")
 
 
@@ -150,7 +151,7 @@ def _check(config: RunConfig) -> None:
     data, model, train = config.data, config.model, config.train
     if data.crop_type not in CROP_TYPES:
         raise ConfigError(f"unknown crop type {data.crop_type!r}; choose one of {', '.join(CROP_TYPES)}")
-    if data.crop_type == "cropped" and data.data_name not in ("cub", "car", "demo"):
+    if data.crop_type == "cropped" and data.data_name not in BOXED_DATASETS:
         raise ConfigError(f"--crop-type cropped needs bounding boxes, which only cub and car have, not {data.data_name}")
     if not 0.0 <= data.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {data.val_fraction}")

@@ -119,7 +119,7 @@ def _image_source(config: RunConfig, index: DatasetIndex, progress: bool) -> tup
     if not data.image_cache:
         return index.root, crop
     form = CacheForm(data.crop_type, data.image_size)
-    folder = find_cache(Path(data.data_path) / data.data_name, data.data_name, form, index.records)
+    folder = find_cache(Path(data.data_path) / data.data_name, data.data_name, form, index.root, index.records)
     if folder is None:
         return index.root, crop
     if progress:

@@ -6,15 +6,19 @@ transforms (the box crop for `cropped`, then `resize_transform`), as a JPEG of q
 epoch decodes a small file and the random crop and flip still happen per epoch. The only change
 to what the network sees is JPEG's rounding of the resized pixels.
 
-A cache folder counts only once its index file is written, last, and only for the records it was
-written for: a re-prepared manifest with other images or boxes makes it stale, and training then
-reads the original files again.
+A cache folder counts only once its index file is written, last, and only for the images it was
+written from: another manifest (other images or boxes), or an original file changed since (its
+size or modification time), makes it stale, and training then reads the original files again.
+Each cached file is written under a temporary name and renamed, so a reader never meets a
+half-written one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +29,10 @@ from antimetric.data.records import ImageRecord
 from antimetric.data.transforms import resize_transform
 
 CACHE_FOLDER = "antimetric-cache"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 1  # bump when what a cached image holds changes (resize, quality, layout)
 JPEG_QUALITY = 95
+MAX_CACHE_SIZE = 4096  # pixels; larger inputs are not what a cache of shrunk images is for
+_JPEG_MAX_SIDE = 65500
 _INDEX_NAME = "cache.json"
 
 
@@ -42,19 +48,35 @@ class CacheForm:
 
 
 def resized_for_cache(image: Image.Image, record: ImageRecord, form: CacheForm) -> Image.Image:
-    """What the transforms' first step makes of a decoded image (the dataset's box crop included)."""
+    """What the transforms' first step makes of a decoded image (the dataset's box crop included).
+
+    Raises ValueError for a box PIL cannot crop, or a result JPEG cannot hold."""
     if form.crop_type == "cropped" and record.box is not None:
-        image = image.crop(record.box)
-    return resize_transform(form.crop_type, form.image_size)(image)
+        image = image.crop(record.box)  # PIL rounds the box; an inverted one raises ValueError
+        if min(image.size) == 0:
+            raise ValueError(f"bounding box {record.box} holds no pixel")
+    resized = resize_transform(form.crop_type, form.image_size)(image)
+    if max(resized.size) > _JPEG_MAX_SIDE:
+        raise ValueError(f"resized to {resized.size[0]} x {resized.size[1]}, over JPEG's {_JPEG_MAX_SIDE} pixels")
+    return resized
 
 
 def save_cached(image: Image.Image, record: ImageRecord, folder: Path) -> None:
-    """Write one cached image under the record's own relative path (its content is always JPEG).
+    """Write one cached image under the record's own relative path (its content is always JPEG),
+    through a temporary file, so that the path holds either the old file or the whole new one.
 
     Raises OSError when the file cannot be written."""
     path = folder / record.path
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="JPEG", quality=JPEG_QUALITY, subsampling=0)  # 4:4:4: colour kept at full resolution
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            image.save(handle, format="JPEG", quality=JPEG_QUALITY, subsampling=0)  # 4:4:4: full-resolution colour
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def start_cache(folder: Path) -> None:
@@ -62,8 +84,12 @@ def start_cache(folder: Path) -> None:
     (folder / _INDEX_NAME).unlink(missing_ok=True)
 
 
-def finish_cache(folder: Path, dataset: str, form: CacheForm, records: list[ImageRecord]) -> None:
-    """Mark `folder` complete for exactly `records` (the readable ones, all written)."""
+def finish_cache(folder: Path, dataset: str, form: CacheForm, root: Path, records: list[ImageRecord]) -> None:
+    """Mark `folder` complete for exactly `records` (the readable ones under `root`, all written)."""
+    fingerprint = records_fingerprint(root, records)
+    if fingerprint is None:
+        raise OSError(f"an image under {root} disappeared while the cache was written")
+    os.sync()  # the cached files reach the disk before the index that vouches for them
     write_json(folder / _INDEX_NAME, {
         "format": CACHE_FORMAT,
         "dataset": dataset,
@@ -71,12 +97,12 @@ def finish_cache(folder: Path, dataset: str, form: CacheForm, records: list[Imag
         "image_size": form.image_size,
         "jpeg_quality": JPEG_QUALITY,
         "images": len(records),
-        "records": records_fingerprint(records),
+        "records": fingerprint,
     })
 
 
-def find_cache(dataset_dir: Path, dataset: str, form: CacheForm, records: list[ImageRecord]) -> Path | None:
-    """The cache folder of `form` when it was completed for these very records, else None."""
+def find_cache(dataset_dir: Path, dataset: str, form: CacheForm, root: Path, records: list[ImageRecord]) -> Path | None:
+    """The cache folder of `form` when it was completed from these very records and files, else None."""
     folder = form.folder(dataset_dir)
     try:
         index = json.loads((folder / _INDEX_NAME).read_text(encoding="utf-8"))
@@ -87,14 +113,25 @@ def find_cache(dataset_dir: Path, dataset: str, form: CacheForm, records: list[I
         "dataset": dataset,
         "crop_type": form.crop_type,
         "image_size": form.image_size,
-        "records": records_fingerprint(records),
+        "jpeg_quality": JPEG_QUALITY,
     }
     if not isinstance(index, dict) or any(index.get(key) != value for key, value in expected.items()):
+        return None
+    fingerprint = records_fingerprint(root, records)
+    if fingerprint is None or index.get("records") != fingerprint:
         return None
     return folder
 
 
-def records_fingerprint(records: list[ImageRecord]) -> str:
-    """A digest of what decides the cached pixels: each image's path and box, order-independent."""
-    rows = sorted(f"{r.path}\t{list(r.box) if r.box is not None else None}" for r in records)
-    return hashlib.sha256("\n".join(rows).encode("utf-8")).hexdigest()
+def records_fingerprint(root: Path, records: list[ImageRecord]) -> str | None:
+    """A digest of what decides the cached pixels: each image's path and box, and its original
+    file's size and modification time (a replaced image changes them); None if a file is gone."""
+    rows = []
+    for record in records:
+        try:
+            stat = (Path(root) / record.path).stat()
+        except OSError:
+            return None
+        box = list(record.box) if record.box is not None else None
+        rows.append(f"{record.path}\t{box}\t{stat.st_size}\t{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(sorted(rows)).encode("utf-8")).hexdigest()

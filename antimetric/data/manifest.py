@@ -86,7 +86,7 @@ def prepare(name: str, data_path: Path, *, progress: bool = True, cache: CacheFo
     readable = DatasetIndex(index.name, index.root, [r for r in index.records if r.path not in skipped])
     if cache is not None and cache_folder is not None:
         try:
-            finish_cache(cache_folder, name, cache, readable.records)
+            finish_cache(cache_folder, name, cache, index.root, readable.records)
         except OSError as error:
             raise DatasetLayoutError(f"{name}: cannot write the image cache index in {cache_folder} ({error})") from None
     return PrepareReport(dataset=name, manifest=path, splits=readable.summary(), unreadable=unreadable,
@@ -168,11 +168,14 @@ def _check_image(name: str, root: Path, record: ImageRecord, cache: CacheForm | 
     with image:
         if cache is not None and cache_folder is not None:
             try:
-                save_cached(resized_for_cache(image, record, cache), record, cache_folder)
+                resized = resized_for_cache(image, record, cache)
+            except ValueError as error:
+                raise DatasetLayoutError(f"{name}: cannot cache {record.path}: {error}") from None
+            try:
+                save_cached(resized, record, cache_folder)
             except OSError as error:
                 raise DatasetLayoutError(
-                    f"{name}: cannot write the image cache in {cache_folder} ({error}); "
-                    "free disk space or prepare without --cache-size"
+                    f"{name}: cannot write the cached copy of {record.path} in {cache_folder} ({error})"
                 ) from None
     return None
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from antimetric.cli import main
+from antimetric.cli import _parser, main
 from antimetric.config import RunConfig, resolve
 from antimetric.data import transforms
 from antimetric.data.cache import CACHE_FOLDER, CacheForm, find_cache
@@ -50,7 +50,7 @@ def test_training_and_evaluation_read_cached_images_like_the_originals(cub, crop
     data_path, info = cub
     report = prepare("cub", data_path, progress=False, cache=CacheForm(crop_type, SIZE))
     index = load_manifest("cub", data_path)
-    folder = find_cache(data_path / "cub", "cub", CacheForm(crop_type, SIZE), index.records)
+    folder = find_cache(data_path / "cub", "cub", CacheForm(crop_type, SIZE), index.root, index.records)
     assert folder == report.cache == data_path / "cub" / CACHE_FOLDER / f"{crop_type}-{SIZE}"
     crop = crop_type == "cropped"
     errors = []
@@ -71,26 +71,73 @@ def test_training_and_evaluation_read_cached_images_like_the_originals(cub, crop
     assert max(errors) < 0.04  # JPEG rounding only (measured 0.026 uncropped, 0.016 cropped)
 
 
-def test_a_cache_is_used_only_when_complete_and_for_the_same_images(cub):
+def _found(data_path, form):
+    index = load_manifest("cub", data_path)
+    return find_cache(data_path / "cub", "cub", form, index.root, index.records)
+
+
+def test_a_cache_is_used_only_for_its_form_and_the_same_images(cub):
     data_path, info = cub
     form = CacheForm("uncropped", SIZE)
-    prepare("cub", data_path, progress=False, cache=form)
-    records = load_manifest("cub", data_path).records
-    assert find_cache(data_path / "cub", "cub", form, records) is not None
-    assert find_cache(data_path / "cub", "cub", CacheForm("uncropped", SIZE + 1), records) is None
-    assert find_cache(data_path / "cub", "cub", CacheForm("cropped", SIZE), records) is None
+    report = prepare("cub", data_path, progress=False, cache=form)
+    assert _found(data_path, form) == report.cache
+    assert _found(data_path, CacheForm("uncropped", SIZE + 1)) is None
+    assert _found(data_path, CacheForm("cropped", SIZE)) is None
 
     (info["root"] / info["records"][4][0]).write_bytes(b"not a jpeg")
     prepare("cub", data_path, progress=False)  # the manifest now leaves that image out
-    fewer = load_manifest("cub", data_path).records
-    assert len(fewer) == len(records) - 1
-    assert find_cache(data_path / "cub", "cub", form, fewer) is None
+    assert len(load_manifest("cub", data_path).records) == len(info["records"]) - 1
+    assert _found(data_path, form) is None
 
     report = prepare("cub", data_path, progress=False, cache=form)
-    assert find_cache(data_path / "cub", "cub", form, fewer) == report.cache
     assert [image.path for image in report.unreadable] == [info["records"][4][0]]
+    assert _found(data_path, form) == report.cache
     (report.cache / "cache.json").unlink()  # as an interrupted prepare leaves it
-    assert find_cache(data_path / "cub", "cub", form, fewer) is None
+    assert _found(data_path, form) is None
+
+
+def test_a_replaced_image_or_a_changed_box_makes_the_cache_stale(cub):
+    data_path, info = cub
+    form = CacheForm("cropped", SIZE)
+    prepare("cub", data_path, progress=False, cache=form)
+    _photo(80, 48, seed=99).save(info["root"] / info["records"][2][0], quality=95)  # same path, other image
+    assert _found(data_path, form) is None
+
+    prepare("cub", data_path, progress=False, cache=form)
+    assert _found(data_path, form) is not None
+    boxes = info["root"] / "bounding_boxes.txt"
+    boxes.write_text(boxes.read_text().replace("1 ", "1 1", 1))  # first image's box moves
+    prepare("cub", data_path, progress=False)
+    assert _found(data_path, form) is None
+
+
+def test_a_failed_prepare_leaves_no_usable_cache(cub, capsys):
+    data_path, info = cub
+    form = CacheForm("uncropped", SIZE)
+    report = prepare("cub", data_path, progress=False, cache=form)
+    blocked = report.cache / info["records"][5][0]
+    blocked.unlink()
+    (blocked / "in-the-way").mkdir(parents=True)  # a folder where a cached file must go
+    with pytest.raises(DatasetLayoutError, match="cannot write the cached copy of"):
+        prepare("cub", data_path, progress=False, cache=form)
+    assert _found(data_path, form) is None
+    assert not list(report.cache.rglob("*.tmp"))  # no temporary file left behind
+
+    code = main(["prepare", "--data-path", str(data_path), "--data-name", "cub", "--cache-size", str(SIZE)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: cub: cannot write the cached copy") and err.count("\n") == 1
+
+
+def test_an_empty_box_is_a_clear_error_when_caching_cropped_images(cub, capsys):
+    data_path, info = cub
+    boxes = info["root"] / "bounding_boxes.txt"
+    lines = boxes.read_text().split("\n")
+    lines[0] = "1 5.0 5.0 0.2 10.0"  # 0.2 pixels wide
+    boxes.write_text("\n".join(lines))
+    code = main(["prepare", "--data-path", str(data_path), "--data-name", "cub", "--cache-size", str(SIZE),
+                 "--crop-type", "cropped"])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds no pixel" in err and err.count("\n") == 1
 
 
 def test_a_training_session_reads_a_matching_cache_unless_told_not_to(cub, tmp_path):
@@ -123,14 +170,30 @@ def test_prepare_writes_a_cache_from_the_command_line(cub, capsys):
         assert image.format == "JPEG" and image.size == (42, SIZE)
 
 
-@pytest.mark.parametrize("value", ["0", "-3", "big"])
-def test_a_bad_cache_size_is_one_line_and_exit_2(cub, capsys, value):
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--cache-size", "0"], "--cache-size"),
+        (["--cache-size", "big"], "--cache-size"),
+        (["--cache-size", "5000"], "--cache-size"),
+        (["--crop-type", "cropped"], "add --cache-size"),
+        (["--cache-size", "32", "--crop-type", "cropped", "--data-name", "sop"], "sop does not have"),
+    ],
+)
+def test_bad_cache_options_are_one_line_and_exit_2(cub, capsys, extra, message):
     data_path, _ = cub
-    with pytest.raises(SystemExit) as exit_info:
-        main(["prepare", "--data-path", str(data_path), "--data-name", "cub", "--cache-size", value])
-    assert exit_info.value.code == 2
+    try:
+        code = main(["prepare", "--data-path", str(data_path), "--data-name", "cub", *extra])
+    except SystemExit as exit_info:  # argparse's own errors
+        code = exit_info.code
     err = capsys.readouterr().err
-    assert "--cache-size" in err and err.count("\n") == 1
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (data_path / "cub" / CACHE_FOLDER).exists()
+
+
+def test_train_takes_no_image_cache():
+    args = _parser().parse_args(["train", "--no-image-cache"])
+    assert args.image_cache is False and _parser().parse_args(["train"]).image_cache is True
 
 
 def test_an_unwritable_cache_folder_is_a_clear_error(cub):
