@@ -1,6 +1,8 @@
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,21 @@ from mlflow.tracking import MlflowClient
 # Real Ray on loopback, no usage reports, no auth tokens.
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 os.environ.update(RAY_ENV)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_temp_dir():
+    """Ray's session folders (logs, sockets; ~60 MB per cluster) in one folder removed after the tests,
+    not left in /tmp/ray. The path stays short: Ray's unix sockets live under it (107 bytes at most)."""
+    folder = tempfile.mkdtemp(prefix="amr", dir="/tmp")
+    previous = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = folder  # read by in-process ray.init and by every study subprocess
+    yield folder
+    if previous is None:
+        os.environ.pop("RAY_TMPDIR", None)
+    else:
+        os.environ["RAY_TMPDIR"] = previous
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

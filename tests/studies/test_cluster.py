@@ -1,5 +1,6 @@
 """A study through --address on a Ray head node started with `ray start` on 127.0.0.1."""
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,5 +29,6 @@ def test_study_on_an_existing_cluster(demo_data_path, study_dirs):
         assert "best config:" in proc.stdout
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
     _, runs, _ = trial_runs(study_dirs["tracking_uri"])
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
