@@ -18,13 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from antimetric.atomic import write_json
+from antimetric.atomic import atomic_open, write_json
 from antimetric.data.records import ImageRecord
 from antimetric.data.transforms import resize_transform
 
@@ -66,17 +65,8 @@ def save_cached(image: Image.Image, record: ImageRecord, folder: Path) -> None:
     through a temporary file, so that the path holds either the old file or the whole new one.
 
     Raises OSError when the file cannot be written."""
-    path = folder / record.path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            image.save(handle, format="JPEG", quality=JPEG_QUALITY, subsampling=0)  # 4:4:4: full-resolution colour
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_open(folder / record.path, "wb", fsync=False) as handle:  # finish_cache syncs them all at once
+        image.save(handle, format="JPEG", quality=JPEG_QUALITY, subsampling=0)  # 4:4:4: full-resolution colour
 
 
 def start_cache(folder: Path) -> None:
@@ -84,13 +74,13 @@ def start_cache(folder: Path) -> None:
     (folder / _INDEX_NAME).unlink(missing_ok=True)
 
 
-def finish_cache(folder: Path, dataset: str, form: CacheForm, root: Path, records: list[ImageRecord]) -> None:
-    """Mark `folder` complete for exactly `records` (the readable ones under `root`, all written)."""
+def finish_cache(dataset_dir: Path, dataset: str, form: CacheForm, root: Path, records: list[ImageRecord]) -> None:
+    """Mark the cache of `form` complete for exactly `records` (the readable ones under `root`, all written)."""
     fingerprint = records_fingerprint(root, records)
     if fingerprint is None:
         raise OSError(f"an image under {root} disappeared while the cache was written")
     os.sync()  # the cached files reach the disk before the index that vouches for them
-    write_json(folder / _INDEX_NAME, {
+    write_json(form.folder(dataset_dir) / _INDEX_NAME, {
         "format": CACHE_FORMAT,
         "dataset": dataset,
         "crop_type": form.crop_type,

@@ -70,13 +70,13 @@ def prepare(name: str, data_path: Path, *, progress: bool = True, cache: CacheFo
     """
     dataset_dir = Path(data_path) / name
     index = read_dataset(name, dataset_dir)
-    cache_folder = cache.folder(dataset_dir) if cache is not None else None
-    if cache_folder is not None:
+    if cache is not None:
         try:
-            start_cache(cache_folder)
+            start_cache(cache.folder(dataset_dir))
         except OSError as error:
-            raise DatasetLayoutError(f"{name}: cannot write the image cache in {cache_folder} ({error})") from None
-    unreadable = _find_unreadable(index, cache, cache_folder, progress=progress)
+            raise DatasetLayoutError(f"{name}: cannot write the image cache in {cache.folder(dataset_dir)} "
+                                     f"({error})") from None
+    unreadable = _find_unreadable(index, cache, dataset_dir, progress=progress)
     path = manifest_path(name, data_path)
     try:
         write_json(path, _manifest_json(name, dataset_dir, index, unreadable))
@@ -84,9 +84,10 @@ def prepare(name: str, data_path: Path, *, progress: bool = True, cache: CacheFo
         raise DatasetLayoutError(f"{name}: cannot write manifest {path} ({error})") from None
     skipped = {image.path for image in unreadable}
     readable = DatasetIndex(index.name, index.root, [r for r in index.records if r.path not in skipped])
-    if cache is not None and cache_folder is not None:
+    cache_folder = cache.folder(dataset_dir) if cache is not None else None
+    if cache is not None:
         try:
-            finish_cache(cache_folder, name, cache, index.root, readable.records)
+            finish_cache(dataset_dir, name, cache, index.root, readable.records)
         except OSError as error:
             raise DatasetLayoutError(f"{name}: cannot write the image cache index in {cache_folder} ({error})") from None
     return PrepareReport(dataset=name, manifest=path, splits=readable.summary(), unreadable=unreadable,
@@ -129,7 +130,7 @@ def load_or_prepare(name: str, data_path: Path, *, progress: bool = True) -> Dat
     return load_manifest(name, data_path)
 
 
-def _find_unreadable(index: DatasetIndex, cache: CacheForm | None, cache_folder: Path | None, *,
+def _find_unreadable(index: DatasetIndex, cache: CacheForm | None, dataset_dir: Path, *,
                      progress: bool) -> list[UnreadableImage]:
     with (
         ThreadPoolExecutor(max_workers=_DECODE_THREADS) as pool,
@@ -143,7 +144,7 @@ def _find_unreadable(index: DatasetIndex, cache: CacheForm | None, cache_folder:
     ):
         reasons = []
         def check(record: ImageRecord) -> str | None:
-            return _check_image(index.name, index.root, record, cache, cache_folder)
+            return _check_image(index.name, index.root, record, cache, dataset_dir)
 
         for reason in pool.map(check, index.records):
             reasons.append(reason)
@@ -156,7 +157,7 @@ def _find_unreadable(index: DatasetIndex, cache: CacheForm | None, cache_folder:
 
 
 def _check_image(name: str, root: Path, record: ImageRecord, cache: CacheForm | None,
-                 cache_folder: Path | None) -> str | None:
+                 dataset_dir: Path) -> str | None:
     """None when the file decodes (and, with a cache, its resized copy is written), else a short reason."""
     try:
         image = open_rgb(root / record.path)
@@ -166,16 +167,16 @@ def _check_image(name: str, root: Path, record: ImageRecord, cache: CacheForm | 
         text = " ".join(str(error).split()) or "no details"
         return f"{type(error).__name__}: {text}"[:_REASON_CHARS]
     with image:
-        if cache is not None and cache_folder is not None:
+        if cache is not None:
             try:
                 resized = resized_for_cache(image, record, cache)
             except ValueError as error:
                 raise DatasetLayoutError(f"{name}: cannot cache {record.path}: {error}") from None
             try:
-                save_cached(resized, record, cache_folder)
+                save_cached(resized, record, cache.folder(dataset_dir))
             except OSError as error:
                 raise DatasetLayoutError(
-                    f"{name}: cannot write the cached copy of {record.path} in {cache_folder} ({error})"
+                    f"{name}: cannot write the cached copy of {record.path} in {cache.folder(dataset_dir)} ({error})"
                 ) from None
     return None
 
