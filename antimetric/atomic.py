@@ -13,10 +13,8 @@ import torch
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path, mode: str = "wb", *, fsync: bool = True) -> Iterator[IO]:
-    """Open a temporary file beside `path`; on success it replaces `path`, on error it is removed.
-
-    fsync=False skips flushing each file to disk, for many small files that one os.sync() covers."""
+def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside `path`; on success it replaces `path`, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -24,8 +22,7 @@ def atomic_open(path: Path, mode: str = "wb", *, fsync: bool = True) -> Iterator
         with os.fdopen(descriptor, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle
             handle.flush()
-            if fsync:
-                os.fsync(handle.fileno())
+            os.fsync(handle.fileno())
         os.chmod(temporary, 0o644)  # mkstemp creates it private (0600)
         os.replace(temporary, path)
     except BaseException:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +64,7 @@ def save_cached(image: Image.Image, record: ImageRecord, folder: Path) -> None:
     through a temporary file, so that the path holds either the old file or the whole new one.
 
     Raises OSError when the file cannot be written."""
-    with atomic_open(folder / record.path, "wb", fsync=False) as handle:  # finish_cache syncs them all at once
+    with atomic_open(folder / record.path, "wb") as handle:
         image.save(handle, format="JPEG", quality=JPEG_QUALITY, subsampling=0)  # 4:4:4: full-resolution colour
 
 
@@ -79,7 +78,6 @@ def finish_cache(dataset_dir: Path, dataset: str, form: CacheForm, root: Path, r
     fingerprint = records_fingerprint(root, records)
     if fingerprint is None:
         raise OSError(f"an image under {root} disappeared while the cache was written")
-    os.sync()  # the cached files reach the disk before the index that vouches for them
     write_json(form.folder(dataset_dir) / _INDEX_NAME, {
         "format": CACHE_FORMAT,
         "dataset": dataset,
