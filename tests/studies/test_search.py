@@ -64,13 +64,15 @@ def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs):
     running = {r.data.tags["trial_id"]: len(_metric_steps(client, r)) for r in before if r.info.status == "RUNNING"}
     assert any(epochs >= 3 for epochs in running.values())
 
-    run_study(demo_data_path, study_dirs, *args, "--resume")
+    resumed = run_study(demo_data_path, study_dirs, *args, "--resume")
     client, runs, summary = trial_runs(study_dirs["tracking_uri"])
     assert len(summary) == 1
     by_trial = {r.data.tags["trial_id"]: r for r in runs}
     assert len(by_trial) == len(runs)  # one run per trial
     assert {r.data.tags["trial_id"] for r in before} <= set(by_trial)
-    assert sum(r.info.status == "FINISHED" for r in runs) >= 3 and not any(r.info.status == "RUNNING" for r in runs)
+    statuses = {trial_id: run.info.status for trial_id, run in by_trial.items()}
+    assert sum(s == "FINISHED" for s in statuses.values()) >= 3 and "RUNNING" not in statuses.values(), (
+        f"{statuses}; the resumed study printed:\n{resumed.stdout[-5000:]}\n{resumed.stderr[-3000:]}")
     for trial_id, epochs in running.items():
         if epochs >= 3 and by_trial[trial_id].info.status == "FINISHED":
             # it went on from a checkpoint, not from epoch 1
