@@ -1,6 +1,8 @@
 """Running a study: Ray Tune with OptunaSearch (TPE) and ASHA, MLflow callback, summary at the end."""
 from __future__ import annotations
 
+import json
+import pickletools
 import sys
 from pathlib import Path
 
@@ -72,6 +74,12 @@ def run_study(settings: StudySettings) -> int:
                 print(f"error: --resume: no study to resume in {experiment_path}; drop --resume to start one",
                       file=sys.stderr)
                 return 2
+            cut_short = cut_short_state_file(experiment_path)
+            if cut_short is not None:
+                print(f"error: --resume: {cut_short} was cut short when the study's driver was killed (Ray copies "
+                      "its state files without an atomic rename), so Tune would silently start the study over; "
+                      "start a new one with --experiment NEW_NAME", file=sys.stderr)
+                return 2
             tuner = tune.Tuner.restore(str(experiment_path), trainable(settings), resume_unfinished=True,
                                        resume_errored=False)
         elif tune.Tuner.can_restore(str(experiment_path)):
@@ -89,6 +97,30 @@ def run_study(settings: StudySettings) -> int:
         return 0
     finally:
         ray.shutdown()
+
+
+def cut_short_state_file(experiment_path: Path) -> Path | None:
+    """The newest searcher or experiment state Tune would restore, when a killed driver left it truncated.
+
+    Ray writes these files in a staging folder and copies them into the experiment folder file by file;
+    a driver killed during a copy leaves a partial file there (seen: an empty searcher state, after
+    which Tune logged "Failed to restore the run state" and restarted the whole study). The check parses
+    the files' structure only: pickle opcodes are listed without building any object."""
+    searcher_states = sorted(experiment_path.glob("searcher-state-*.pkl"))
+    if searcher_states:  # Tune restores max() of these names
+        try:
+            with searcher_states[-1].open("rb") as handle:
+                for _ in pickletools.genops(handle):
+                    pass
+        except (ValueError, OSError):
+            return searcher_states[-1]
+    experiment_states = sorted(experiment_path.glob("experiment_state-*.json"))
+    if experiment_states:
+        try:
+            json.loads(experiment_states[-1].read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            return experiment_states[-1]
+    return None
 
 
 def _artifact_root(settings: StudySettings) -> Path | None:

@@ -1,5 +1,7 @@
 """Smoke studies with the real Ray Tune, Optuna and MLflow."""
+import json
 import os
+import pickle
 import signal
 import subprocess
 import tempfile
@@ -7,6 +9,7 @@ import time
 
 import torch
 
+from studies.study import cut_short_state_file
 from tests.studies.conftest import RAY_ENV, run_study, study_command, trial_runs
 
 
@@ -38,6 +41,28 @@ def test_smoke_study_records_every_trial(demo_data_path, study_dirs):
     assert len(summary) == 1
     files = {a.path for a in client.list_artifacts(summary[0].info.run_id)}
     assert {"trials.csv", "best_config.json", "optimization_history.png", "param_importances.png"} <= files
+
+    # the same study, as a driver killed while Ray copied its search state leaves it: --resume refuses
+    searcher_state = max((study_dirs["storage"] / "t").glob("searcher-state-*.pkl"))
+    searcher_state.write_bytes(searcher_state.read_bytes()[:100])
+    proc = subprocess.run(study_command(demo_data_path, study_dirs, "--resume"), capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **RAY_ENV})
+    assert proc.returncode == 2 and f"{searcher_state} was cut short" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_cut_short_state_file_is_found(tmp_path):
+    (tmp_path / "searcher-state-2026-01-01_00-00-00.pkl").write_bytes(pickle.dumps({"trials": [1, 2, 3]}))
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trials": [1, 2]}))
+    assert cut_short_state_file(tmp_path) is None
+    newer = tmp_path / "searcher-state-2026-01-02_00-00-00.pkl"
+    newer.write_bytes(pickle.dumps({"trials": [1, 2, 3]})[:-2])
+    assert cut_short_state_file(tmp_path) == newer
+    newer.write_bytes(b"")
+    assert cut_short_state_file(tmp_path) == newer
+    newer.unlink()
+    state = tmp_path / "experiment_state-2026-01-02_00-00-00.json"
+    state.write_text('{"trials": [1, ')
+    assert cut_short_state_file(tmp_path) == state
 
 
 def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs):
