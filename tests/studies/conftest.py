@@ -39,14 +39,16 @@ def study_command(data_path: Path, dirs: dict, *extra: str) -> list[str]:
             "--tracking-uri", dirs["tracking_uri"], "--storage-path", str(dirs["storage"]), "--experiment", "t", *extra]
 
 
-def run_study(data_path: Path, dirs: dict, *extra: str, timeout: int = 240) -> subprocess.CompletedProcess:
+def run_study(data_path: Path, dirs: dict, *extra: str, timeout: int = 240,
+              returncode: int = 0) -> subprocess.CompletedProcess:
+    """Run `python -m studies.search` to its end and check its exit status."""
     try:
         proc = subprocess.run(study_command(data_path, dirs, *extra), capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, **RAY_ENV})
     except subprocess.TimeoutExpired as expired:  # show where the study was when it ran out of time
         output = "".join(_text(part) for part in (expired.stdout, expired.stderr))
         raise AssertionError(f"study did not finish in {timeout} s; its output ended:\n{output[-6000:]}") from None
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == returncode, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 

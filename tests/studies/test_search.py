@@ -46,9 +46,8 @@ def test_smoke_study_records_every_trial(demo_data_path, study_dirs):
     # the same study, as a driver killed while Ray copied its search state leaves it: --resume refuses
     searcher_state = max((study_dirs["storage"] / "t").glob("searcher-state-*.pkl"))
     searcher_state.write_bytes(searcher_state.read_bytes()[:100])
-    proc = subprocess.run(study_command(demo_data_path, study_dirs, "--resume"), capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **RAY_ENV})
-    assert proc.returncode == 2 and f"{searcher_state} was cut short" in proc.stderr, proc.stderr[-2000:]
+    proc = run_study(demo_data_path, study_dirs, "--resume", timeout=120, returncode=2)
+    assert f"{searcher_state} was cut short" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_a_cut_short_state_file_is_found(tmp_path):
@@ -123,6 +122,5 @@ def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs, tmp_path)
 
 
 def test_resume_without_a_study_is_a_clear_error(demo_data_path, study_dirs):
-    proc = subprocess.run(study_command(demo_data_path, study_dirs, "--resume"), capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **RAY_ENV})
-    assert proc.returncode == 2 and "no study to resume" in proc.stderr
+    proc = run_study(demo_data_path, study_dirs, "--resume", timeout=120, returncode=2)
+    assert "no study to resume" in proc.stderr
