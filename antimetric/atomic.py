@@ -41,9 +41,16 @@ def write_text(path: Path, text: str) -> None:
 
 
 def torch_save(path: Path, obj: Any) -> None:
-    """torch.save of tensors and plain containers, readable with torch.load(weights_only=True)."""
+    """torch.save of tensors and plain containers, readable with torch.load(weights_only=True).
+
+    A failed write raises the OSError (disk full, say), which torch.save wraps in a RuntimeError."""
     with atomic_open(path, "wb") as handle:
-        torch.save(obj, handle)
+        try:
+            torch.save(obj, handle)
+        except RuntimeError as error:
+            if isinstance(error.__context__, OSError):
+                raise error.__context__ from None
+            raise
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:

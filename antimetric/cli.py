@@ -8,7 +8,7 @@ from pathlib import Path
 
 from antimetric.config import BOXED_DATASETS, CROP_TYPES, DATASETS, IMPLEMENTATIONS, RunConfig, parse_recalls
 from antimetric.data.cache import MAX_CACHE_SIZE
-from antimetric.errors import AntimetricError, ConfigError
+from antimetric.errors import AntimetricError, ConfigError, RunInterrupted
 from antimetric.model.backbones import BACKBONES, SHARE_TYPES
 
 
@@ -20,8 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     except AntimetricError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunInterrupted as interrupted:
+        if interrupted.last_epoch:
+            print(f"interrupted; epochs 1-{interrupted.last_epoch} are kept; continue with: "
+                  f"python -m antimetric train --resume {interrupted.run_dir}", file=sys.stderr)
+        else:
+            print(f"interrupted before the first epoch ended; nothing to resume in {interrupted.run_dir}",
+                  file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("interrupted; finished epochs are kept in the run folder (last.pt)", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         return 130
 
 
@@ -99,7 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     _add(train, "--eval-batch-size", type=int)
     _add(train, "--chunk-size", type=int, default=4096, help="query rows per block of the exact kNN search")
     _add(train, "--output-dir", default="runs", help="run folders are created here (default: runs)")
-    _add(train, "--run-name", help="run folder name (default: <dataset>-<time>)")
+    _add(train, "--run-name", help="run folder name (default: <dataset>-<time>, made unique)")
+    _add(train, "--reuse-run-name", action="store_true",
+         help="an existing --run-name folder: replace that run's files instead of stopping with an error")
+    _add(train, "--resume", metavar="RUN_DIR",
+         help="continue the run in RUN_DIR from its last.pt, with its own config (only --device and "
+              "--num-workers may change)")
     train.add_argument("--json", action="store_true", help="print the best epoch's metrics as JSON at the end")
     train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     train.set_defaults(command=_train)
@@ -151,14 +164,27 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from antimetric.train import fit
+_NOT_CONFIG = ("command", "json", "quiet", "with_train", "resume")
 
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "json", "quiet", "with_train")}
+
+def _train(args: argparse.Namespace) -> int:
+    from antimetric.train import fit, resume_run
+
+    values = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    if args.resume is not None:
+        defaults = vars(_parser().parse_args(["train"]))
+        overrides = {k: v for k, v in values.items() if v != defaults[k]}
+        result = resume_run(Path(args.resume), _epoch_printer(args), progress=not args.quiet and sys.stderr.isatty(),
+                            overrides=overrides)
+        return _print_result(args, result)
     if values["load_ids"] == "latest":
         values["load_ids"] = str(_latest_meta_ids(Path(args.output_dir), args.data_name))
     config = RunConfig.from_flat(values)
+    result = fit(config, _epoch_printer(args), progress=not args.quiet and sys.stderr.isatty())
+    return _print_result(args, result)
 
+
+def _epoch_printer(args: argparse.Namespace):
     def report(result, _save):
         if not args.quiet:
             m = result.metrics
@@ -166,8 +192,10 @@ def _train(args: argparse.Namespace) -> int:
             shown.update({k: v for k, v in m.items() if k.startswith(("val_recall", "test_recall")) or k.endswith("map_at_r")})
             text = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
             print(f"epoch {result.epoch}: {text}{' *best' if result.is_best else ''}", flush=True)
+    return report
 
-    result = fit(config, report, progress=not args.quiet and sys.stderr.isatty())
+
+def _print_result(args: argparse.Namespace, result) -> int:
     if args.json:
         print(json.dumps({"run_dir": str(result.run_dir), "best_epoch": result.best_epoch, **result.best_metrics}))
     else:

@@ -6,7 +6,9 @@ resolved, so `--data-name sop` alone gives the seed's SOP settings.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from antimetric.errors import ConfigError
@@ -69,10 +71,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = "runs"  # run folders are created below it
-    run_name: str | None = None  # default: <dataset>-<timestamp>
+    run_name: str | None = None  # default: <dataset>-<timestamp>, made unique
+    reuse_run_name: bool = False  # an existing run folder of run_name: replace its run files (else an error)
 
     def to_flat(self) -> dict[str, Any]:
-        flat: dict[str, Any] = {"output_dir": self.output_dir, "run_name": self.run_name}
+        flat: dict[str, Any] = {key: getattr(self, key) for key in _RUN_KEYS}
         for section in _SECTIONS:
             flat.update(dataclasses.asdict(getattr(self, section)))
         return flat
@@ -82,7 +85,7 @@ class RunConfig:
         """Build a config from one flat dict (CLI or study); unknown keys are an error."""
         config = cls()
         for key, value in values.items():
-            if key in ("output_dir", "run_name"):
+            if key in _RUN_KEYS:
                 setattr(config, key, value)
                 continue
             section = _FIELD_SECTION.get(key)
@@ -95,6 +98,7 @@ class RunConfig:
 
 
 _SECTIONS = ("data", "model", "train", "eval")
+_RUN_KEYS = ("output_dir", "run_name", "reuse_run_name")
 _FIELD_SECTION = {
     f.name: section
     for section, kind in zip(_SECTIONS, (DataConfig, ModelConfig, TrainConfig, EvalConfig))
@@ -166,7 +170,27 @@ def _check(config: RunConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if model.meta_class_size < 2:
         raise ConfigError(f"--meta-class-size must be at least 2, got {model.meta_class_size}")
-    if not train.lr > 0:
-        raise ConfigError(f"--lr must be positive, got {train.lr}")
+    if not (isinstance(train.lr, (int, float)) and math.isfinite(train.lr) and train.lr > 0):
+        raise ConfigError(f"--lr must be a finite positive number such as 1e-4, got {train.lr}")
+    if train.seed < 0:
+        raise ConfigError(f"--seed must be 0 or more, got {train.seed}")
+    if data.num_workers is not None and data.num_workers < 0:
+        raise ConfigError(f"--num-workers must be 0 or more (0: load in the main process), got {data.num_workers}")
+    for name, value in (("eval_batch_size", config.eval.eval_batch_size), ("chunk_size", config.eval.chunk_size)):
+        if value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    _check_device(train.device)
+    if not config.run_name and config.run_name is not None:
+        raise ConfigError("--run-name must not be empty")
+    if config.run_name and (Path(config.run_name).name != config.run_name or config.run_name in (".", "..")):
+        raise ConfigError(f"--run-name must be a folder name, not a path, got {config.run_name!r}; "
+                          "put the parent folder in --output-dir")
     if train.batch_size < 2 and train.train:
         raise ConfigError("--batch-size must be at least 2 to train (BatchNorm needs two samples)")
+
+
+def _check_device(name: str) -> None:
+    """'auto', 'cpu', 'cuda' or 'cuda:N' (whether CUDA is present is checked when the run starts)."""
+    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
+        return
+    raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")

@@ -11,3 +11,15 @@ class ConfigError(AntimetricError):
 
 class DatasetLayoutError(AntimetricError):
     """A dataset folder that does not hold the files of its official layout."""
+
+
+class NonFiniteLossError(AntimetricError):
+    """Training diverged: the loss became NaN or infinite."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; says where it can be resumed from (last_epoch 0: nothing to resume)."""
+
+    def __init__(self, run_dir, last_epoch: int) -> None:
+        super().__init__(f"interrupted after epoch {last_epoch} of {run_dir}")
+        self.run_dir, self.last_epoch = run_dir, last_epoch

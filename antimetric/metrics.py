@@ -31,6 +31,12 @@ over the queries with R >= 1 only (``nan`` when there are none). The ranking is
 ``torch.topk``'s, so the order among items of *equal* similarity is whatever topk
 returns -- unlike Recall@K, these two are not tie-pessimistic.
 
+Non-finite embeddings (a diverged network gives NaN) are misses, never hits: a query with a
+NaN or infinite component scores 0 in every metric (and still counts in the denominators), and
+a gallery item with one ranks below every finite item and never counts as a retrieved positive
+(it still counts in its class's R). Without this, NaN similarities would make every query a
+hit (no negative compares >= NaN) and a diverged run would score Recall@K = 1.
+
 Whether two items tie is decided on float32 dot products: duplicated vectors give
 identical similarities, but vectors that are equal only in exact arithmetic may not.
 """
@@ -142,9 +148,11 @@ def _negatives_above_best_positive(
 
 
 def _map_and_r_precision(
-    sims: torch.Tensor, pos: torch.Tensor
+    sims: torch.Tensor, pos: torch.Tensor, findable: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-query MAP@R and R-precision of a chunk; zero for queries with R == 0."""
+    """Per-query MAP@R and R-precision of a chunk; zero for queries with R == 0.
+
+    R counts every positive (pos); only the `findable` ones (finite embeddings) count as retrieved."""
     r = pos.sum(dim=1)  # (chunk,)
     max_r = int(r.max().item())
     if max_r == 0:
@@ -152,7 +160,7 @@ def _map_and_r_precision(
         return zeros, zeros
     order = sims.topk(max_r, dim=1).indices  # (chunk, max_r)
     ranks = torch.arange(1, max_r + 1, device=sims.device)  # (max_r,)
-    rel = pos.gather(1, order) & (ranks[None, :] <= r[:, None])  # (chunk, max_r)
+    rel = findable.gather(1, order) & (ranks[None, :] <= r[:, None])  # (chunk, max_r)
     precision = rel.cumsum(dim=1).double() / ranks  # (chunk, max_r)
     r_safe = r.clamp(min=1).double()
     ap = (precision * rel).sum(dim=1) / r_safe  # (chunk,)
@@ -173,9 +181,13 @@ def _accumulate(inputs: _Inputs, ks: tuple[int, ...], with_map: bool) -> _Totals
     n_with_pos = torch.zeros((), dtype=torch.int64, device=device)
     ap = torch.zeros(n_query if with_map else 0, dtype=torch.float64, device=device)
     rp = torch.zeros_like(ap)
+    query_finite = torch.isfinite(inputs.query).all(dim=1)  # (n_query,)
+    gallery_finite = torch.isfinite(inputs.gallery).all(dim=1)  # (n_gallery,)
     for start in range(0, n_query, inputs.chunk_size):
         stop = min(start + inputs.chunk_size, n_query)
         sims = inputs.query[start:stop].float() @ inputs.gallery.T  # (chunk, gallery)
+        ok = query_finite[start:stop]  # (chunk,)
+        sims.masked_fill_(~gallery_finite[None, :] | ~ok[:, None], float("-inf"))  # NaN rows and columns last
         labels = inputs.query_labels[start:stop]
         pos = labels[:, None] == inputs.gallery_labels[None, :]  # (chunk, gallery)
         neg = ~pos
@@ -187,12 +199,14 @@ def _accumulate(inputs: _Inputs, ks: tuple[int, ...], with_map: bool) -> _Totals
             neg[rows, cols] = False
         has_pos = pos.any(dim=1)  # (chunk,)
         n_with_pos += has_pos.sum()
+        findable = pos & gallery_finite[None, :]  # (chunk, gallery)
         if ks:
-            rank = _negatives_above_best_positive(sims, pos, neg)  # (chunk,)
-            hit = has_pos[:, None] & (rank[:, None] < ks_t[None, :])  # (chunk, n_ks)
+            rank = _negatives_above_best_positive(sims, findable, neg)  # (chunk,)
+            hit = (ok & findable.any(dim=1))[:, None] & (rank[:, None] < ks_t[None, :])  # (chunk, n_ks)
             hit_counts += hit.sum(dim=0)
         if with_map:
-            ap[start:stop], rp[start:stop] = _map_and_r_precision(sims, pos)
+            chunk_ap, chunk_rp = _map_and_r_precision(sims, pos, findable)
+            ap[start:stop], rp[start:stop] = chunk_ap * ok, chunk_rp * ok
     return _Totals(
         n_query=n_query,
         hits=dict(zip(ks, hit_counts.tolist())),

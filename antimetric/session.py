@@ -53,6 +53,9 @@ def pick_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
@@ -82,7 +85,8 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
         model.branches.checkpoint_blocks = bool(model_cfg.activation_checkpointing)
     train_model = torch.compile(model) if train.compile else model
     optimizer = make_optimizer(model, train.lr, device)
-    milestones = [int(0.5 * train.num_epochs), int(0.7 * train.num_epochs)]
+    # x0.1 after 50 % and 70 % of the epochs; never at 0, which would cut the rate before epoch 1
+    milestones = [max(1, int(0.5 * train.num_epochs)), max(1, int(0.7 * train.num_epochs))]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
     image_root, crop = _image_source(config, index, progress)
@@ -91,11 +95,12 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
                              crop, targets)
     if len(train_set) < train.batch_size and train.train:
         raise ConfigError(f"{len(train_set)} training images are fewer than --batch-size {train.batch_size}")
+    # Seeded again at the start of every epoch (training_state.seed_epoch). Workers are started anew
+    # each epoch, so that their seeds come from that epoch's seed: a resumed run repeats exactly.
     generator = torch.Generator().manual_seed(train.seed)
     workers = _num_workers(data.num_workers)
     train_loader = DataLoader(train_set, batch_size=train.batch_size, shuffle=True, drop_last=True,
-                              num_workers=workers, pin_memory=device.type == "cuda", generator=generator,
-                              persistent_workers=workers > 0)
+                              num_workers=workers, pin_memory=device.type == "cuda", generator=generator)
 
     def eval_loaders(eval_set: EvalSet) -> EvalLoaders:
         transform = test_transform(data.data_name, data.crop_type, data.image_size)

@@ -4,29 +4,51 @@ from __future__ import annotations
 import csv
 import gc
 import io
+import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from antimetric.atomic import save_npz, torch_save, write_json, write_text
 from antimetric.config import RunConfig, resolve
-from antimetric.errors import ConfigError
+from antimetric.errors import ConfigError, NonFiniteLossError, RunInterrupted
 from antimetric.evaluate import Embeddings, embed, embeddings_arrays, score
 from antimetric.meta_classes import save_meta_ids
 from antimetric.metrics import recall_key
+from antimetric.run_folder import (
+    BEST_FILE,
+    CONFIG_FILE,
+    EPOCHS_FILE,
+    FEATURES_FILE,
+    LAST_FILE,
+    META_IDS_FILE,
+    create_run_dir,
+    probe,
+    writing,
+)
 from antimetric.session import EvalLoaders, TrainingSession, build_session
 from antimetric.step import to_device_batch, training_step
+from antimetric.training_state import BestTracker, load_training_state, save_training_state, seed_epoch
 
-# Files of a run folder.
-CONFIG_FILE, META_IDS_FILE, EPOCHS_FILE = "config.json", "meta_ids.json", "epochs.csv"
-BEST_FILE, LAST_FILE, FEATURES_FILE = "best.pt", "last.pt", "features.npz"
+__all__ = ["BEST_FILE", "CONFIG_FILE", "EPOCHS_FILE", "FEATURES_FILE", "LAST_FILE", "META_IDS_FILE", "EpochResult",
+           "FitResult", "RunInterrupted", "fit", "resume_run"]
+
+# on_epoch_end(result, save_checkpoint): save_checkpoint(folder) writes a resumable state there.
+# Returning True stops training after this epoch.
+EpochCallback = Callable[["EpochResult", Callable[[Path], None]], "bool | None"]
+_NONFINITE_CHECK_STEPS = 20  # how often the loss is checked within an epoch (a check waits for the GPU)
+
+
+# on_epoch_end(result, save_checkpoint): save_checkpoint(folder) writes a resumable state there.
+# Returning True stops training after this epoch.
+EpochCallback = Callable[["EpochResult", Callable[[Path], None]], "bool | None"]
+_NONFINITE_CHECK_STEPS = 20  # how often the loss is checked within an epoch (a check waits for the GPU)
 
 
 @dataclass
@@ -44,22 +66,57 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-# on_epoch_end(result, save_checkpoint): save_checkpoint(folder) writes a resumable state there.
-# Returning True stops training after this epoch.
-EpochCallback = Callable[[EpochResult, Callable[[Path], None]], "bool | None"]
-
-
 def fit(config: RunConfig, on_epoch_end: EpochCallback | None = None, *, resume_from: Path | None = None,
-        progress: bool = False) -> FitResult:
+        progress: bool = False, write_last: bool = True) -> FitResult:
+    """Train and evaluate in a new run folder (made, and checked writable, before any data is read).
+
+    resume_from: a state saved by on_epoch_end's save_checkpoint (a folder) or a last.pt, to continue
+    from. write_last=False skips the run folder's last.pt (for callers that keep their own states)."""
     config = resolve(config)
+    run_dir = create_run_dir(config)
+    try:
+        session = build_session(config, progress=progress)
+    except BaseException:
+        _remove_if_empty(run_dir)
+        raise
+    return _run(session, run_dir, on_epoch_end, resume_from, progress, write_last)
+
+
+def resume_run(run_dir: Path, on_epoch_end: EpochCallback | None = None, *, progress: bool = False,
+               overrides: dict[str, Any] | None = None) -> FitResult:
+    """Continue a run in its own folder from its last.pt, with its own config.json; `overrides` may
+    change only what does not change the result (device, data-loader workers)."""
+    run_dir = Path(run_dir)
+    changed = sorted(set(overrides or {}) - set(RESUME_OVERRIDES))
+    if changed:
+        raise ConfigError(f"--resume continues a run with its own {CONFIG_FILE}; drop --{changed[0].replace('_', '-')}")
+    for name in (CONFIG_FILE, LAST_FILE):
+        if not (run_dir / name).is_file():
+            raise ConfigError(f"--resume: no {name} in {run_dir}; pass the folder of a run that finished an epoch")
+    try:
+        values = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        values.update(overrides or {}, output_dir=str(run_dir.parent), run_name=run_dir.name)
+        config = resolve(RunConfig.from_flat(values))
+    except (OSError, ValueError, AttributeError) as error:
+        raise ConfigError(f"--resume: cannot read {run_dir / CONFIG_FILE} ({error})") from None
+    probe(run_dir)
     session = build_session(config, progress=progress)
-    run_dir = _make_run_dir(config)
-    write_json(run_dir / CONFIG_FILE, config.to_flat())
-    save_meta_ids(run_dir / META_IDS_FILE, session.meta_ids, session.splits.train_classes)
+    return _run(session, run_dir, on_epoch_end, run_dir / LAST_FILE, progress, write_last=True)
+
+
+RESUME_OVERRIDES = ("device", "num_workers")
+
+
+def _run(session: TrainingSession, run_dir: Path, on_epoch_end: EpochCallback | None, resume_from: Path | None,
+         progress: bool, write_last: bool) -> FitResult:
+    config = session.config
     tracker = BestTracker(selection_key(session))
     start_epoch = 1
     if resume_from is not None:
         start_epoch = load_training_state(Path(resume_from), session, tracker) + 1
+    with writing(run_dir):
+        write_json(run_dir / CONFIG_FILE, config.to_flat())
+        save_meta_ids(run_dir / META_IDS_FILE, session.meta_ids, session.splits.train_classes)
 
     if not config.train.train:
         evaluation = evaluate_session(session, progress)
@@ -70,19 +127,35 @@ def fit(config: RunConfig, on_epoch_end: EpochCallback | None = None, *, resume_
             on_epoch_end(result, lambda folder: save_training_state(Path(folder), session, 0, tracker))
         return FitResult(run_dir, 0, metrics, tracker.history)
 
-    for epoch in range(start_epoch, config.train.num_epochs + 1):
-        metrics = train_one_epoch(session, epoch, progress)
-        evaluation = evaluate_session(session, progress)
-        metrics.update(evaluation.metrics)
-        result = EpochResult(epoch, metrics, tracker.update(epoch, metrics))
-        _record(run_dir, session, result, tracker, evaluation)
-        save_training_state(run_dir, session, epoch, tracker, filename=LAST_FILE)
-        stop = None
-        if on_epoch_end is not None:
-            stop = on_epoch_end(result, lambda folder: save_training_state(Path(folder), session, epoch, tracker))
-        if stop:
-            break
+    finished = start_epoch - 1  # the last epoch whose state is saved
+    try:
+        for epoch in range(start_epoch, config.train.num_epochs + 1):
+            seed_epoch(session, epoch)
+            metrics = train_one_epoch(session, epoch, progress)
+            evaluation = evaluate_session(session, progress)
+            metrics.update(evaluation.metrics)
+            result = EpochResult(epoch, metrics, tracker.update(epoch, metrics))
+            _record(run_dir, session, result, tracker, evaluation)
+            if write_last:
+                with writing(run_dir):
+                    save_training_state(run_dir, session, epoch, tracker, filename=LAST_FILE)
+            finished = epoch
+            stop = None
+            if on_epoch_end is not None:
+                stop = on_epoch_end(result, lambda folder: save_training_state(Path(folder), session, epoch, tracker))
+            if stop:
+                break
+    except KeyboardInterrupt:
+        raise RunInterrupted(run_dir, finished if write_last else 0) from None
     return FitResult(run_dir, tracker.best_epoch, tracker.best_metrics, tracker.history)
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """Undo create_run_dir when the run could not start (bad data, say): only an empty folder goes."""
+    try:
+        run_dir.rmdir()
+    except OSError:
+        pass
 
 
 def train_one_epoch(session: TrainingSession, epoch: int, progress: bool) -> dict[str, float]:
@@ -94,7 +167,7 @@ def train_one_epoch(session: TrainingSession, epoch: int, progress: bool) -> dic
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     batches = tqdm(session.train_loader, desc=f"epoch {epoch}", disable=not progress, leave=False)
-    for images, targets in batches:
+    for step, (images, targets) in enumerate(batches, start=1):
         images = to_device_batch(images, device)
         targets = targets.to(device, non_blocking=True)  # (b, m) meta-class of each image per branch
         try:
@@ -106,6 +179,9 @@ def train_one_epoch(session: TrainingSession, epoch: int, progress: bool) -> dic
         loss_sum += loss * images.shape[0]
         correct += (logits.argmax(-1) == targets).float().mean(1).sum()
         seen += images.shape[0]
+        if step % _NONFINITE_CHECK_STEPS == 0:
+            _check_finite(loss_sum, epoch, lr)
+    _check_finite(loss_sum, epoch, lr)
     session.scheduler.step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -117,6 +193,14 @@ def train_one_epoch(session: TrainingSession, epoch: int, progress: bool) -> dic
         "epoch_seconds": seconds,
         "lr": lr,
     }
+
+
+def _check_finite(loss_sum: torch.Tensor, epoch: int, lr: float) -> None:
+    """A NaN or infinite loss ends the run: every later step would only spread it through the weights."""
+    value = loss_sum.item()
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"epoch {epoch}: the training loss became {value} (training diverged); lower --lr "
+                                 f"(it was {lr:g}); the run folder keeps the epochs before this one")
 
 
 @dataclass
@@ -171,80 +255,15 @@ def selection_key(session: TrainingSession) -> str:
     return f"val_{recall_key(first_k)}" if session.val is not None else f"test_{recall_key(first_k)}"
 
 
-class BestTracker:
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.best_epoch = -1
-        self.best_value = -np.inf
-        self.best_metrics: dict[str, float] = {}
-        self.history: list[dict[str, float]] = []
-
-    def update(self, epoch: int, metrics: dict[str, float]) -> bool:
-        self.history.append({"epoch": epoch, **metrics})
-        if metrics[self.key] > self.best_value:
-            self.best_epoch, self.best_value, self.best_metrics = epoch, metrics[self.key], dict(metrics)
-            return True
-        return False
-
-    def state_dict(self) -> dict:
-        return {"key": self.key, "best_epoch": self.best_epoch, "best_value": float(self.best_value),
-                "best_metrics": self.best_metrics, "history": self.history}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.key, self.best_epoch, self.best_value = state["key"], state["best_epoch"], state["best_value"]
-        self.best_metrics, self.history = dict(state["best_metrics"]), list(state["history"])
-
-
-def save_training_state(folder: Path, session: TrainingSession, epoch: int, tracker: BestTracker,
-                        filename: str = "state.pt") -> Path:
-    """Everything needed to resume after `epoch`, readable with torch.load(weights_only=True)."""
-    path = Path(folder) / filename
-    torch_save(path, {
-        "epoch": epoch,
-        "model": session.model.state_dict(),
-        "optimizer": session.optimizer.state_dict(),
-        "scheduler": session.scheduler.state_dict(),
-        "meta_ids": torch.as_tensor(session.meta_ids),
-        "tracker": tracker.state_dict(),
-        "config": session.config.to_flat(),
-    })
-    return path
-
-
-def weight_layout(state: dict) -> str:
-    """'reference' for the per-branch loop's state dict (branches.stages.{m}.…), else 'batched'."""
-    return "reference" if any(k.startswith("branches.stages.0.") or k.startswith("branches.heads.") for k in state) \
-        else "batched"
-
-
-def load_training_state(path: Path, session: TrainingSession, tracker: BestTracker) -> int:
-    """Restore a state saved by save_training_state (a file or the folder holding state.pt); returns its epoch."""
-    if path.is_dir():
-        path = path / "state.pt"
-    state = torch.load(path, map_location=session.device, weights_only=True)
-    if not np.array_equal(state["meta_ids"].cpu().numpy(), session.meta_ids):
-        raise ValueError(f"{path} was trained with other meta-class ids than this run")
-    saved, wanted = weight_layout(state["model"]), weight_layout(session.model.state_dict())
-    if saved != wanted:
-        raise ConfigError(f"{path} holds weights in the {saved} layout and this run builds the {wanted} one; "
-                          f"resume it with --implementation {saved}")
-    session.model.load_state_dict(state["model"])
-    session.optimizer.load_state_dict(state["optimizer"])
-    session.scheduler.load_state_dict(state["scheduler"])
-    tracker.load_state_dict(state["tracker"])
-    return int(state["epoch"])
-
-
-def _make_run_dir(config: RunConfig) -> Path:
-    name = config.run_name or f"{config.data.data_name}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = Path(config.output_dir) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 def _record(run_dir: Path, session: TrainingSession, result: EpochResult, tracker: BestTracker,
             evaluation: Evaluation) -> None:
     """Rewrite the per-epoch CSV; on a new best, the best weights and the test feature database."""
+    with writing(run_dir):
+        _write_epoch_files(run_dir, session, result, tracker, evaluation)
+
+
+def _write_epoch_files(run_dir: Path, session: TrainingSession, result: EpochResult, tracker: BestTracker,
+                       evaluation: Evaluation) -> None:
     write_text(run_dir / EPOCHS_FILE, _history_csv(tracker.history))
     if not result.is_best:
         return

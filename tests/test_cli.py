@@ -77,3 +77,12 @@ def test_train_seed_options_on_a_real_layout(tmp_path):
     assert json.loads(second.stdout.strip().splitlines()[-1])["best_epoch"] == 0
     ids = [json.loads((tmp_path / "runs" / name / "meta_ids.json").read_text()) for name in ("first", "second")]
     assert ids[0] == ids[1]
+
+
+def test_a_diverged_run_is_an_error_not_a_perfect_score(demo_data_path, tmp_path):
+    """--lr 1e20 made the loss NaN, and NaN embeddings scored Recall@1 = 1, kept as the best epoch."""
+    proc = run("train", "--data-path", str(demo_data_path), "--output-dir", str(tmp_path), "--run-name", "r",
+               "--num-epochs", "1", "--ensemble-size", "4", "--meta-class-size", "4", "--image-size", "32",
+               "--batch-size", "16", "--val-fraction", "0.2", "--max-per-class", "8", "--lr", "1e20")
+    assert_one_line_error(proc, "epoch 1: the training loss became nan", "lower --lr (it was 1e+20)")
+    assert not (tmp_path / "r" / "best.pt").exists()

@@ -29,7 +29,16 @@ def test_dataset_defaults_fill_only_unset_fields():
     ({"val_fraction": 1.5}, "--val-fraction must be in"),
     ({"ensemble_size": 0}, "--ensemble-size must be at least 1"),
     ({"meta_class_size": 1}, "--meta-class-size must be at least 2"),
-    ({"lr": -1.0}, "--lr must be positive"),
+    ({"lr": -1.0}, "--lr must be a finite positive number"),
+    ({"lr": float("inf")}, "--lr must be a finite positive number"),
+    ({"lr": float("nan")}, "--lr must be a finite positive number"),
+    ({"seed": -1}, "--seed must be 0 or more"),
+    ({"device": "foo"}, "--device must be auto, cpu, cuda or cuda:N"),
+    ({"num_workers": -1}, "--num-workers must be 0 or more"),
+    ({"chunk_size": 0}, "--chunk-size must be at least 1"),
+    ({"eval_batch_size": 0}, "--eval-batch-size must be at least 1"),
+    ({"run_name": "a/b"}, "--run-name must be a folder name"),
+    ({"run_name": ".."}, "--run-name must be a folder name"),
     ({"implementation": "fast"}, "unknown implementation"),
 ])
 def test_bad_values_are_rejected_with_the_option_name(values, needle):

@@ -18,13 +18,16 @@ KS = (1, 2, 4, 8, 1000)
 
 
 def reference(query, query_labels, ks, gallery=None, gallery_labels=None):
-    """Brute force over the full similarity matrix, one query at a time."""
+    """Brute force over the full similarity matrix, one query at a time. Non-finite rows are misses:
+    such a query scores 0; such a gallery item ranks last and is never a found positive."""
     leave_one_out = gallery is None
     q = query.float().numpy().astype(np.float64)
     ql = list(np.asarray(query_labels))
     g = q if leave_one_out else gallery.float().numpy().astype(np.float64)
     gl = ql if leave_one_out else list(np.asarray(gallery_labels))
-    sims = q @ g.T
+    q_ok, g_ok = np.isfinite(q).all(1), np.isfinite(g).all(1)
+    with np.errstate(invalid="ignore"):
+        sims = np.where(q_ok[:, None] & g_ok[None, :], np.nan_to_num(q) @ np.nan_to_num(g).T, -np.inf)
     hits = {k: 0 for k in ks}
     aps, rps = [], []
     for i in range(len(q)):
@@ -33,16 +36,22 @@ def reference(query, query_labels, ks, gallery=None, gallery_labels=None):
         negatives = [j for j in candidates if gl[j] != ql[i]]
         if not positives:
             continue
-        best = max(sims[i, j] for j in positives)
-        rank = sum(1 for j in negatives if sims[i, j] >= best)
-        for k in ks:
-            if rank < k:
-                hits[k] += 1
+        found = [j for j in positives if g_ok[j]]
+        if not q_ok[i]:
+            aps.append(0.0)
+            rps.append(0.0)
+            continue
+        if found:
+            best = max(sims[i, j] for j in found)
+            rank = sum(1 for j in negatives if sims[i, j] >= best)
+            for k in ks:
+                if rank < k:
+                    hits[k] += 1
         ranked = sorted(candidates, key=lambda j: -sims[i, j])
         r = len(positives)
         n_rel, ap = 0, 0.0
         for position, j in enumerate(ranked[:r], start=1):
-            if gl[j] == ql[i]:
+            if gl[j] == ql[i] and g_ok[j]:
                 n_rel += 1
                 ap += n_rel / position
         aps.append(ap / r)
@@ -239,3 +248,26 @@ def test_validation_in_single_metric_functions():
         map_at_r(X, [0, 1])
     with pytest.raises(ValueError, match="widths differ"):
         r_precision(X, Y, torch.zeros(2, 5), [0, 1])
+
+
+def test_a_diverged_network_scores_zero_not_one():
+    """NaN embeddings (a run whose loss became NaN) used to make every query a hit."""
+    x = torch.full((12, 4), float("nan"))
+    labels = torch.arange(12) % 3
+    got = retrieval_metrics(x, labels, KS)
+    assert all(got[recall_key(k)] == 0.0 for k in KS)
+    assert got[MAP_AT_R_KEY] == 0.0 and got[R_PRECISION_KEY] == 0.0
+    assert recall_at_k(x[:4], labels[:4], [1], x, labels) == {1: 0.0}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_rows_are_misses_and_match_the_reference(seed, bad):
+    x, y = random_data(seed, 40)
+    x[::5, 1] = bad  # 8 rows: misses as queries, never found as gallery items
+    assert_matches_reference(x, y, chunk_size=6)
+    q, ql = random_data(seed + 50, 20)
+    q[::4, 0] = bad
+    assert_matches_reference(q, ql, x, y, chunk_size=7)
+    finite = torch.isfinite(x).all(1)
+    assert recall_at_k(x, y, [1000])[1000] <= finite.float().mean().item()
