@@ -23,6 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from antimetric.atomic import atomic_open, write_json
+from antimetric.data.file_stamps import file_stamp
 from antimetric.data.records import ImageRecord
 from antimetric.data.transforms import resize_transform
 
@@ -63,9 +64,21 @@ def save_cached(image: Image.Image, record: ImageRecord, folder: Path) -> None:
     """Write one cached image under the record's own relative path (its content is always JPEG),
     through a temporary file, so that the path holds either the old file or the whole new one.
 
-    Raises OSError when the file cannot be written."""
-    with atomic_open(folder / record.path, "wb") as handle:
+    Raises OSError when the file cannot be written, ValueError when its path would lead outside `folder`."""
+    with atomic_open(cached_path(folder, record), "wb") as handle:
         image.save(handle, format="JPEG", quality=JPEG_QUALITY, subsampling=0)  # 4:4:4: full-resolution colour
+
+
+def cached_path(folder: Path, record: ImageRecord) -> Path:
+    """Where the cached copy of `record` goes; ValueError unless that stays inside `folder`.
+
+    The readers and the manifest already refuse absolute paths and '..'; this also catches a symbolic
+    link inside the cache folder that leads out of it, so that a cache never overwrites another file.
+    """
+    target = Path(folder) / record.path
+    if not target.resolve().is_relative_to(Path(folder).resolve()):
+        raise ValueError(f"{record.path} would be written outside the cache folder, to {target.resolve()}")
+    return target
 
 
 def start_cache(folder: Path) -> None:
@@ -90,7 +103,8 @@ def finish_cache(dataset_dir: Path, dataset: str, form: CacheForm, root: Path, r
 
 
 def find_cache(dataset_dir: Path, dataset: str, form: CacheForm, root: Path, records: list[ImageRecord]) -> Path | None:
-    """The cache folder of `form` when it was completed from these very records and files, else None."""
+    """The cache folder of `form` when it was completed from these very records and files and each cached
+    file is still there (one stat per file), else None."""
     folder = form.folder(dataset_dir)
     try:
         index = json.loads((folder / _INDEX_NAME).read_text(encoding="utf-8"))
@@ -108,6 +122,8 @@ def find_cache(dataset_dir: Path, dataset: str, form: CacheForm, root: Path, rec
     fingerprint = records_fingerprint(root, records)
     if fingerprint is None or index.get("records") != fingerprint:
         return None
+    if any(file_stamp(folder / record.path) is None for record in records):
+        return None
     return folder
 
 
@@ -116,10 +132,9 @@ def records_fingerprint(root: Path, records: list[ImageRecord]) -> str | None:
     file's size and modification time (a replaced image changes them); None if a file is gone."""
     rows = []
     for record in records:
-        try:
-            stat = (Path(root) / record.path).stat()
-        except OSError:
+        stamp = file_stamp(Path(root) / record.path)
+        if stamp is None:
             return None
         box = list(record.box) if record.box is not None else None
-        rows.append(f"{record.path}\t{box}\t{stat.st_size}\t{stat.st_mtime_ns}")
+        rows.append(f"{record.path}\t{box}\t{stamp[0]}\t{stamp[1]}")
     return hashlib.sha256("\n".join(sorted(rows)).encode("utf-8")).hexdigest()

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from scipy.io import loadmat
 
-from antimetric.data.index_files import LayoutFolder, LayoutSpec, open_layout, posix_path, split_by_class_halves
+from antimetric.data.index_files import LayoutFolder, LayoutSpec, open_layout, split_by_class_halves
 from antimetric.data.records import DatasetIndex, ImageRecord
 
 ANNOTATIONS, IMAGE_DIR = "cars_annos.mat", "car_ims/"
@@ -33,11 +33,14 @@ def read_cars(dataset_dir: Path, name: str = "car") -> DatasetIndex:
     images = []
     for number, entry in enumerate(annotations, start=1):
         values = {field: _scalar(folder, entry[field], number, field) for field in _FIELDS}
-        path = posix_path(str(values["relative_im_path"]))
+        row = f"annotation {number}: "
+        path = folder.image_path(ANNOTATIONS, None, str(values["relative_im_path"]), row=row)
         label = _integer(folder, values["class"], number)
-        box = tuple(
+        corners = tuple(
             _number(folder, values[field], number, field) for field in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
         )
+        shown = "(" + ", ".join(f"{value:g}" for value in corners) + ")"
+        box = folder.box(ANNOTATIONS, None, corners, shown, row=row)
         images.append((path, label, box))
     halves = split_by_class_halves(label for _, label, _ in images)
     records = [ImageRecord(path=path, label=label, split=halves[label], box=box) for path, label, box in images]

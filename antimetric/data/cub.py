@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from antimetric.data.index_files import LayoutFolder, LayoutSpec, open_layout, posix_path, split_by_class_halves
+from antimetric.data.index_files import LayoutFolder, LayoutSpec, open_layout, split_by_class_halves
 from antimetric.data.records import Box, DatasetIndex, ImageRecord
 
 IMAGES, LABELS, BOXES, IMAGE_DIR = "images.txt", "image_class_labels.txt", "bounding_boxes.txt", "images/"
@@ -30,11 +30,11 @@ def read_cub(dataset_dir: Path, name: str = "cub") -> DatasetIndex:
     boxes = _id_table(folder, BOXES, ("<image_id>", "<x>", "<y>", "<width>", "<height>"))
 
     images = []
-    for image_id, (_, (relative,)) in sorted(paths.items()):
+    for image_id, (path_line, (relative,)) in sorted(paths.items()):
         label_line, (label_text,) = _row_for(folder, labels, image_id, LABELS)
         label = folder.integer(LABELS, label_line, "class_id", label_text)
         box = _xywh_box(folder, *_row_for(folder, boxes, image_id, BOXES))
-        images.append((IMAGE_DIR + posix_path(relative), label, box))
+        images.append((IMAGE_DIR + folder.image_path(IMAGES, path_line, relative), label, box))
     halves = split_by_class_halves(label for _, label, _ in images)
     records = [ImageRecord(path=path, label=label, split=halves[label], box=box) for path, label, box in images]
     return DatasetIndex(name=name, root=folder.root, records=records)
@@ -65,4 +65,5 @@ def _xywh_box(folder: LayoutFolder, line_no: int, fields: list[str]) -> Box:
         folder.number(BOXES, line_no, column, text)
         for column, text in zip(("x", "y", "width", "height"), fields, strict=True)
     )
-    return (x, y, x + width, y + height)
+    shown = f"x={x:g} y={y:g} width={width:g} height={height:g}"
+    return folder.box(BOXES, line_no, (x, y, x + width, y + height), shown)

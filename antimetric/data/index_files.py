@@ -6,15 +6,17 @@ so these helpers live apart from layout.py to keep the imports free of cycles.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from antimetric.data.records import TEST, TRAIN
+from antimetric.data.records import TEST, TRAIN, Box
 from antimetric.errors import DatasetLayoutError
 
 _SHOWN_LINE_CHARS = 80
+_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,11 @@ class LayoutSpec:
     contents: tuple[str, ...]  # what the layout's root holds; folders end with '/'
     source: str  # how to get it; '{dir}' stands for the dataset folder
     marker: str  # the file, relative to the root, that identifies the root
+
+    @property
+    def index_files(self) -> tuple[str, ...]:
+        """The files among `contents` (folders end with '/'), relative to the root."""
+        return tuple(item for item in self.contents if not item.endswith("/"))
 
     def describe(self, dataset_dir: Path) -> str:
         return (
@@ -87,6 +94,22 @@ class LayoutFolder:
             out.append((line_no, fields))
         return out
 
+    def image_path(self, relative: str, line_no: int | None, text: str, *, row: str = "") -> str:
+        """An image path from an index file, normalised by posix_path; raise if it could leave the dataset.
+
+        `row` names the entry where there are no line numbers (e.g. 'annotation 3: ')."""
+        problem = path_problem(text)
+        if problem is not None:
+            raise self.malformed(relative, line_no, f"{row}path {_shown(text)} {problem}")
+        return posix_path(text)
+
+    def box(self, relative: str, line_no: int | None, box: Box, shown: str, *, row: str = "") -> Box:
+        """`box` if PIL can crop it, else raise; `shown` is the box as the index file writes it."""
+        problem = box_problem(box)
+        if problem is not None:
+            raise self.malformed(relative, line_no, f"{row}box {shown} {problem}")
+        return box
+
     def integer(self, relative: str, line_no: int | None, column: str, text: str) -> int:
         try:
             return int(text)
@@ -139,6 +162,44 @@ def split_by_class_halves(labels: Iterable[int]) -> dict[int, str]:
 def posix_path(path: str) -> str:
     """A relative path from an index file with forward slashes and no leading './'."""
     return re.sub(r"^(\./)+", "", path.replace("\\", "/"))
+
+
+def path_problem(path: str) -> str | None:
+    """Why an image path read from an index file or a manifest may not be used, or None.
+
+    Record paths are joined to the dataset's root, and `prepare --cache-size` writes a copy of each
+    image under the same path in the cache folder: an absolute path (POSIX, a Windows drive or a
+    \\\\server share) or a '..' component would read, and then overwrite, a file outside the dataset.
+    """
+    normal = posix_path(path)
+    if normal in ("", "."):
+        problem = "names no file"
+    elif normal.startswith("/"):
+        problem = "is absolute"
+    elif _DRIVE.match(normal):
+        problem = "starts with a drive"
+    elif ".." in normal.split("/"):
+        problem = "leaves the dataset folder"
+    elif "\0" in normal:
+        problem = "holds a NUL character"
+    else:
+        return None
+    return f"{problem}; paths must be relative and inside the dataset folder"
+
+
+def box_problem(box: Box) -> str | None:
+    """Why PIL cannot crop `box` (left, upper, right, lower), or None.
+
+    PIL rounds a box to whole pixels, then raises on an inverted one and returns an empty image for an
+    empty one, which the transforms cannot resize. Negative coordinates and boxes reaching beyond the
+    image are fine: PIL pads them.
+    """
+    if not all(math.isfinite(value) for value in box):
+        return "is not finite"
+    left, upper, right, lower = (round(value) for value in box)
+    if right <= left or lower <= upper:
+        return "is empty or inverted: it holds no pixel once rounded to whole pixels as PIL crops"
+    return None
 
 
 def _shown(text: str) -> str:

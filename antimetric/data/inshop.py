@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from antimetric.data.index_files import LayoutSpec, open_layout, posix_path
+from antimetric.data.index_files import LayoutSpec, open_layout
 from antimetric.data.records import GALLERY, QUERY, TRAIN, DatasetIndex, ImageRecord
 
 PARTITION, IMAGE_DIR = "Eval/list_eval_partition.txt", "Img/"
@@ -49,7 +49,8 @@ def read_inshop(dataset_dir: Path, name: str = "isc") -> DatasetIndex:
             raise folder.malformed(
                 PARTITION, line_no, f"evaluation_status {status!r} is not one of {', '.join(_SPLIT_OF_STATUS)}"
             )
-        records.append(ImageRecord(path=IMAGE_DIR + posix_path(image_name), label=int(digits), split=split))
+        path = IMAGE_DIR + folder.image_path(PARTITION, line_no, image_name)
+        records.append(ImageRecord(path=path, label=int(digits), split=split))
     return DatasetIndex(name=name, root=folder.root, records=records)
 
 

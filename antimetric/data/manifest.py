@@ -3,11 +3,16 @@
 `prepare` reads the official layout once, decodes every image to find the unreadable ones, and writes
 MANIFEST_NAME into the dataset folder; training and evaluation then load that manifest instead of
 parsing the layout and meeting a broken JPEG in the middle of an epoch.
+
+The manifest keeps the stamp (size, modification time) of every image and index file it was made from.
+load_or_prepare compares them (one os.stat per file) and prepares again when an image was deleted or
+replaced or an index file edited since, so that a changed dataset is neither trained on blindly nor
+crashes an epoch. Preparing holds the dataset's lock (antimetric.data.locking): processes starting at
+once prepare it once.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -18,24 +23,28 @@ from tqdm import tqdm
 
 from antimetric.atomic import write_json
 from antimetric.data.cache import CacheForm, finish_cache, resized_for_cache, save_cached, start_cache
+from antimetric.data.file_stamps import Stamp, file_stamp
 from antimetric.data.images import open_rgb
-from antimetric.data.layout import read_dataset
-from antimetric.data.records import GALLERY, QUERY, TEST, TRAIN, DatasetIndex, ImageRecord
+from antimetric.data.layout import index_files, read_dataset
+from antimetric.data.locking import dataset_lock
+from antimetric.data.manifest_file import MANIFEST_FORMAT as MANIFEST_FORMAT
+from antimetric.data.manifest_file import MANIFEST_NAME as MANIFEST_NAME
+from antimetric.data.manifest_file import (
+    OlderManifestFormat,
+    SavedManifest,
+    UnreadableImage,
+    manifest_json,
+    manifest_path,
+    read_manifest,
+)
+from antimetric.data.records import DatasetIndex, ImageRecord
 from antimetric.errors import DatasetLayoutError
 
-MANIFEST_NAME = "antimetric-manifest.json"
-MANIFEST_FORMAT = 1
-_SPLITS = {TRAIN, TEST, QUERY, GALLERY}
+_NO_MANIFEST = "no manifest"
 _REPORTED_UNREADABLE = 20
 _REASON_CHARS = 200
 # PIL releases the GIL while decoding, so threads check images in parallel without extra processes.
 _DECODE_THREADS = min(8, os.cpu_count() or 1)
-
-
-@dataclass(frozen=True)
-class UnreadableImage:
-    path: str  # relative to the index root, as in ImageRecord.path
-    reason: str
 
 
 @dataclass
@@ -57,10 +66,6 @@ class PrepareReport:
         }
 
 
-def manifest_path(name: str, data_path: Path) -> Path:
-    return Path(data_path) / name / MANIFEST_NAME
-
-
 def prepare(name: str, data_path: Path, *, progress: bool = True, cache: CacheForm | None = None) -> PrepareReport:
     """Read dataset `name` from data_path/name, decode every image once and write its manifest there.
 
@@ -68,18 +73,54 @@ def prepare(name: str, data_path: Path, *, progress: bool = True, cache: CacheFo
     and the report, and load_manifest leaves them out. With `cache`, each readable image is also
     written resized into that cache folder (antimetric.data.cache), in the same pass.
     """
+    index = read_dataset(name, Path(data_path) / name)  # a missing layout fails before a lock file is made
+    with dataset_lock(data_path, name):
+        return _prepare(name, data_path, index, progress=progress, cache=cache)
+
+
+def load_manifest(name: str, data_path: Path) -> DatasetIndex:
+    """The DatasetIndex saved by prepare, without its unreadable images, with an absolute root."""
+    return read_manifest(name, data_path).readable()
+
+
+def load_or_prepare(name: str, data_path: Path, *, progress: bool = True) -> DatasetIndex:
+    """The saved manifest of dataset `name`, preparing it first when there is none or it is out of date.
+
+    Out of date: an older manifest format, or an image or index file changed or gone since it was
+    written; one line on stderr says which. Unreadable images the manifest leaves out are counted in
+    one line on stderr, so that a run on part of a dataset does not pass unnoticed.
+    """
+    saved, reason = _saved_or_why_not(name, data_path)
+    if reason is not None:
+        index = read_dataset(name, Path(data_path) / name)
+        with dataset_lock(data_path, name):
+            saved, reason = _saved_or_why_not(name, data_path)  # another process may have prepared it meanwhile
+            if reason is not None:
+                if reason != _NO_MANIFEST:
+                    print(f"{name}: {reason}; preparing again", file=sys.stderr)
+                _prepare(name, data_path, index, progress=progress, cache=None)
+                saved = read_manifest(name, data_path)
+    if saved.unreadable:
+        print(f"{name}: {len(saved.unreadable)} of {len(saved.records)} images are unreadable and left out "
+              f"(see {saved.path})", file=sys.stderr)
+    return saved.readable()
+
+
+def _prepare(name: str, data_path: Path, index: DatasetIndex, *, progress: bool,
+             cache: CacheForm | None) -> PrepareReport:
+    """prepare, for a caller that holds the dataset's lock."""
     dataset_dir = Path(data_path) / name
-    index = read_dataset(name, dataset_dir)
     if cache is not None:
         try:
             start_cache(cache.folder(dataset_dir))
         except OSError as error:
             raise DatasetLayoutError(f"{name}: cannot write the image cache in {cache.folder(dataset_dir)} "
                                      f"({error})") from None
-    unreadable = _find_unreadable(index, cache, dataset_dir, progress=progress)
+    sources = {relative: file_stamp(index.root / relative) for relative in index_files(name)}
+    stamps, unreadable = _check_images(index, cache, dataset_dir, progress=progress)
     path = manifest_path(name, data_path)
     try:
-        write_json(path, _manifest_json(name, dataset_dir, index, unreadable))
+        write_json(path, manifest_json(name, dataset_dir, index, sources, stamps, unreadable))
     except OSError as error:
         raise DatasetLayoutError(f"{name}: cannot write manifest {path} ({error})") from None
     skipped = {image.path for image in unreadable}
@@ -94,44 +135,9 @@ def prepare(name: str, data_path: Path, *, progress: bool = True, cache: CacheFo
                          cache=cache_folder)
 
 
-def load_manifest(name: str, data_path: Path) -> DatasetIndex:
-    """The DatasetIndex saved by prepare, without its unreadable images, with an absolute root."""
-    path = manifest_path(name, data_path)
-    rerun = f"run `python -m antimetric prepare --data-path {data_path} --data-name {name}`"
-    if not path.is_file():
-        raise DatasetLayoutError(f"{name}: no manifest {path}; {rerun} first")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DatasetLayoutError(f"{name}: cannot read manifest {path} ({error}); {rerun} again") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else None
-        raise DatasetLayoutError(
-            f"{name}: manifest {path} has format {found!r}, this version reads format {MANIFEST_FORMAT}; "
-            f"{rerun} again"
-        )
-    if manifest.get("dataset") != name:
-        raise DatasetLayoutError(
-            f"{name}: manifest {path} is for dataset {manifest.get('dataset')!r}, not {name!r}; {rerun} again"
-        )
-    try:
-        root = (path.parent / manifest["root"]).resolve()
-        skipped = {entry["path"] for entry in manifest["unreadable"]}
-        records = [_record(row) for row in manifest["records"] if row[0] not in skipped]
-    except (KeyError, TypeError, ValueError, IndexError) as error:
-        raise DatasetLayoutError(f"{name}: malformed manifest {path} ({error!r}); {rerun} again") from None
-    return DatasetIndex(name=name, root=root, records=records)
-
-
-def load_or_prepare(name: str, data_path: Path, *, progress: bool = True) -> DatasetIndex:
-    """The saved manifest of dataset `name`, preparing it first when there is none."""
-    if not manifest_path(name, data_path).is_file():
-        prepare(name, data_path, progress=progress)
-    return load_manifest(name, data_path)
-
-
-def _find_unreadable(index: DatasetIndex, cache: CacheForm | None, dataset_dir: Path, *,
-                     progress: bool) -> list[UnreadableImage]:
+def _check_images(index: DatasetIndex, cache: CacheForm | None, dataset_dir: Path, *,
+                  progress: bool) -> tuple[list[Stamp | None], list[UnreadableImage]]:
+    """Each image's stamp (taken before it is decoded, so that a later change shows) and the unreadable ones."""
     with (
         ThreadPoolExecutor(max_workers=_DECODE_THREADS) as pool,
         tqdm(
@@ -142,18 +148,20 @@ def _find_unreadable(index: DatasetIndex, cache: CacheForm | None, dataset_dir: 
             disable=not progress,
         ) as bar,
     ):
-        reasons = []
-        def check(record: ImageRecord) -> str | None:
-            return _check_image(index.name, index.root, record, cache, dataset_dir)
+        results = []
+        def check(record: ImageRecord) -> tuple[Stamp | None, str | None]:
+            stamp = file_stamp(index.root / record.path)
+            return stamp, _check_image(index.name, index.root, record, cache, dataset_dir)
 
-        for reason in pool.map(check, index.records):
-            reasons.append(reason)
+        for result in pool.map(check, index.records):
+            results.append(result)
             bar.update()
-    return [
+    unreadable = [
         UnreadableImage(path=record.path, reason=reason)
-        for record, reason in zip(index.records, reasons, strict=True)
+        for record, (_, reason) in zip(index.records, results, strict=True)
         if reason is not None
     ]
+    return [stamp for stamp, _ in results], unreadable
 
 
 def _check_image(name: str, root: Path, record: ImageRecord, cache: CacheForm | None,
@@ -174,30 +182,21 @@ def _check_image(name: str, root: Path, record: ImageRecord, cache: CacheForm | 
                 raise DatasetLayoutError(f"{name}: cannot cache {record.path}: {error}") from None
             try:
                 save_cached(resized, record, cache.folder(dataset_dir))
-            except OSError as error:
+            except (OSError, ValueError) as error:  # ValueError: a target outside the cache folder
                 raise DatasetLayoutError(
                     f"{name}: cannot write the cached copy of {record.path} in {cache.folder(dataset_dir)} ({error})"
                 ) from None
     return None
 
 
-def _manifest_json(name: str, dataset_dir: Path, index: DatasetIndex, unreadable: list[UnreadableImage]) -> dict:
-    return {
-        "format": MANIFEST_FORMAT,
-        "dataset": name,
-        "root": index.root.relative_to(dataset_dir).as_posix(),
-        "records": [[r.path, r.label, r.split, list(r.box) if r.box is not None else None] for r in index.records],
-        "unreadable": [{"path": image.path, "reason": image.reason} for image in unreadable],
-    }
-
-
-def _record(row: list) -> ImageRecord:
-    path, label, split, box = row
-    if not isinstance(path, str) or not isinstance(label, int) or split not in _SPLITS:
-        raise ValueError(f"bad record {row!r}")
-    return ImageRecord(path=path, label=label, split=split, box=None if box is None else _box(box))
-
-
-def _box(values: list) -> tuple[float, float, float, float]:
-    left, upper, right, lower = (float(v) for v in values)
-    return (left, upper, right, lower)
+def _saved_or_why_not(name: str, data_path: Path) -> tuple[SavedManifest | None, str | None]:
+    """The manifest when it is up to date, else why it must be prepared (_NO_MANIFEST when there is none)."""
+    if not manifest_path(name, data_path).is_file():
+        return None, _NO_MANIFEST
+    try:
+        saved = read_manifest(name, data_path)
+    except OlderManifestFormat as older:
+        return None, (f"manifest {manifest_path(name, data_path)} has format {older.found}, "
+                      f"this version writes format {MANIFEST_FORMAT}")
+    reason = saved.stale_reason()
+    return (saved, None) if reason is None else (None, reason)

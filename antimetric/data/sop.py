@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from antimetric.data.index_files import LayoutFolder, LayoutSpec, open_layout, posix_path
+from antimetric.data.index_files import LayoutFolder, LayoutSpec, open_layout
 from antimetric.data.records import TEST, TRAIN, DatasetIndex, ImageRecord
 
 TRAIN_LIST, TEST_LIST = "Ebay_train.txt", "Ebay_test.txt"
@@ -42,5 +42,5 @@ def _read_list(folder: LayoutFolder, relative: str, split: str) -> list[ImageRec
         folder.integer(relative, line_no, "image_id", image_id)
         folder.integer(relative, line_no, "super_class_id", super_class_id)
         label = folder.integer(relative, line_no, "class_id", class_id)
-        records.append(ImageRecord(path=posix_path(path), label=label, split=split))
+        records.append(ImageRecord(path=folder.image_path(relative, line_no, path), label=label, split=split))
     return records

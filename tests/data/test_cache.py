@@ -9,12 +9,13 @@ from PIL import Image
 from antimetric.cli import _parser, main
 from antimetric.config import RunConfig, resolve
 from antimetric.data import transforms
-from antimetric.data.cache import CACHE_FOLDER, CacheForm, find_cache
+from antimetric.data.cache import CACHE_FOLDER, CacheForm, find_cache, save_cached
 from antimetric.data.dataset import ImageDataset
 from antimetric.data.manifest import load_manifest, prepare
+from antimetric.data.records import ImageRecord
 from antimetric.errors import DatasetLayoutError
 from antimetric.session import build_session
-from tests.fixtures.datasets import make_cub
+from tests.fixtures.datasets import make_cub, make_sop
 
 SIZE = 32
 
@@ -128,7 +129,7 @@ def test_a_failed_prepare_leaves_no_usable_cache(cub, capsys):
     assert code == 2 and err.startswith("error: cub: cannot write the cached copy") and err.count("\n") == 1
 
 
-def test_an_empty_box_is_a_clear_error_when_caching_cropped_images(cub, capsys):
+def test_an_empty_box_is_a_clear_error_before_anything_is_cached(cub, capsys):
     data_path, info = cub
     boxes = info["root"] / "bounding_boxes.txt"
     lines = boxes.read_text().split("\n")
@@ -201,3 +202,50 @@ def test_an_unwritable_cache_folder_is_a_clear_error(cub):
     (data_path / "cub" / CACHE_FOLDER).write_text("a file where the cache folder goes")
     with pytest.raises(DatasetLayoutError, match="cannot write the image cache"):
         prepare("cub", data_path, progress=False, cache=CacheForm("uncropped", SIZE))
+
+
+def test_a_deleted_cached_file_makes_the_cache_unused(cub):
+    data_path, info = cub
+    form = CacheForm("uncropped", SIZE)
+    report = prepare("cub", data_path, progress=False, cache=form)
+    assert _found(data_path, form) == report.cache
+    (report.cache / info["records"][3][0]).unlink()
+    assert _found(data_path, form) is None  # training then reads the originals
+
+
+def test_the_cache_writes_nothing_outside_its_folder(tmp_path):
+    folder, outside = tmp_path / "cache", tmp_path / "outside"
+    folder.mkdir()
+    outside.mkdir()
+    victim = outside / "victim.jpg"
+    victim.write_bytes(b"not yours")
+    image = Image.new("RGB", (4, 4))
+    with pytest.raises(ValueError, match="outside the cache folder"):
+        save_cached(image, ImageRecord("../outside/victim.jpg", 1, "train"), folder)
+    (folder / "images").symlink_to(outside, target_is_directory=True)  # a link planted in the cache folder
+    with pytest.raises(ValueError, match="outside the cache folder"):
+        save_cached(image, ImageRecord("images/victim.jpg", 1, "train"), folder)
+    assert victim.read_bytes() == b"not yours" and sorted(p.name for p in outside.iterdir()) == ["victim.jpg"]
+
+    save_cached(image, ImageRecord("images2/ok.jpg", 1, "train"), folder)
+    assert (folder / "images2" / "ok.jpg").is_file()
+
+
+def test_prepare_with_a_cache_leaves_files_outside_the_dataset_alone(tmp_path, capsys):
+    """An index path climbing out of the dataset once read one file and overwrote another with its resized copy."""
+    info = make_sop(tmp_path / "a" / "b" / "sop", n_classes=2, per_class=2)
+    victims = [tmp_path / "victim.jpg", tmp_path / "a" / "b" / "victim.jpg"]  # read from, written to
+    for victim in victims:
+        _photo(60, 45, seed=7).save(victim, quality=95)
+    before = [victim.read_bytes() for victim in victims]
+    listing = info["root"] / "Ebay_train.txt"
+    lines = listing.read_text().split("\n")
+    lines[1] = "1 1 1 ../../../victim.jpg"
+    listing.write_text("\n".join(lines))
+
+    code = main(["prepare", "--data-path", str(tmp_path / "a" / "b"), "--data-name", "sop", "--cache-size", "16"])
+
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: sop: malformed line 2 of {listing}: path '../../../victim.jpg' leaves the dataset")
+    assert [victim.read_bytes() for victim in victims] == before

@@ -84,12 +84,20 @@ def test_manifest_is_plain_json_in_the_documented_format(tmp_path):
     raw = (tmp_path / "cub" / MANIFEST_NAME).read_bytes()
     assert raw.lstrip().startswith(b"{")
     manifest = json.loads(raw)
-    assert set(manifest) == {"format", "dataset", "root", "records", "unreadable"}
-    assert manifest["format"] == 1
+    assert set(manifest) == {"format", "dataset", "root", "index_files", "records", "unreadable"}
+    assert manifest["format"] == 2
     assert manifest["dataset"] == "cub"
     assert manifest["root"] == "CUB_200_2011"
+    root = info["root"]
+    assert manifest["index_files"] == {
+        name: [(root / name).stat().st_size, (root / name).stat().st_mtime_ns]
+        for name in ("images.txt", "image_class_labels.txt", "bounding_boxes.txt")
+    }
     assert [tuple(row[:3]) for row in manifest["records"]] == [r[:3] for r in info["records"]]
     assert manifest["records"][0][3] == list(info["records"][0][3])
+    stat = (root / info["records"][0][0]).stat()
+    assert manifest["records"][0][4] == [stat.st_size, stat.st_mtime_ns]  # what tells a changed image
+    assert [row[4] for row in manifest["records"] if row[0] == missing] == [None]
     assert {entry["path"] for entry in manifest["unreadable"]} >= {missing}
     assert all(set(entry) == {"path", "reason"} for entry in manifest["unreadable"])
 
@@ -138,7 +146,7 @@ def test_missing_manifest_tells_how_to_prepare(tmp_path):
 @pytest.mark.parametrize(
     "change, expected",
     [
-        ({"format": 2}, "format 2"),
+        ({"format": 99}, "format 99"),
         ({"dataset": "sop"}, "'sop'"),
         ({"records": [["a.jpg", "one", "train", None]]}, "malformed manifest"),
         ({"records": [["a.jpg", 1, "validation", None]]}, "malformed manifest"),
@@ -163,7 +171,7 @@ def test_non_json_manifest_is_a_clear_error(tmp_path):
         load_manifest("cub", tmp_path)
 
 
-def test_load_or_prepare_prepares_once(tmp_path, monkeypatch):
+def test_load_or_prepare_prepares_once(tmp_path, monkeypatch, capsys):
     make_cub(tmp_path / "cub", n_classes=2, per_class=2)
     first = load_or_prepare("cub", tmp_path, progress=False)
     assert (tmp_path / "cub" / MANIFEST_NAME).is_file()
@@ -172,7 +180,10 @@ def test_load_or_prepare_prepares_once(tmp_path, monkeypatch):
         raise AssertionError("prepare ran although the manifest exists")
 
     monkeypatch.setattr(manifest_module, "prepare", no_second_prepare)
+    monkeypatch.setattr(manifest_module, "_prepare", no_second_prepare)
+    capsys.readouterr()
     assert load_or_prepare("cub", tmp_path, progress=False) == first
+    assert capsys.readouterr().err == ""
 
 
 def test_progress_bar_goes_to_stderr_only_when_asked(tmp_path, capsys):
@@ -190,3 +201,123 @@ def test_prepare_of_a_missing_layout_raises_and_writes_nothing(tmp_path):
     with pytest.raises(DatasetLayoutError, match="cars_annos.mat"):
         prepare("car", tmp_path, progress=False)
     assert list((tmp_path / "car").iterdir()) == []
+
+
+def _edit_manifest(data_path, name, edit) -> None:
+    path = data_path / name / MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _set_first_path(path):
+    def edit(manifest):
+        manifest["records"][0][0] = path
+    return edit
+
+
+def _set_root(root):
+    def edit(manifest):
+        manifest["root"] = root
+    return edit
+
+
+def _set_first_box(box):
+    def edit(manifest):
+        manifest["records"][0][3] = box
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (_set_first_path("../../outside.jpg"), "'../../outside.jpg' leaves the dataset folder"),
+        (_set_first_path("/etc/outside.jpg"), "'/etc/outside.jpg' is absolute"),
+        (_set_first_path(r"C:\outside.jpg"), "starts with a drive"),
+        (_set_root("../.."), "'../..' leaves the dataset folder"),
+        (_set_first_box([5, 5, 2, 9]), "box [5, 5, 2, 9] is empty or inverted"),
+        (_set_first_box([5, 5, "nan", 9]), "is not finite"),
+    ],
+    ids=["dotdot", "absolute", "drive", "root", "inverted-box", "nan-box"],
+)
+def test_a_manifest_cannot_point_outside_the_dataset_or_hold_a_bad_box(tmp_path, edit, problem):
+    make_cub(tmp_path / "cub", n_classes=2, per_class=1)
+    prepare("cub", tmp_path, progress=False)
+    _edit_manifest(tmp_path, "cub", edit)
+    for load in (load_manifest, load_or_prepare):
+        with pytest.raises(DatasetLayoutError) as caught:
+            load("cub", tmp_path)
+        message = str(caught.value)
+        assert "\n" not in message and problem in message and "antimetric prepare" in message
+
+
+def test_a_deleted_original_is_noticed_and_left_out(tmp_path, capsys):
+    info = make_cub(tmp_path / "cub", n_classes=4, per_class=3)
+    assert len(load_or_prepare("cub", tmp_path, progress=False).records) == 12
+    gone = info["records"][2][0]
+    (info["root"] / gone).unlink()
+    capsys.readouterr()
+
+    index = load_or_prepare("cub", tmp_path, progress=False)
+
+    assert len(index.records) == 11 and gone not in {r.path for r in index.records}
+    manifest_file = tmp_path / "cub" / MANIFEST_NAME
+    assert capsys.readouterr().err.splitlines() == [
+        "cub: 1 image changed or missing since the manifest was written; preparing again",
+        f"cub: 1 of 12 images are unreadable and left out (see {manifest_file})",
+    ]
+    assert load_or_prepare("cub", tmp_path, progress=False) == index  # still missing: nothing to prepare
+    assert capsys.readouterr().err.splitlines() == [
+        f"cub: 1 of 12 images are unreadable and left out (see {manifest_file})",
+    ]
+
+
+def test_a_replaced_original_is_prepared_again(tmp_path, capsys):
+    info = make_sop(tmp_path / "sop", n_classes=4, per_class=2)
+    load_or_prepare("sop", tmp_path, progress=False)
+    broken, mended = info["records"][0][0], info["records"][5][0]
+    (info["root"] / broken).write_bytes(b"no longer a jpeg")
+    os.utime(info["root"] / mended, ns=(1, 1))  # same bytes, another modification time
+    capsys.readouterr()
+
+    index = load_or_prepare("sop", tmp_path, progress=False)
+
+    assert [r.path for r in index.records] == [r[0] for r in info["records"] if r[0] != broken]
+    assert "sop: 2 images changed or missing since the manifest was written; preparing again" in capsys.readouterr().err
+
+
+def test_an_edited_index_file_is_prepared_again(tmp_path, capsys):
+    info = make_cub(tmp_path / "cub", n_classes=2, per_class=2)
+    load_or_prepare("cub", tmp_path, progress=False)
+    boxes = info["root"] / "bounding_boxes.txt"
+    boxes.write_text("1 1 1 10 10\n" + boxes.read_text().split("\n", 1)[1])
+    capsys.readouterr()
+
+    index = load_or_prepare("cub", tmp_path, progress=False)
+
+    assert index.records[0].box == (1.0, 1.0, 11.0, 11.0)
+    assert capsys.readouterr().err == (
+        "cub: bounding_boxes.txt changed since the manifest was written; preparing again\n"
+    )
+
+
+def test_a_manifest_of_an_older_format_is_prepared_again(tmp_path, capsys):
+    make_cub(tmp_path / "cub", n_classes=2, per_class=2)
+    index = load_or_prepare("cub", tmp_path, progress=False)
+
+    def to_format_1(manifest):
+        manifest["format"] = 1
+        del manifest["index_files"]
+        manifest["records"] = [row[:4] for row in manifest["records"]]
+
+    _edit_manifest(tmp_path, "cub", to_format_1)
+    with pytest.raises(DatasetLayoutError, match="format 1"):
+        load_manifest("cub", tmp_path)
+    capsys.readouterr()
+
+    assert load_or_prepare("cub", tmp_path, progress=False) == index
+    assert capsys.readouterr().err == (
+        f"cub: manifest {tmp_path / 'cub' / MANIFEST_NAME} has format 1, this version writes format 2; "
+        "preparing again\n"
+    )
+    assert json.loads((tmp_path / "cub" / MANIFEST_NAME).read_text())["format"] == 2

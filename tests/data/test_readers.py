@@ -1,6 +1,7 @@
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from antimetric.data.layout import READERS, read_dataset
@@ -180,6 +181,23 @@ MALFORMED = [
     ("isc", "Eval/list_eval_partition.txt", 4, "img/WOMEN/a.jpg id_00000002 val", "evaluation_status"),
     ("isc", "Eval/list_eval_partition.txt", 3, "img/WOMEN/a.jpg id_abc train", "no digits"),
     ("isc", "Eval/list_eval_partition.txt", 1, "17", "declares 17 images"),
+    # paths must stay inside the dataset folder: prepare --cache-size writes a copy under each of them
+    ("sop", "Ebay_train.txt", 3, "2 1 1 ../../outside.jpg", "path '../../outside.jpg' leaves the dataset folder"),
+    ("sop", "Ebay_test.txt", 2, "1 2 1 /etc/outside.jpg", "path '/etc/outside.jpg' is absolute"),
+    ("sop", "Ebay_train.txt", 2, r"1 1 1 C:\data\x.jpg", "starts with a drive"),
+    ("sop", "Ebay_train.txt", 2, r"1 1 1 \\server\share\x.jpg", "is absolute"),
+    ("sop", "Ebay_train.txt", 2, r"1 1 1 bicycle_final\..\..\x.jpg", "leaves the dataset folder"),
+    ("cub", "images.txt", 2, "2 001.Bird/../../../outside.jpg", "leaves the dataset folder"),
+    ("cub", "images.txt", 1, "1 /home/me/outside.jpg", "is absolute"),
+    ("cub", "images.txt", 1, "1 ./", "names no file"),
+    ("isc", "Eval/list_eval_partition.txt", 3, "img/../../x.jpg id_00000002 train", "leaves the dataset folder"),
+    ("isc", "Eval/list_eval_partition.txt", 4, "/img/x.jpg id_00000002 train", "is absolute"),
+    # boxes PIL cannot crop (an empty crop or an inverted one raises mid-epoch)
+    ("cub", "bounding_boxes.txt", 2, "2 10 5 -3 8", "box x=10 y=5 width=-3 height=8 is empty or inverted"),
+    ("cub", "bounding_boxes.txt", 3, "3 10 5 6 0", "is empty or inverted"),
+    ("cub", "bounding_boxes.txt", 1, "1 10 5 0.2 8", "holds no pixel"),
+    ("cub", "bounding_boxes.txt", 1, "1 nan 5 3 8", "not finite"),
+    ("cub", "bounding_boxes.txt", 1, "1 1 5 inf 8", "not finite"),
 ]
 
 
@@ -224,3 +242,47 @@ def test_cars_annos_without_annotations_is_a_layout_error(tmp_path):
     make_cars(tmp_path, n_classes=2, per_class=1)
     savemat(tmp_path / "cars_annos.mat", {"class_names": [["a"]]})
     assert "no 'annotations'" in _layout_error("car", tmp_path)
+
+
+def test_paths_and_boxes_inside_the_rules_are_accepted(tmp_path):
+    """Negative or oversized boxes are fine (PIL pads); a './' prefix or backslashes are normalised."""
+    make_cub(tmp_path, n_classes=2, per_class=1)
+    (tmp_path / "bounding_boxes.txt").write_text("1 -4 -2 100 200\n2 0.4 0 0.3 1\n")
+    images = tmp_path / "images.txt"
+    first, second = images.read_text().split()[1], images.read_text().split()[3]
+    images.write_text(f"1 ./{first}\n2 {second.replace('/', chr(92))}\n")
+    index = read_dataset("cub", tmp_path)
+    assert [r.box for r in index.records] == [(-4.0, -2.0, 96.0, 198.0), (0.4, 0.0, 0.7, 1.0)]
+    assert [r.path for r in index.records] == ["images/" + first, "images/" + second]
+
+
+def _edit_cars_annotation(root: Path, number: int, **values) -> None:
+    """Rewrite fields of one annotation of cars_annos.mat, as loadmat reads and savemat writes them."""
+    from scipy.io import loadmat, savemat
+
+    mat = loadmat(root / "cars_annos.mat")
+    annotations = mat["annotations"]
+    for field, value in values.items():
+        annotations[0, number - 1][field] = np.array([value]) if isinstance(value, str) else np.array([[value]])
+    savemat(root / "cars_annos.mat", {"annotations": annotations, "class_names": mat["class_names"]})
+
+
+@pytest.mark.parametrize(
+    "values, problem",
+    [
+        ({"relative_im_path": "../outside.jpg"}, "path '../outside.jpg' leaves the dataset folder"),
+        ({"relative_im_path": "/tmp/outside.jpg"}, "is absolute"),
+        ({"relative_im_path": r"D:\cars\000002.jpg"}, "starts with a drive"),
+        ({"relative_im_path": "./"}, "names no file"),
+        ({"bbox_x1": 30.0, "bbox_x2": 12.0}, "box (30, 2, 12, 23) is empty or inverted"),
+        ({"bbox_y1": 9.0, "bbox_y2": 9.0}, "is empty or inverted"),
+        ({"bbox_x2": float("inf")}, "not finite"),
+    ],
+    ids=["dotdot", "absolute", "drive", "no-file", "inverted", "empty-box", "infinite"],
+)
+def test_cars_annotation_outside_the_rules_names_its_number(tmp_path, values, problem):
+    make_cars(tmp_path, n_classes=2, per_class=2, size=24)
+    _edit_cars_annotation(tmp_path, 2, **values)
+    message = _layout_error("car", tmp_path)
+    assert f"{tmp_path / 'cars_annos.mat'}: annotation 2" in message
+    assert problem in message

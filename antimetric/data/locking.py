@@ -1,0 +1,54 @@
+"""One process at a time writes what antimetric generates in a dataset folder (the demo, the manifest, the cache).
+
+Two first uses at once (two `train` processes, two Ray trials) would otherwise both generate or prepare,
+and one would replace files the other is reading. Each dataset has an advisory lock file beside its
+folder, data_path/.NAME.lock; a writer holds it while it works, and re-checks after acquiring it whether
+the other process has already done the work. Readers of finished files take no lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from antimetric.errors import DatasetLayoutError
+
+try:
+    import fcntl
+except ImportError:  # Windows has no flock; there first uses are not serialised
+    fcntl = None
+
+
+def lock_path(data_path: Path, name: str) -> Path:
+    return Path(data_path) / f".{name}.lock"
+
+
+@contextlib.contextmanager
+def dataset_lock(data_path: Path, name: str) -> Iterator[None]:
+    """Hold the exclusive lock of dataset `name`, waiting (with one line on stderr) while another process has it.
+
+    data_path must exist: the lock file is not allowed to create a folder for a mistyped --data-path.
+
+    flock locks belong to an open file, so the lock is released when the process dies, and a second
+    acquisition in the same process waits too: never nest it. The lock file is left in place; removing it
+    would let a third process lock a new file while the second still holds the old one.
+    """
+    path = lock_path(data_path, name)
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:
+        raise DatasetLayoutError(f"{name}: cannot create the lock file {path} ({error}); "
+                                 "generating or preparing a dataset needs a writable --data-path") from None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"{name}: waiting for another process that is preparing it ({path})", file=sys.stderr)
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
