@@ -13,7 +13,7 @@ import torch
 
 from antimetric.atomic import torch_save
 from antimetric.train import BEST_FILE, fit
-from studies.search import StudySettings, trial_constants
+from studies.settings import StudySettings, trial_constants
 from studies.spaces import SPACES, distributions
 from studies.tracking import (
     CHECKPOINT_ARTIFACT,

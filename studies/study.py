@@ -2,22 +2,31 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import pickletools
+import shutil
+import signal
 import sys
 from pathlib import Path
 
 import optuna
 import ray
+import ray._private.ray_constants as ray_constants
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from antimetric.data.splits import make_splits
+from antimetric.errors import ConfigError
+from antimetric.session import load_index
+from studies.checks import check_nodes, check_resources, check_storage, open_experiment
 from studies.report import summarize
-from studies.search import StudySettings, count_training_classes, trial_constants
+from studies.settings import StudySettings, save_settings, trial_constants
 from studies.spaces import SPACES, SpaceSampler
-from studies.tracking import MLflowTrialCallback, ensure_experiment
-from studies.trainable import EPOCH, OBJECTIVE, train_ensemble, trial_config
+from studies.tracking import MLflowTrialCallback, stop_interrupted_runs
+from studies.trainable import EPOCH, OBJECTIVE, SCRATCH, train_ensemble, trial_config
 
 # Checkpoints kept per trial: the two most recent. Each holds the training state to resume from
 # and the best epoch's weights so far (train_ensemble), so no older one is needed. Kept by recency,
@@ -60,43 +69,112 @@ def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> 
     )
 
 
-def run_study(settings: StudySettings) -> int:
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the study: Tune saved its state, and --resume continues it."""
+
+
+def run_study(settings: StudySettings) -> None:
+    """Check everything that can be checked, then run the study and summarize it. Raises AntimetricError
+    for bad input, StudyInterrupted after Ctrl-C."""
+    check_storage(settings.storage_path)
+    check_resume(settings)
+    check_resources(settings)
+    experiment_id = open_experiment(settings, _artifact_root(settings))
     n_classes = count_training_classes(settings)
-    experiment_id = ensure_experiment(settings.tracking_uri, settings.experiment, _artifact_root(settings))
-    experiment_path = settings.storage_path / settings.experiment
-    if settings.address:
-        ray.init(address=settings.address, log_to_driver=False)
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False)
+    session_dir = start_ray(settings)
     try:
+        check_nodes(settings)
         if settings.resume:
-            if not tune.Tuner.can_restore(str(experiment_path)):
-                print(f"error: --resume: no study to resume in {experiment_path}; drop --resume to start one",
-                      file=sys.stderr)
-                return 2
-            cut_short = cut_short_state_file(experiment_path)
-            if cut_short is not None:
-                print(f"error: --resume: {cut_short} was cut short when the study's driver was killed (Ray copies "
-                      "its state files without an atomic rename), so Tune would silently start the study over; "
-                      "start a new one with --experiment NEW_NAME", file=sys.stderr)
-                return 2
-            tuner = tune.Tuner.restore(str(experiment_path), trainable(settings), resume_unfinished=True,
+            tuner = tune.Tuner.restore(str(settings.experiment_path), trainable(settings), resume_unfinished=True,
                                        resume_errored=False)
-        elif tune.Tuner.can_restore(str(experiment_path)):
-            print(f"error: a study named {settings.experiment} exists in {experiment_path}; pass --resume to continue "
-                  "it or --experiment NEW_NAME to start another", file=sys.stderr)
-            return 2
         else:
             tuner = build_tuner(settings, experiment_id, n_classes)
-        results = tuner.fit()
-        if results.num_terminated + results.num_errors < len(results):
-            print(f"study interrupted; continue it with: python -m studies.search {settings.name} "
-                  f"--experiment {settings.experiment} --resume", file=sys.stderr)
-            return 130
+            save_settings(settings)
+        try:
+            results, interrupted = fit_until_interrupted(tuner)
+        except KeyboardInterrupt:  # a second Ctrl-C: Tune stopped without saving its state once more
+            results, interrupted = None, True
+        if interrupted or results.num_terminated + results.num_errors < len(results):
+            stop_interrupted_runs(settings.tracking_uri, experiment_id)
+            raise StudyInterrupted
         summarize(settings, results, experiment_id, n_classes)
-        return 0
     finally:
         ray.shutdown()
+        if session_dir is not None:  # Ray's local copies of trial folders and state files (all in storage
+            for folder in ("artifacts", SCRATCH):  # now), and what trials stopped at once left
+                shutil.rmtree(Path(session_dir) / folder, ignore_errors=True)
+
+
+def check_resume(settings: StudySettings) -> None:
+    """--resume needs a study Tune can restore; a new study needs a name not taken."""
+    path = settings.experiment_path
+    if not settings.resume:
+        if study_exists(settings):
+            raise ConfigError(f"a study named {settings.experiment} exists in {path}; pass --resume to continue it "
+                              "or --experiment NEW_NAME to start another")
+        return
+    if not study_exists(settings):
+        raise ConfigError(f"--resume: no study to resume in {path}; drop --resume to start one")
+    cut_short = cut_short_state_file(path)
+    if cut_short is not None:
+        raise ConfigError(f"--resume: {cut_short} was cut short when the study's driver was killed (Ray copies its "
+                          "state files without an atomic rename), so Tune would silently start the study over; "
+                          "start a new one with --experiment NEW_NAME")
+
+
+def study_exists(settings: StudySettings) -> bool:
+    return tune.Tuner.can_restore(str(settings.experiment_path))
+
+
+def count_training_classes(settings: StudySettings) -> int:
+    """Training classes left after the validation split: what meta-class sizes must fit."""
+    config = trial_config(trial_constants(settings))
+    index = load_index(config, progress=sys.stderr.isatty())
+    return len(make_splits(index, config.data.val_fraction, config.data.max_per_class, config.train.seed).train_classes)
+
+
+def start_ray(settings: StudySettings) -> str | None:
+    """Connect to --address, or start Ray here with every port on 127.0.0.1; returns the session folder
+    of a Ray started here (None on a cluster)."""
+    if settings.address:
+        try:
+            ray.init(address=settings.address, log_to_driver=False)
+        except ConnectionError as exc:
+            raise ConfigError(f"--address {settings.address}: {exc}") from None
+        return None
+    # Ray binds its ports and registers the node on the machine's IP unless this is off; it reads the
+    # variable once, when imported, so both it (for Ray's own processes) and the constant are set.
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    context = ray.init(include_dashboard=False, log_to_driver=False)
+    return context.address_info["session_dir"]
+
+
+def fit_until_interrupted(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
+    """(results, interrupted): Tuner.fit, and whether Ctrl-C (SIGINT) stopped it. On SIGINT Tune stops
+    its trials, saves the experiment state and returns as if the study had ended; it tells no one but
+    puts back the handler it had replaced, which is how we know. A second Ctrl-C raises at once."""
+    os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+
+    def second_interrupt(signum, frame):
+        raise StudyInterrupted
+
+    previous = signal.signal(signal.SIGINT, second_interrupt)
+    quiet = _HideTuneResumeAdvice()
+    logging.getLogger("ray.tune.tune").addFilter(quiet)
+    try:
+        results = tuner.fit()
+        return results, signal.getsignal(signal.SIGINT) is second_interrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        logging.getLogger("ray.tune.tune").removeFilter(quiet)
+
+
+class _HideTuneResumeAdvice(logging.Filter):
+    """Tune's advice on Ctrl-C is Python's Tuner.restore(...); the study prints its own --resume command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
 
 
 def cut_short_state_file(experiment_path: Path) -> Path | None:

@@ -19,6 +19,7 @@ from studies.trainable import EPOCH, trial_config
 
 DEFAULT_STORE = Path("mlruns")
 TRIAL_TAG, TRIAL_DIR_TAG, STUDY_TAG, SUMMARY_TAG = "trial_id", "trial_dir", "study", "study_summary"
+INTERRUPTED_TAG = "interrupted"  # on a run whose trial Ctrl-C stopped (KILLED until --resume continues it)
 CHECKPOINT_ARTIFACT = "best_checkpoint"
 _MAX_TAG = 5000  # MLflow's limit on a tag value
 
@@ -145,11 +146,12 @@ def runs_by_trial(tracking_uri: str, experiment_id: str) -> dict[str, Any]:
 
 
 def close_finished_runs(tracking_uri: str, experiment_id: str, statuses: dict[str, str], errors: dict[str, str]) -> None:
-    """Give every run that a killed driver left RUNNING its trial's end state: the one Ray recorded,
-    or KILLED for a trial Ray's last saved state did not hold yet (the resumed study replaced it)."""
+    """Give every run that a killed driver left RUNNING (or Ctrl-C left KILLED) its trial's end state: the
+    one Ray recorded, or KILLED for a trial Ray's last saved state did not hold yet (the resumed study replaced it)."""
     client = MlflowClient(tracking_uri)
     for trial_dir, run in runs_by_trial(tracking_uri, experiment_id).items():
-        if run.info.status != "RUNNING":
+        interrupted = run.info.status == "KILLED" and INTERRUPTED_TAG in run.data.tags
+        if run.info.status != "RUNNING" and not interrupted:
             continue
         status = statuses.get(trial_dir)
         if status == "ERROR":
@@ -158,6 +160,16 @@ def close_finished_runs(tracking_uri: str, experiment_id: str, statuses: dict[st
             client.set_terminated(run.info.run_id, "FINISHED")
         else:
             client.set_tag(run.info.run_id, "killed", "the driver died before Ray saved this trial; not resumed")
+            client.set_terminated(run.info.run_id, "KILLED")
+
+
+def stop_interrupted_runs(tracking_uri: str, experiment_id: str) -> None:
+    """After Ctrl-C: the runs of the trials Tune stopped end KILLED, tagged `interrupted`. --resume
+    finds each by its trial id and sets it RUNNING again (on_trial_start)."""
+    client = MlflowClient(tracking_uri)
+    for run in runs_by_trial(tracking_uri, experiment_id).values():
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, INTERRUPTED_TAG, "true")
             client.set_terminated(run.info.run_id, "KILLED")
 
 

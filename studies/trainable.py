@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from antimetric.config import RunConfig, resolve
@@ -14,6 +15,7 @@ from antimetric.train import BEST_FILE, EpochResult, fit
 
 OBJECTIVE = "val_recall_at_1"  # Recall@1 on training classes held out from training
 EPOCH = "epoch"  # the time attribute ASHA schedules on
+SCRATCH = "antimetric"  # trials' private folders, in Ray's session folder (scratch_folder)
 
 # Study defaults over the core's: a validation split to select on, quiet loaders inside trials.
 TRIAL_DEFAULTS: dict[str, Any] = {"val_fraction": 0.2, "num_workers": 0}
@@ -30,28 +32,43 @@ def trial_config(config: dict[str, Any]) -> RunConfig:
     return resolve(RunConfig.from_flat(values))
 
 
+def scratch_folder() -> Path:
+    """Where trials keep their private folders: in Ray's session folder of their node, which a local
+    study removes at its end (run_study), so that a trial killed with its driver leaves them only there."""
+    context = ray.get_runtime_context()
+    return Path(context.get_temp_dir()) / context.get_session_name() / SCRATCH
+
+
 def train_ensemble(config: dict[str, Any]) -> None:
     """Ray Tune function trainable. Reports OBJECTIVE, test Recall@K, MAP@R, loss, branch accuracy,
-    images/s and epoch seconds every epoch, each with a resumable checkpoint."""
+    images/s and epoch seconds every epoch, each with a resumable checkpoint.
+
+    The core's run folder goes to a private temporary folder, removed when the trial ends, not to the
+    trial folder: Ray copies that folder to storage while files are being written (temporary files
+    landed there), and the checkpoints already hold all a trial keeps: the state to resume from
+    (state.pt) and the best epoch's weights so far (best.pt). fit() writes no last.pt for the same reason."""
     run_config = trial_config(config)
-    run_config.output_dir = tune.get_context().get_trial_dir()
-    run_config.run_name = "run"
-    best_file = Path(run_config.output_dir) / run_config.run_name / BEST_FILE  # fit() writes it on each new best
-
-    def report(result: EpochResult, save_checkpoint) -> None:
-        with tempfile.TemporaryDirectory() as folder:
-            save_checkpoint(Path(folder))
-            if best_file.exists():  # the best weights so far travel with every checkpoint
-                shutil.copy2(best_file, Path(folder) / BEST_FILE)
-            tune.report({EPOCH: result.epoch, **result.metrics}, checkpoint=tune.Checkpoint.from_directory(folder))
-
     checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        fit(run_config, report)
-        return
-    with checkpoint.as_directory() as folder:
-        restored_best = Path(folder) / BEST_FILE
-        if restored_best.exists() and not best_file.exists():  # resumed elsewhere: bring the best weights along
-            best_file.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(restored_best, best_file)
-        fit(run_config, report, resume_from=Path(folder))
+    scratch = scratch_folder()
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="trial-", dir=scratch) as private:
+        run_config.output_dir = private
+        run_config.run_name = "run"
+        best_file = Path(private) / run_config.run_name / BEST_FILE  # fit() writes it on each new best
+        restored_best = Path(private) / f"restored-{BEST_FILE}"  # the best before a resume, while no newer one
+
+        def report(result: EpochResult, save_checkpoint) -> None:
+            with tempfile.TemporaryDirectory() as folder:
+                save_checkpoint(Path(folder))
+                best = best_file if best_file.exists() else restored_best
+                if best.exists():  # the best weights so far travel with every checkpoint
+                    shutil.copy2(best, Path(folder) / BEST_FILE)
+                tune.report({EPOCH: result.epoch, **result.metrics}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+        if checkpoint is None:
+            fit(run_config, report, write_last=False)
+            return
+        with checkpoint.as_directory() as folder:
+            if (Path(folder) / BEST_FILE).exists():  # copied: Ray deletes old checkpoints as new ones come
+                shutil.copy2(Path(folder) / BEST_FILE, restored_best)
+            fit(run_config, report, resume_from=Path(folder), write_last=False)

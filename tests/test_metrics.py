@@ -26,7 +26,7 @@ def reference(query, query_labels, ks, gallery=None, gallery_labels=None):
     g = q if leave_one_out else gallery.float().numpy().astype(np.float64)
     gl = ql if leave_one_out else list(np.asarray(gallery_labels))
     q_ok, g_ok = np.isfinite(q).all(1), np.isfinite(g).all(1)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         sims = np.where(q_ok[:, None] & g_ok[None, :], np.nan_to_num(q) @ np.nan_to_num(g).T, -np.inf)
     hits = {k: 0 for k in ks}
     aps, rps = [], []

@@ -1,6 +1,5 @@
 """A run's folder is its own: never shared with another run, checked writable before data is read,
 and every failure to write it is one line that leaves earlier files whole."""
-import os
 import resource
 import signal
 import subprocess
@@ -12,6 +11,7 @@ from antimetric.config import RunConfig
 from antimetric.data.manifest import load_or_prepare
 from antimetric.errors import ConfigError
 from antimetric.run_folder import CONFIG_FILE, OutputError, create_run_dir
+from tests.fixtures.folders import read_only_folder
 from tests.test_cli import assert_one_line_error, run
 
 
@@ -52,28 +52,11 @@ def test_an_output_dir_that_is_a_file_is_one_line(tmp_path):
         create_run_dir(_config(tmp_path))
 
 
-def _immutable(folder):
-    """A folder nobody may write to, root included (chattr +i); None where that cannot be made."""
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        return lambda: folder.chmod(0o755)
-    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
-        return None
-    return lambda: subprocess.run(["chattr", "-i", str(folder)], check=True)
-
-
 def test_a_read_only_output_dir_fails_before_any_data_is_read(tmp_path):
-    out = tmp_path / "readonly"
-    out.mkdir()
-    undo = _immutable(out)
-    if undo is None:
-        pytest.skip("cannot make a read-only folder here")
-    try:
+    with read_only_folder(tmp_path / "readonly") as out:
         # --data-path points nowhere: the output folder must be refused first
         proc = run("train", "--data-name", "cub", "--data-path", str(tmp_path / "nowhere"), "--output-dir", str(out),
                    "--no-pretrained")
-    finally:
-        undo()
     assert_one_line_error(proc, "cannot write", str(out))
 
 

@@ -2,15 +2,21 @@
 import json
 import os
 import pickle
+import shlex
 import signal
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
+from studies.search import main
+from studies.settings import SETTINGS_FILE
 from studies.study import cut_short_state_file
+from studies.trainable import SCRATCH
 from tests.studies.conftest import RAY_ENV, run_study, study_command, trial_runs
 
 
@@ -18,7 +24,13 @@ def _metric_steps(client, run, key="val_recall_at_1"):
     return [m.step for m in client.get_metric_history(run.info.run_id, key)]
 
 
-def test_smoke_study_records_every_trial(demo_data_path, study_dirs):
+def _ray_sessions(ray_temp_dir: str) -> set[Path]:
+    return set((Path(ray_temp_dir) / "ray").glob("session_2*"))
+
+
+def test_smoke_study_records_every_trial(demo_data_path, study_dirs, ray_temp_dir, capsys, monkeypatch):
+    monkeypatch.delenv("TUNE_GLOBAL_CHECKPOINT_S", raising=False)  # main() below sets it
+    sessions_before = _ray_sessions(ray_temp_dir)
     proc = run_study(demo_data_path, study_dirs)
     assert "best config:" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
     client, runs, summary = trial_runs(study_dirs["tracking_uri"])
@@ -43,6 +55,25 @@ def test_smoke_study_records_every_trial(demo_data_path, study_dirs):
     files = {a.path for a in client.list_artifacts(summary[0].info.run_id)}
     assert {"trials.csv", "best_config.json", "optimization_history.png", "param_importances.png"} <= files
 
+    # storage holds no temporary file and no core run folder; each checkpoint one state and the best weights
+    storage = study_dirs["storage"]
+    assert not list(storage.rglob("*.tmp")) and not list(storage.rglob("last.pt"))
+    checkpoints = list(storage.glob("t/*/checkpoint_*"))
+    assert checkpoints and all(sorted(p.name for p in c.iterdir()) == ["best.pt", "state.pt"] for c in checkpoints)
+    for session in _ray_sessions(ray_temp_dir) - sessions_before:  # Ray's local copies and trials' folders are gone
+        assert not (session / "artifacts").exists(), list((session / "artifacts").rglob("*"))[:10]
+        assert not (session / SCRATCH).exists(), list((session / SCRATCH).rglob("*"))[:10]
+
+    # --resume refuses an option the study keeps, with its old and new values, before Ray starts
+    assert (storage / "t" / SETTINGS_FILE).is_file()
+    argv = study_command(demo_data_path, study_dirs)[3:]
+    capsys.readouterr()
+    assert main([*argv, "--resume", "--max-epochs", "5"]) == 2
+    assert capsys.readouterr().err == ("error: --resume: --max-epochs was 2 for this study, not 5; drop it or start "
+                                       "a new --experiment\n")
+    assert main(["car", *argv[1:], "--resume"]) == 2
+    assert "this study is of dataset demo, not car" in capsys.readouterr().err
+
     # the same study, as a driver killed while Ray copied its search state leaves it: --resume refuses
     searcher_state = max((study_dirs["storage"] / "t").glob("searcher-state-*.pkl"))
     searcher_state.write_bytes(searcher_state.read_bytes()[:100])
@@ -65,29 +96,64 @@ def test_a_cut_short_state_file_is_found(tmp_path):
     assert cut_short_state_file(tmp_path) == state
 
 
+def _wait_for_epochs(driver: subprocess.Popen, dirs: dict, ready) -> dict[str, int]:
+    """Poll MLflow until ready(epochs logged per trial id) holds while the driver still runs."""
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(1)
+        try:
+            client, runs, _ = trial_runs(dirs["tracking_uri"])
+            epochs = {r.data.tags["trial_id"]: len(_metric_steps(client, r)) for r in runs}
+        except Exception:  # the store or experiment is not there yet
+            continue
+        if ready(epochs):
+            break
+    assert driver.poll() is None, "the study ended before it could be interrupted"
+    return epochs
+
+
 def _start_and_kill(data_path, dirs: dict, args: tuple[str, ...]) -> None:
     """Start a study and SIGKILL its driver once some trial has reported a few epochs."""
     driver = subprocess.Popen(study_command(data_path, dirs, *args), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env={**os.environ, **RAY_ENV})
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            time.sleep(1)
-            try:
-                client, runs, _ = trial_runs(dirs["tracking_uri"])
-            except Exception:  # the store or experiment is not there yet
-                continue
-            if any(len(_metric_steps(client, r)) >= 3 for r in runs):
-                break
-        assert driver.poll() is None, "the study ended before it could be interrupted"
+        _wait_for_epochs(driver, dirs, lambda epochs: any(n >= 3 for n in epochs.values()))
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
 
 
+def _resume_and_interrupt(data_path, dirs: dict, args: tuple[str, ...], tmp_path) -> list[str]:
+    """--resume, then Ctrl-C (SIGINT) once a trial went on: exit 130, no summary, the trials' runs KILLED
+    (not FINISHED), and one line with the command that continues the study, which is returned."""
+    client, runs, _ = trial_runs(dirs["tracking_uri"])
+    before = {r.data.tags["trial_id"]: len(_metric_steps(client, r)) for r in runs}
+    stderr_path = tmp_path / "interrupted.err"
+    with stderr_path.open("w") as stderr:
+        driver = subprocess.Popen(study_command(data_path, dirs, *args, "--resume"), stdout=subprocess.DEVNULL,
+                                  stderr=stderr, env={**os.environ, **RAY_ENV})
+        try:
+            _wait_for_epochs(driver, dirs, lambda epochs: any(n > before.get(t, 0) for t, n in epochs.items()))
+            driver.send_signal(signal.SIGINT)
+            assert driver.wait(timeout=120) == 130
+        finally:
+            driver.kill()
+            driver.wait()
+    err = stderr_path.read_text()
+    client, runs, summary = trial_runs(dirs["tracking_uri"])
+    assert not summary, err[-3000:]
+    statuses = [r.info.status for r in runs]
+    assert "RUNNING" not in statuses and "KILLED" in statuses, statuses
+    assert all(r.data.tags["interrupted"] == "true" for r in runs if r.info.status == "KILLED")
+    advice = [line for line in err.splitlines() if "--resume" in line or "Tuner.restore" in line]
+    assert len(advice) == 1 and advice[0].startswith("study interrupted; continue it with: python -m studies.search"), err
+    return shlex.split(advice[0].split(": ", 1)[1])
+
+
 def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs, tmp_path):
     """SIGKILL the driver mid-study; --resume keeps finished trials, continues the running ones
-    from their checkpoints, and leaves exactly one finished MLflow run per trial."""
+    from their checkpoints, and leaves exactly one finished MLflow run per trial. The resumed study is
+    interrupted with Ctrl-C once and continued with the command it printed."""
     args = ("--max-epochs", "12", "--num-samples", "3")
     dirs = study_dirs
     for attempt in range(2):
@@ -103,7 +169,10 @@ def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs, tmp_path)
     running = {r.data.tags["trial_id"]: len(_metric_steps(client, r)) for r in before if r.info.status == "RUNNING"}
     assert any(epochs >= 3 for epochs in running.values())
 
-    resumed = run_study(demo_data_path, dirs, *args, "--resume")
+    command = _resume_and_interrupt(demo_data_path, dirs, args, tmp_path)
+    resumed = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=240,
+                             env={**os.environ, **RAY_ENV})  # its options come from the study's settings file
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     client, runs, summary = trial_runs(dirs["tracking_uri"])
     assert len(summary) == 1
     by_trial = {r.data.tags["trial_id"]: r for r in runs}
@@ -123,4 +192,4 @@ def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs, tmp_path)
 
 def test_resume_without_a_study_is_a_clear_error(demo_data_path, study_dirs):
     proc = run_study(demo_data_path, study_dirs, "--resume", timeout=120, returncode=2)
-    assert "no study to resume" in proc.stderr
+    assert proc.stderr.startswith("error: --resume: no study to resume") and len(proc.stderr.splitlines()) == 1

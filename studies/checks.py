@@ -1,0 +1,77 @@
+"""What must hold before a study starts, checked before any data is read or Ray started (the nodes'
+resources: right after Ray starts), so that a study never waits for ever. Each failure is one line."""
+from __future__ import annotations
+
+import socket
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import ray
+import torch
+from mlflow.exceptions import MlflowException
+
+from antimetric.errors import ConfigError
+from studies.settings import StudySettings, available_cpus
+from studies.tracking import ensure_experiment
+
+CONNECT_TIMEOUT_S = 5
+
+
+def check_storage(path: Path) -> None:
+    """--storage-path is a folder this process can write (made if missing)."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--storage-path {path} is a file; pass a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--storage-path {path}: {exc.strerror or exc}; pass a folder you can write") from None
+
+
+def check_resources(settings: StudySettings) -> None:
+    """A Ray head that answers (--address), or CPUs and a GPU here for one trial."""
+    if settings.address:
+        host, _, port = settings.address.removeprefix("ray://").rpartition(":")
+        _connect(host, int(port), f"--address {settings.address}: no Ray head node answers there")
+        return
+    if settings.gpus_per_trial > 0 and not torch.cuda.is_available():
+        raise ConfigError(f"--gpus-per-trial {settings.gpus_per_trial:g}: this machine has no CUDA GPU; "
+                          "pass --gpus-per-trial 0")
+    if settings.cpus_per_trial > available_cpus():
+        raise ConfigError(f"--cpus-per-trial {settings.cpus_per_trial:g}: this machine has {available_cpus()} CPUs; "
+                          f"pass at most {available_cpus()}")
+
+
+def check_nodes(settings: StudySettings) -> None:
+    """Some node of the Ray cluster (or this machine) has the CPUs and GPUs one trial asks for."""
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    need = {"CPU": settings.cpus_per_trial, "GPU": settings.gpus_per_trial}
+    if any(all(node.get(key, 0) >= value for key, value in need.items()) for node in nodes):
+        return
+    largest = max(nodes, key=lambda node: (node.get("GPU", 0), node.get("CPU", 0)), default={})
+    raise ConfigError(f"a trial asks for {need['CPU']:g} CPUs and {need['GPU']:g} GPUs, but the largest Ray node has "
+                      f"{largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs; lower --cpus-per-trial "
+                      "or --gpus-per-trial")
+
+
+def open_experiment(settings: StudySettings, artifact_root: Path | None) -> str:
+    """The study's MLflow experiment id, made if new: the tracking store works before the study starts."""
+    uri = settings.tracking_uri
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):  # MLflow retries a dead server for minutes
+        _connect(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80),
+                 f"--tracking-uri {uri}: no MLflow server answers there")
+    try:
+        return ensure_experiment(uri, settings.experiment, artifact_root)
+    except (MlflowException, OSError) as exc:
+        message = " ".join(str(exc).split())[:300]
+        raise ConfigError(f"--tracking-uri {uri}: {message}") from None
+
+
+def _connect(host: str, port: int, failure: str) -> None:
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(f"{failure} ({exc.strerror or exc})") from None

@@ -1,0 +1,90 @@
+"""A study's settings: the per-dataset defaults, the config every trial shares, and the settings
+file a study keeps beside Ray's state so that --resume continues it with the same options."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from antimetric.atomic import write_json
+from antimetric.errors import ConfigError
+
+
+@dataclass
+class StudySettings:
+    name: str  # dataset
+    data_path: Path  # absolute
+    num_samples: int
+    max_epochs: int
+    max_concurrent: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    address: str | None
+    tracking_uri: str
+    experiment: str
+    storage_path: Path  # absolute; Ray's experiment folders
+    resume: bool
+    seed: int
+    fixed: dict[str, Any]  # config values shared by every trial (beside the searched ones)
+
+    @property
+    def experiment_path(self) -> Path:
+        return self.storage_path / self.experiment
+
+
+# Per dataset: trials, epochs, concurrent trials, CPUs per trial (a GPU per trial where there is one).
+# A study on this machine asks for no more CPUs per trial than it has (available_cpus).
+STUDY_DEFAULTS = {
+    "demo": dict(num_samples=12, max_epochs=10, max_concurrent=2, cpus_per_trial=1),
+    "cub": dict(num_samples=24, max_epochs=20, max_concurrent=1, cpus_per_trial=8),
+    "car": dict(num_samples=24, max_epochs=20, max_concurrent=1, cpus_per_trial=8),
+    "sop": dict(num_samples=16, max_epochs=40, max_concurrent=1, cpus_per_trial=8),
+    "isc": dict(num_samples=16, max_epochs=40, max_concurrent=1, cpus_per_trial=8),
+}
+# --smoke-test: seconds, not minutes: few trials on small, low-resolution data.
+SMOKE = dict(num_samples=3, max_epochs=2, fixed=dict(image_size=32, max_per_class=8))
+
+# What a study keeps for good, by the option that sets it. Tune restores its searcher, scheduler,
+# trial configs and MLflow callback from its own state on --resume and would silently keep the
+# old value, so --resume refuses another one; an option left out takes the saved value.
+KEPT = {"name": "the dataset", "data_path": "--data-path", "num_samples": "--num-samples",
+        "max_epochs": "--max-epochs", "max_concurrent": "--max-concurrent", "seed": "--seed",
+        "fixed": "--smoke-test", "tracking_uri": "--tracking-uri"}
+# Saved too, but --resume applies a new value (Tune asks for each trial's resources anew).
+# --address is never saved: it says where Ray runs now.
+APPLIED = ("cpus_per_trial", "gpus_per_trial")
+SETTINGS_FILE = "antimetric-study.json"
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask), which may be fewer than the machine has."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def save_settings(settings: StudySettings) -> None:
+    values = {key: value for key, value in asdict(settings).items() if key in KEPT or key in APPLIED}
+    values["data_path"] = str(settings.data_path)
+    write_json(settings.experiment_path / SETTINGS_FILE, values)
+
+
+def saved_settings(experiment_path: Path) -> dict[str, Any] | None:
+    """The settings a study was started with; None for a study without a settings file."""
+    path = experiment_path / SETTINGS_FILE
+    if not path.exists():
+        return None
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+        return {key: values[key] for key in (*KEPT, *APPLIED)}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--resume: cannot read {path} ({exc}); start a new study with --experiment NEW_NAME") \
+            from None
+
+
+def trial_constants(settings: StudySettings) -> dict[str, Any]:
+    """The config every trial shares; the searched keys are added per trial."""
+    return {"data_name": settings.name, "data_path": str(settings.data_path), "num_epochs": settings.max_epochs,
+            "seed": settings.seed, **settings.fixed}
