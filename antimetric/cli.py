@@ -6,10 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from antimetric.config import BOXED_DATASETS, CROP_TYPES, DATASETS, IMPLEMENTATIONS, RunConfig, parse_recalls
+from antimetric.config import BACKBONE_NAMES, BOXED_DATASETS, CROP_TYPES, DATASETS, SHARE_TYPES, RunConfig
 from antimetric.data.cache import MAX_CACHE_SIZE
 from antimetric.errors import AntimetricError, ConfigError, RunInterrupted
-from antimetric.model.backbones import BACKBONES, SHARE_TYPES
+from antimetric.options import add_config_arguments, given_options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,13 +40,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
 
-def _recalls(text: str) -> tuple[int, ...]:
-    try:
-        return parse_recalls(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _cache_size(text: str) -> int:
     try:
         value = int(text)
@@ -72,53 +65,16 @@ def _parser() -> argparse.ArgumentParser:
     prepare.set_defaults(command=_prepare)
 
     train = commands.add_parser("train", help="train and evaluate an ensemble (options of the seed's train.py)")
-    _add(train, "--data-path", default="data", help="parent folder of cub/, car/, sop/, isc/ (default: data)")
-    _add(train, "--data-name", default="demo", choices=DATASETS, help="dataset (default: demo, generated)")
-    _add(train, "--crop-type", default="uncropped", choices=CROP_TYPES, help="cropped uses bounding boxes (cub, car)")
-    _add(train, "--recalls", type=_recalls, help="Recall@K values, e.g. 1,2,4,8 (default: per dataset)")
-    _add(train, "--backbone", "--backbone-type", choices=tuple(BACKBONES), help="default: resnet18 (tiny for demo)")
-    _add(train, "--share-type", default="layer1", choices=SHARE_TYPES, help="last shared ResNet stage")
-    _add(train, "--ensemble-size", type=int, help="number of branches (default: 48; demo 12)")
-    _add(train, "--meta-class-size", type=int, help="meta-classes per branch (default: 12 cub/car, 512 sop, 192 isc, 6 demo)")
-    _add(train, "--with-random", action="store_true", help="random softmax branch weights in training")
-    _add(train, "--with-fc", action=argparse.BooleanOptionalAction, help="per-branch linear head")
-    _add(train, "--load-ids", nargs="?", const="latest", metavar="PATH",
-         help="reuse meta-class ids: a meta_ids.json, or none for the latest run of this dataset in --output-dir")
-    _add(train, "--with-train", action="store_true", help="accepted for the seed's scripts; training is the default")
-    _add(train, "--no-train", dest="train", action="store_false", help="only evaluate the untrained ensemble")
-    _add(train, "--batch-size", type=int, default=32, help="training batch size (default: 32)")
-    _add(train, "--num-epochs", type=int, help="default: 20 (cub, car), 40 (sop, isc), 10 (demo)")
-    _add(train, "--lr", type=float, help="Adam learning rate (default: 1e-4; demo 2e-3)")
-    _add(train, "--image-size", type=int, help="network input side in pixels (default: 256; demo 64)")
-    _add(train, "--val-fraction", type=float, default=0.0, help="training classes held out to select the model")
-    _add(train, "--max-per-class", type=int, default=300, help="training images kept per class (default: 300)")
-    _add(train, "--pretrained", action=argparse.BooleanOptionalAction, help="ImageNet weights (default: on; demo off)")
-    _add(train, "--weights-file", help="a local torchvision ImageNet .pth instead of downloading")
-    _add(train, "--implementation", default="auto", choices=IMPLEMENTATIONS,
-         help="branch formulation: auto (= batched, on every device) or reference (the seed's loop)")
-    _add(train, "--activation-checkpointing", action=argparse.BooleanOptionalAction,
-         help="recompute activations in the backward pass (default: turned on after a GPU out-of-memory)")
-    _add(train, "--compile", action="store_true", help="torch.compile the network for training")
-    _add(train, "--seed", type=int, default=0)
-    _add(train, "--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    _add(train, "--num-workers", type=int, help="data-loader processes (default: from the CPU count)")
-    _add(train, "--image-cache", action=argparse.BooleanOptionalAction, default=True,
-         help="read the resized images of `prepare --cache-size` when they match (default: on)")
-    _add(train, "--eval-batch-size", type=int)
-    _add(train, "--chunk-size", type=int, default=4096, help="query rows per block of the exact kNN search")
-    _add(train, "--output-dir", default="runs", help="run folders are created here (default: runs)")
-    _add(train, "--run-name", help="run folder name (default: <dataset>-<time>, made unique)")
-    _add(train, "--reuse-run-name", action="store_true",
-         help="an existing --run-name folder: replace that run's files instead of stopping with an error")
-    _add(train, "--resume", metavar="RUN_DIR",
-         help="continue the run in RUN_DIR from its last.pt, with its own config (only --device and "
-              "--num-workers may change)")
+    add_config_arguments(train)
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR from its last.pt, with its own config (only --device and "
+                            "--num-workers may change)")
     train.add_argument("--json", action="store_true", help="print the best epoch's metrics as JSON at the end")
     train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     train.set_defaults(command=_train)
 
     profile = commands.add_parser("profile", help="parameters and FLOPs (thop) of an ensemble")
-    _add(profile, "--backbone", "--backbone-type", default="resnet18", choices=tuple(BACKBONES))
+    _add(profile, "--backbone", "--backbone-type", default="resnet18", choices=BACKBONE_NAMES)
     _add(profile, "--ensemble-size", type=int, default=48)
     _add(profile, "--meta-class-size", type=int, default=12)
     _add(profile, "--share-type", default="layer1", choices=SHARE_TYPES)
@@ -164,24 +120,23 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-_NOT_CONFIG = ("command", "json", "quiet", "with_train", "resume")
-
-
 def _train(args: argparse.Namespace) -> int:
     from antimetric.train import fit, resume_run
 
-    values = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    values = given_options(args)
+    progress = not args.quiet and sys.stderr.isatty()
     if args.resume is not None:
-        defaults = vars(_parser().parse_args(["train"]))
-        overrides = {k: v for k, v in values.items() if v != defaults[k]}
-        result = resume_run(Path(args.resume), _epoch_printer(args), progress=not args.quiet and sys.stderr.isatty(),
-                            overrides=overrides)
+        result = resume_run(Path(args.resume), _epoch_printer(args), progress=progress, overrides=values)
         return _print_result(args, result)
-    if values["load_ids"] == "latest":
-        values["load_ids"] = str(_latest_meta_ids(Path(args.output_dir), args.data_name))
-    config = RunConfig.from_flat(values)
-    result = fit(config, _epoch_printer(args), progress=not args.quiet and sys.stderr.isatty())
+    if values.get("load_ids") == "latest":
+        values["load_ids"] = str(_latest_meta_ids(Path(values.get("output_dir", _default("output_dir"))),
+                                                  values.get("data_name", _default("data_name"))))
+    result = fit(RunConfig.from_flat(values), _epoch_printer(args), progress=progress)
     return _print_result(args, result)
+
+
+def _default(name: str):
+    return RunConfig().to_flat()[name]
 
 
 def _epoch_printer(args: argparse.Namespace):

@@ -1,4 +1,6 @@
-"""Typed configuration. Every field is one command-line option and one key of a study's config dict.
+"""Typed configuration. Every field is one command-line option and one key of a study's config dict,
+declared once: its default, help, choices and spellings are the field (`option`), and
+`antimetric.options` builds the arguments of `antimetric train` and `studies.search` from them.
 
 Fields left as None take the dataset's default (`DATASET_DEFAULTS`) when the config is
 resolved, so `--data-name sop` alone gives the seed's SOP settings.
@@ -9,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from antimetric.errors import ConfigError
 
@@ -19,49 +21,83 @@ BOXED_DATASETS = ("cub", "car", "demo")  # those with bounding boxes, which crop
 IMPLEMENTATIONS = ("auto", "batched", "reference")
 
 
+BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "resnext50", "tiny")  # antimetric.model.backbones.BACKBONES
+SHARE_TYPES = ("maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a config field appears on a command line (`antimetric.options` builds the arguments)."""
+
+    help: str
+    parse: Callable[[str], Any] | None = None  # text -> value; None: the text itself (bool fields are flags)
+    choices: tuple[Any, ...] | None = None
+    aliases: tuple[str, ...] = ()  # further spellings, e.g. the seed's --backbone-type
+    metavar: str | None = None
+    const: Any = None  # the value of the option given without an argument (then optional)
+
+
+def option(default: Any, help: str, **form: Any) -> Any:
+    """A config field with its default and its command-line form: the one declaration of an option."""
+    return field(default=default, metadata={"option": Option(help, **form)})
+
+
+def _recalls_text(text: str) -> tuple[int, ...]:
+    return parse_recalls(text)
+
+
 @dataclass
 class DataConfig:
-    data_name: str = "demo"  # one of DATASETS; 'demo' is generated on first use
-    data_path: str = "data"  # parent folder holding cub/, car/, sop/, isc/, demo/
-    crop_type: str = "uncropped"  # 'cropped' uses the bounding boxes (cub, car)
-    image_size: int | None = None  # side of the square network input (seed: 256)
-    val_fraction: float = 0.0  # fraction of the training classes held out for model selection
-    max_per_class: int = 300  # training images kept per class (seed: 300)
-    num_workers: int | None = None  # data-loader processes; None: chosen from the CPU count
-    image_cache: bool = True  # read the resized copies `prepare --cache-size` wrote, when they match
+    data_name: str = option("demo", "dataset (demo is generated on first use)", choices=DATASETS)
+    data_path: str = option("data", "parent folder of the dataset folders cub/, car/, sop/, isc/, demo/")
+    crop_type: str = option("uncropped", "cropped uses the bounding boxes (cub, car)", choices=CROP_TYPES)
+    image_size: int | None = option(None, "side of the square network input in pixels", parse=int)
+    val_fraction: float = option(0.0, "fraction of the training classes held out to select the best epoch",
+                                 parse=float)
+    max_per_class: int = option(300, "training images kept per class (the seed's cap)", parse=int)
+    num_workers: int | None = option(None, "data-loader processes (default: none on <= 2 cores, else up to 8)",
+                                     parse=int)
+    image_cache: bool = option(True, "read the resized images of `prepare --cache-size` when they match")
 
 
 @dataclass
 class ModelConfig:
-    backbone: str | None = None  # resnet18, resnet34, resnet50, resnext50, tiny
-    share_type: str = "layer1"  # last ResNet stage shared by all branches
-    ensemble_size: int | None = None  # number of branches
-    meta_class_size: int | None = None  # meta-classes each branch predicts
-    with_random: bool = False  # scale the shared feature by random softmax weights in training
-    with_fc: bool | None = None  # per-branch linear head to meta_class_size (seed default: off)
-    pretrained: bool | None = None  # ImageNet weights; default True except for 'demo'
-    weights_file: str | None = None  # a local torchvision ImageNet .pth instead of downloading
-    implementation: str = "auto"  # 'auto' (= 'batched', every device) or 'reference' (the seed's loop)
-    activation_checkpointing: bool | None = None  # recompute activations in backward; None: on after a GPU OOM
+    backbone: str | None = option(None, "torchvision ResNet (tiny: a small one for CPUs)", choices=BACKBONE_NAMES,
+                                  aliases=("--backbone-type",))
+    share_type: str = option("layer1", "last ResNet stage shared by all branches", choices=SHARE_TYPES)
+    ensemble_size: int | None = option(None, "number of branches", parse=int)
+    meta_class_size: int | None = option(None, "meta-classes each branch predicts", parse=int)
+    with_random: bool = option(False, "scale the shared feature by random softmax weights per sample and branch "
+                                      "in training")
+    with_fc: bool | None = option(None, "a linear head per branch (without it the pooled feature is the logits)")
+    pretrained: bool | None = option(None, "ImageNet weights (downloaded by torchvision, or --weights-file)")
+    weights_file: str | None = option(None, "a local torchvision ImageNet .pth instead of downloading",
+                                      metavar="PATH")
+    implementation: str = option("auto", "branch formulation: auto (= batched, on every device) or reference "
+                                         "(the seed's loop)", choices=IMPLEMENTATIONS)
+    activation_checkpointing: bool | None = option(
+        None, "recompute activations in the backward pass (default: turned on after a GPU out-of-memory)")
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 32
-    num_epochs: int | None = None
-    lr: float | None = None  # Adam (seed: 1e-4); MultiStepLR x0.1 at 50% and 70% of the epochs
-    seed: int = 0  # meta-class assignment, validation split, initialisation, sampling
-    device: str = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:1', ...
-    train: bool = True  # False: only evaluate the untrained (or pretrained) ensemble
-    load_ids: str | None = None  # meta-class ids file to reuse instead of drawing new ones
-    compile: bool = False  # torch.compile the network for training (H100: +9 % images/s, ~40 s to compile)
+    batch_size: int = option(32, "training batch size", parse=int)
+    num_epochs: int | None = option(None, "epochs", parse=int)
+    lr: float | None = option(None, "Adam learning rate; x0.1 after 50 % and 70 % of the epochs", parse=float)
+    seed: int = option(0, "meta-class assignment, validation split, initialisation, sampling", parse=int)
+    device: str = option("auto", "auto (CUDA if present), cpu, cuda, cuda:N")
+    train: bool = option(True, "train (--no-train: only evaluate the untrained or pretrained ensemble)",
+                         aliases=("--with-train",))
+    load_ids: str | None = option(None, "reuse meta-class ids: a meta_ids.json, or none for the latest run of "
+                                        "this dataset in --output-dir", metavar="PATH", const="latest")
+    compile: bool = option(False, "torch.compile the network for training (H100: +9 % images/s, ~40 s to compile)")
 
 
 @dataclass
 class EvalConfig:
-    recalls: tuple[int, ...] | None = None  # Recall@K values reported
-    eval_batch_size: int | None = None  # default: 2 x batch_size
-    chunk_size: int = 4096  # query rows per similarity block in the exact kNN search
+    recalls: tuple[int, ...] | None = option(None, "Recall@K values, e.g. 1,2,4,8", parse=_recalls_text)
+    eval_batch_size: int | None = option(None, "evaluation batch size (default: 2 x --batch-size)", parse=int)
+    chunk_size: int = option(4096, "query rows per block of the exact kNN search", parse=int)
 
 
 @dataclass
@@ -70,9 +106,10 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    output_dir: str = "runs"  # run folders are created below it
-    run_name: str | None = None  # default: <dataset>-<timestamp>, made unique
-    reuse_run_name: bool = False  # an existing run folder of run_name: replace its run files (else an error)
+    output_dir: str = option("runs", "run folders are created here")
+    run_name: str | None = option(None, "run folder name (default: <dataset>-<time>, made unique)")
+    reuse_run_name: bool = option(False, "an existing --run-name folder: replace that run's files instead of "
+                                         "stopping with an error")
 
     def to_flat(self) -> dict[str, Any]:
         flat: dict[str, Any] = {key: getattr(self, key) for key in _RUN_KEYS}
@@ -98,10 +135,11 @@ class RunConfig:
 
 
 _SECTIONS = ("data", "model", "train", "eval")
+SECTION_CLASSES = (DataConfig, ModelConfig, TrainConfig, EvalConfig)
 _RUN_KEYS = ("output_dir", "run_name", "reuse_run_name")
 _FIELD_SECTION = {
     f.name: section
-    for section, kind in zip(_SECTIONS, (DataConfig, ModelConfig, TrainConfig, EvalConfig))
+    for section, kind in zip(_SECTIONS, SECTION_CLASSES)
     for f in dataclasses.fields(kind)
 }
 
@@ -159,6 +197,10 @@ def _check(config: RunConfig) -> None:
         raise ConfigError(f"--crop-type cropped needs bounding boxes, which only cub and car have, not {data.data_name}")
     if not 0.0 <= data.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {data.val_fraction}")
+    if model.backbone not in BACKBONE_NAMES:
+        raise ConfigError(f"unknown backbone {model.backbone!r}; choose one of {', '.join(BACKBONE_NAMES)}")
+    if model.share_type not in SHARE_TYPES:
+        raise ConfigError(f"unknown share type {model.share_type!r}; choose one of {', '.join(SHARE_TYPES)}")
     if model.implementation not in IMPLEMENTATIONS:
         raise ConfigError(f"unknown implementation {model.implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
     if model.activation_checkpointing and model.implementation == "reference":

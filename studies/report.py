@@ -14,7 +14,7 @@ import torch
 from antimetric.atomic import torch_save
 from antimetric.train import BEST_FILE, fit
 from studies.settings import StudySettings, trial_constants
-from studies.spaces import SPACES, distributions
+from studies.spaces import distributions
 from studies.tracking import (
     CHECKPOINT_ARTIFACT,
     close_finished_runs,
@@ -90,7 +90,7 @@ def optuna_plots(table: pd.DataFrame, settings: StudySettings, n_classes: int, f
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    dists = distributions(SPACES[settings.name](), n_classes, fixed)
+    dists = distributions(settings.space, n_classes, fixed)
     study = optuna.create_study(direction="maximize")
     for _, row in table.iterrows():
         value = row.get(OBJECTIVE)
@@ -127,7 +127,7 @@ def untrained_recall(config: dict[str, Any], folder: Path) -> float:
 
 
 def summarize(settings: StudySettings, results, experiment_id: str, n_classes: int) -> pd.DataFrame:
-    searched = list(SPACES[settings.name]())
+    searched = list(settings.space)
     table = trials_table(results, searched)
     log_best_checkpoints(settings, results, experiment_id)
     close_finished_runs(settings.tracking_uri, experiment_id,
@@ -162,7 +162,7 @@ def _print_summary(settings, table: pd.DataFrame, metrics: dict, best_config: di
         print(table.drop(columns=hidden).to_string(index=False))
     print(f"\n{metrics['trials']} trials, {metrics['stopped_early']} stopped early by ASHA, {metrics['failed']} failed")
     if best_config:
-        searched = {k: best_config[k] for k in SPACES[settings.name]()}
+        searched = {k: best_config[k] for k in settings.space}
         print(f"best config: {json.dumps(searched)}")
         recalls = {k: round(v, 4) for k, v in metrics.items() if k.startswith("test_recall")}
         print(f"its test Recall@K at its best validation epoch: {recalls}")

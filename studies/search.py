@@ -4,6 +4,7 @@ and the command that resumes the study."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shlex
@@ -13,11 +14,15 @@ from typing import Any, Callable
 
 import torch
 
-from antimetric.config import DATASETS
+from antimetric.config import DATASETS, RunConfig, resolve
 from antimetric.errors import AntimetricError, ConfigError
+from antimetric.options import add_config_arguments, given_options
 from studies.settings import APPLIED, KEPT, SMOKE, STUDY_DEFAULTS, StudySettings, available_cpus, saved_settings
+from studies.space_file import check_space, load_space
+from studies.spaces import SPACES
 from studies.study import run_study, study_exists
 from studies.tracking import default_tracking_uri
+from studies.trainable import TRIAL_DEFAULTS
 
 DEFAULT_STORAGE = "runs/studies"
 
@@ -64,9 +69,12 @@ def _address(text: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m studies.search", description=__doc__)
     parser.add_argument("name", choices=DATASETS, help="dataset to study")
-    parser.add_argument("--data-path", help="parent folder of the dataset folders (default: data)")
+    parser.add_argument("--print-space", action=_PrintSpace, nargs=0,
+                        help="print the built-in search space of NAME (the --space form) and exit")
+    parser.add_argument("--data-path", "--data_path", help="parent folder of the dataset folders (default: data)")
     parser.add_argument("--num-samples", type=_count, help="trials to run")
-    parser.add_argument("--max-epochs", type=_count, help="epochs of a trial that ASHA does not stop")
+    parser.add_argument("--max-epochs", "--num-epochs", "--num_epochs", dest="max_epochs", type=_count,
+                        help="epochs of a trial that ASHA does not stop (each trial's --num-epochs)")
     parser.add_argument("--max-concurrent", type=_count, help="trials running at once")
     parser.add_argument("--cpus-per-trial", type=_cpus, help="default: per dataset, at most the CPUs of this machine")
     parser.add_argument("--gpus-per-trial", type=_gpus, help="fractions share a GPU (default: 1 if CUDA, else 0)")
@@ -81,7 +89,29 @@ def _parser() -> argparse.ArgumentParser:
                         help="continue the study of the same --experiment, with the options it was started with")
     parser.add_argument("--seed", type=_seed, help="seed of the TPE sampler and of every trial (default: 0)")
     parser.add_argument("--smoke-test", action="store_true", help="a study of a few seconds per trial")
+    parser.add_argument("--space", metavar="FILE", type=Path,
+                        help="search this space (JSON or YAML, the form --print-space shows) instead of the built-in one")
+    training = parser.add_argument_group(
+        "training options", "the options of `python -m antimetric train`, each fixing its value for every trial "
+        "(a searched one is then no longer searched)")
+    add_config_arguments(training, exclude=STUDY_OWN_KEYS)
     return parser
+
+
+# Config keys the study sets itself: the dataset (NAME), its folder and seed (the study's --data-path and
+# --seed), the epochs (--max-epochs, also spelled --num-epochs), and a run's own folder (each trial has one).
+STUDY_OWN_KEYS = ("data_name", "data_path", "seed", "num_epochs", "output_dir", "run_name", "reuse_run_name")
+
+
+class _PrintSpace(argparse.Action):
+    """--print-space: the built-in space of the dataset named so far, as JSON, then exit 0."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        name = getattr(namespace, "name", None)
+        if name is None:
+            parser.error("--print-space comes after NAME, e.g. `python -m studies.search cub --print-space`")
+        print(json.dumps(SPACES[name](), indent=1))
+        parser.exit(0)
 
 
 def parse_args(argv: list[str] | None = None) -> StudySettings:
@@ -91,25 +121,51 @@ def parse_args(argv: list[str] | None = None) -> StudySettings:
     given = {key: getattr(args, key) for key in (*KEPT, *APPLIED) if getattr(args, key, None) is not None}
     if args.data_path is not None:
         given["data_path"] = str(Path(args.data_path).resolve())
-    if args.smoke_test:
-        given["fixed"] = dict(SMOKE["fixed"])
+    training = given_options(args, exclude=STUDY_OWN_KEYS)
+    if training.get("load_ids") == "latest":
+        raise ConfigError("--load-ids in a study needs the path of a meta_ids.json")
+    if args.smoke_test or training:
+        given["fixed"] = {**(SMOKE["fixed"] if args.smoke_test else {}), **training}
     storage_path = Path(args.storage_path).resolve()
     experiment = args.experiment or f"{args.name}-study"
     values = _defaults(args.name, args.smoke_test, local=args.address is None)
-    if args.resume:
-        saved = saved_settings(storage_path / experiment)  # None: a study from before settings files
-        for key, option in KEPT.items():
-            if saved is not None and key in given and given[key] != saved[key]:
+    saved = saved_settings(storage_path / experiment) if args.resume else None  # None: a study without one
+    if saved is not None:
+        for key in KEPT:
+            if key == "fixed" and key in given:  # each training option given must be the one saved
+                given[key] = {**saved[key], **given[key]}
+            if key in given and given[key] != saved[key]:
                 raise ConfigError(_refusal(key, saved[key], given[key]))
-        values.update(saved or {})
+        values.update(saved)
     values.update(given)
+    if saved is None or args.space is not None:
+        raw = load_space(args.space) if args.space is not None else SPACES[args.name]()
+        values["space"] = _searched(raw, values, args.name, "--space" if args.space else f"the built-in {args.name} space")
+        if saved is not None and values["space"] != saved["space"]:
+            raise ConfigError(_refusal("space", saved["space"], values["space"]))
     return StudySettings(
         name=args.name, data_path=Path(values["data_path"]), num_samples=values["num_samples"],
         max_epochs=values["max_epochs"], max_concurrent=values["max_concurrent"],
         cpus_per_trial=values["cpus_per_trial"], gpus_per_trial=values["gpus_per_trial"], address=args.address,
         tracking_uri=values["tracking_uri"], experiment=experiment, storage_path=storage_path, resume=args.resume,
-        seed=values["seed"], fixed=values["fixed"],
+        seed=values["seed"], fixed=values["fixed"], space=values["space"],
     )
+
+
+def _searched(raw: dict[str, Any], values: dict[str, Any], name: str, where: str) -> dict[str, dict[str, Any]]:
+    """The space to search: `raw` without the keys a training option fixes, checked."""
+    space = {key: spec for key, spec in raw.items() if key not in values["fixed"]}
+    constants = {"data_name": name, "data_path": values["data_path"], "num_epochs": values["max_epochs"],
+                 "seed": values["seed"], **TRIAL_DEFAULTS, **values["fixed"]}
+    try:
+        resolve(RunConfig.from_flat(constants))
+    except ConfigError as error:
+        raise ConfigError(f"training options: {error}") from None
+    check_space(space, constants, where)
+    if not space:
+        raise ConfigError("nothing left to search: the training options fix every key of the space; "
+                          "drop one or pass a --space")
+    return space
 
 
 def _defaults(name: str, smoke_test: bool, local: bool) -> dict[str, Any]:
@@ -127,7 +183,13 @@ def _refusal(key: str, old: Any, new: Any) -> str:
     if key == "name":
         return f"--resume: this study is of dataset {old}, not {new}; pass {old} or start a new --experiment"
     if key == "fixed":
-        old, new = ("on" if value else "off" for value in (old, new))
+        changed = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+        option = "--" + changed[0].replace("_", "-")
+        return (f"--resume: {option} was {old.get(changed[0], 'not given')} for this study, not "
+                f"{new.get(changed[0], 'not given')}; drop it or start a new --experiment")
+    if key == "space":
+        return "--resume: this study searches another space than the --space given; drop --space or start a new " \
+               "--experiment"
     return f"--resume: {KEPT[key]} was {old} for this study, not {new}; drop it or start a new --experiment"
 
 

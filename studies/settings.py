@@ -28,6 +28,7 @@ class StudySettings:
     resume: bool
     seed: int
     fixed: dict[str, Any]  # config values shared by every trial (beside the searched ones)
+    space: dict[str, dict[str, Any]]  # what is searched: the built-in or --space file, without the fixed keys
 
     @property
     def experiment_path(self) -> Path:
@@ -51,7 +52,7 @@ SMOKE = dict(num_samples=3, max_epochs=2, fixed=dict(image_size=32, max_per_clas
 # old value, so --resume refuses another one; an option left out takes the saved value.
 KEPT = {"name": "the dataset", "data_path": "--data-path", "num_samples": "--num-samples",
         "max_epochs": "--max-epochs", "max_concurrent": "--max-concurrent", "seed": "--seed",
-        "fixed": "--smoke-test", "tracking_uri": "--tracking-uri"}
+        "fixed": "a training option", "space": "--space", "tracking_uri": "--tracking-uri"}
 # Saved too, but --resume applies a new value (Tune asks for each trial's resources anew).
 # --address is never saved: it says where Ray runs now.
 APPLIED = ("cpus_per_trial", "gpus_per_trial")

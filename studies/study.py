@@ -24,7 +24,7 @@ from antimetric.session import load_index
 from studies.checks import check_nodes, check_resources, check_storage, open_experiment
 from studies.report import summarize
 from studies.settings import StudySettings, save_settings, trial_constants
-from studies.spaces import SPACES, SpaceSampler
+from studies.spaces import SpaceSampler
 from studies.tracking import MLflowTrialCallback, stop_interrupted_runs
 from studies.trainable import EPOCH, OBJECTIVE, SCRATCH, train_ensemble, trial_config
 
@@ -44,7 +44,7 @@ def trainable(settings: StudySettings):
 
 def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> tune.Tuner:
     constants = trial_constants(settings)
-    space = SPACES[settings.name]()
+    space = settings.space
     searcher = OptunaSearch(
         space=SpaceSampler(space, n_classes, trial_config(constants).to_flat()),
         metric=OBJECTIVE,

@@ -14,6 +14,7 @@ from antimetric.data.dataset import ImageDataset
 from antimetric.data.manifest import load_manifest, prepare
 from antimetric.data.records import ImageRecord
 from antimetric.errors import DatasetLayoutError
+from antimetric.options import given_options
 from antimetric.session import build_session
 from tests.fixtures.datasets import make_cub, make_sop
 
@@ -193,8 +194,8 @@ def test_bad_cache_options_are_one_line_and_exit_2(cub, capsys, extra, message):
 
 
 def test_train_takes_no_image_cache():
-    args = _parser().parse_args(["train", "--no-image-cache"])
-    assert args.image_cache is False and _parser().parse_args(["train"]).image_cache is True
+    assert given_options(_parser().parse_args(["train", "--no-image-cache"])) == {"image_cache": False}
+    assert "image_cache" not in given_options(_parser().parse_args(["train"])) and RunConfig().data.image_cache
 
 
 def test_an_unwritable_cache_folder_is_a_clear_error(cub):

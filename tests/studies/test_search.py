@@ -31,7 +31,12 @@ def _ray_sessions(ray_temp_dir: str) -> set[Path]:
 def test_smoke_study_records_every_trial(demo_data_path, study_dirs, ray_temp_dir, capsys, monkeypatch):
     monkeypatch.delenv("TUNE_GLOBAL_CHECKPOINT_S", raising=False)  # main() below sets it
     sessions_before = _ray_sessions(ray_temp_dir)
-    proc = run_study(demo_data_path, study_dirs)
+    space = study_dirs["storage"].parent / "space.json"  # a researcher's own space and fixed training options
+    space.write_text(json.dumps({"ensemble_size": {"type": "choice", "values": [3, 4]},
+                                 "meta_class_size": {"type": "int", "low": 3, "high": 6},
+                                 "lr": {"type": "float", "low": 1e-3, "high": 5e-3, "log": True}}))
+    proc = run_study(demo_data_path, study_dirs, "--backbone", "tiny", "--val-fraction", "0.3", "--with-fc",
+                     "--space", str(space))
     assert "best config:" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
     client, runs, summary = trial_runs(study_dirs["tracking_uri"])
     assert len(runs) == 3 and len({r.data.tags["trial_id"] for r in runs}) == 3
@@ -39,6 +44,8 @@ def test_smoke_study_records_every_trial(demo_data_path, study_dirs, ray_temp_di
         assert run.info.status == "FINISHED"
         assert run.data.tags["dataset"] == "demo"
         assert run.data.params["image_size"] == "32" and run.data.params["backbone"] == "tiny"
+        assert run.data.params["val_fraction"] == "0.3" and run.data.params["with_fc"] == "True"
+        assert run.data.params["ensemble_size"] in ("3", "4") and run.data.params["share_type"] == "layer1"
         steps = _metric_steps(client, run)
         assert steps == list(range(1, len(steps) + 1)) and steps
         for key in ("test_recall_at_1", "test_map_at_r", "loss", "branch_accuracy", "images_per_s", "epoch_seconds"):
