@@ -99,6 +99,8 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
     # each epoch, so that their seeds come from that epoch's seed: a resumed run repeats exactly.
     generator = torch.Generator().manual_seed(train.seed)
     workers = _num_workers(data.num_workers)
+    # The run records what it chose where the config said auto (config.json, a study's params).
+    train.device, data.num_workers, model_cfg.implementation = str(device), workers, implementation
     train_loader = DataLoader(train_set, batch_size=train.batch_size, shuffle=True, drop_last=True,
                               num_workers=workers, pin_memory=device.type == "cuda", generator=generator)
 

@@ -138,6 +138,8 @@ def parse_args(argv: list[str] | None = None) -> StudySettings:
                 raise ConfigError(_refusal(key, saved[key], given[key]))
         values.update(saved)
     values.update(given)
+    if saved is None and "max_concurrent" not in given and args.address is None:
+        values["max_concurrent"] = _concurrent_trials(values["cpus_per_trial"], values["gpus_per_trial"])
     if saved is None or args.space is not None:
         raw = load_space(args.space) if args.space is not None else SPACES[args.name]()
         values["space"] = _searched(raw, values, args.name, "--space" if args.space else f"the built-in {args.name} space")
@@ -177,6 +179,14 @@ def _defaults(name: str, smoke_test: bool, local: bool) -> dict[str, Any]:
     if local:  # a trial that asks for more CPUs than there are would wait for ever
         values["cpus_per_trial"] = min(values["cpus_per_trial"], available_cpus())
     return values
+
+
+def _concurrent_trials(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """As many trials at once as this machine's CPUs (and GPUs) hold."""
+    fitting = available_cpus() // cpus_per_trial
+    if gpus_per_trial > 0:
+        fitting = min(fitting, torch.cuda.device_count() // gpus_per_trial)
+    return max(1, int(fitting))
 
 
 def _refusal(key: str, old: Any, new: Any) -> str:

@@ -36,7 +36,8 @@ class StudySettings:
 
 
 # Per dataset: trials, epochs, concurrent trials, CPUs per trial (a GPU per trial where there is one).
-# A study on this machine asks for no more CPUs per trial than it has (available_cpus).
+# A study on this machine asks for no more CPUs per trial than it has (available_cpus), and runs as
+# many trials at once as its CPUs and GPUs hold; max_concurrent here is for a cluster (--address).
 STUDY_DEFAULTS = {
     "demo": dict(num_samples=12, max_epochs=10, max_concurrent=2, cpus_per_trial=1),
     "cub": dict(num_samples=24, max_epochs=20, max_concurrent=1, cpus_per_trial=8),

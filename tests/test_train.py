@@ -49,6 +49,8 @@ def test_run_folder(trained):
     run = result.run_dir
     config = json.loads((run / CONFIG_FILE).read_text())
     assert config["ensemble_size"] == 8 and config["backbone"] == "tiny"
+    # what ran, not "auto"
+    assert config["device"] == "cpu" and config["implementation"] == "batched" and config["num_workers"] >= 0
     assert len(json.loads((run / META_IDS_FILE).read_text())["ids"]) == 8
     rows = list(csv.DictReader((run / EPOCHS_FILE).open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]

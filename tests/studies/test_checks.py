@@ -76,6 +76,9 @@ def test_a_usage_error_is_one_line_from_the_command_line(demo_data_path, study_d
 def test_default_cpus_per_trial_fit_this_machine():
     assert parse_args(["cub"]).cpus_per_trial == min(8, available_cpus())
     assert parse_args(["cub", "--address", "10.0.0.5:6379"]).cpus_per_trial == 8  # a cluster's nodes may be larger
+    # as many trials at once as the machine's CPUs hold (GPUs too, where trials ask for them)
+    assert parse_args(["cub", "--cpus-per-trial", "1", "--gpus-per-trial", "0"]).max_concurrent == available_cpus()
+    assert parse_args(["cub", "--max-concurrent", "1", "--cpus-per-trial", "1"]).max_concurrent == 1
 
 
 LIST_LISTENING = """
