@@ -62,7 +62,7 @@ def pick_device(name: str) -> torch.device:
 def load_index(config: RunConfig, progress: bool) -> DatasetIndex:
     data_path = Path(config.data.data_path)
     if config.data.data_name == "demo":
-        ensure_demo(data_path / "demo")
+        ensure_demo(data_path / "demo", progress=progress)
     return load_or_prepare(config.data.data_name, data_path, progress=progress)
 
 

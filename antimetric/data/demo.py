@@ -14,11 +14,13 @@ import colorsys
 import math
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 from antimetric.data.locking import dataset_lock
 from antimetric.errors import ConfigError
@@ -33,7 +35,7 @@ _GLYPHS = ("disk", "ring", "square", "triangle", "plus", "cross", "diamond", "ba
 _VERSION_FILE = "demo-version.txt"
 
 
-def ensure_demo(dataset_dir: Path) -> Path:
+def ensure_demo(dataset_dir: Path, *, progress: bool = False) -> Path:
     """Generate the dataset into dataset_dir unless this version is already there.
 
     Safe when several processes make their first use at once: one generates under the dataset's lock
@@ -55,7 +57,7 @@ def ensure_demo(dataset_dir: Path) -> Path:
             )
         tmp = Path(tempfile.mkdtemp(dir=dataset_dir.parent, prefix=f".{dataset_dir.name}."))
         try:
-            _write_dataset(tmp)
+            _write_dataset(tmp, progress)
             if found is not None:  # an older version of the demo: moved aside first, so the swap is two renames
                 os.replace(dataset_dir, tmp.with_name(tmp.name + ".old"))
             os.replace(tmp, dataset_dir)  # also replaces an empty folder
@@ -84,10 +86,11 @@ def class_pairs(rng: np.random.Generator) -> list[tuple[str, str]]:
     return [pairs[i] for i in order]
 
 
-def _write_dataset(root: Path) -> None:
+def _write_dataset(root: Path, progress: bool = False) -> None:
     rng = np.random.default_rng(_SEED)
     images, labels, boxes, classes = [], [], [], []
-    for class_id, (top, bottom) in enumerate(class_pairs(rng), start=1):
+    pairs = tqdm(class_pairs(rng), desc="generate demo", unit="class", file=sys.stderr, disable=not progress)
+    for class_id, (top, bottom) in enumerate(pairs, start=1):
         folder = f"{class_id:03d}.{top}_over_{bottom}"
         classes.append(f"{class_id} {folder}")
         (root / "images" / folder).mkdir(parents=True)
