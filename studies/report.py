@@ -2,28 +2,23 @@
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import warnings
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
+import optuna
 import pandas as pd
 import torch
 
 from antimetric.atomic import torch_save
 from antimetric.train import BEST_FILE, fit
+from studies.optuna_record import load_command, optuna_storage_uri, trial_records, write_study
 from studies.settings import StudySettings, trial_constants
 from studies.spaces import distributions
-from studies.tracking import (
-    CHECKPOINT_ARTIFACT,
-    close_finished_runs,
-    has_artifact,
-    log_checkpoint,
-    log_summary,
-    runs_by_trial,
-    ui_command,
-)
+from studies.study_run import log_summary, ui_command
+from studies.tracking import CHECKPOINT_ARTIFACT, close_finished_runs, has_artifact, log_checkpoint, runs_by_trial
 from studies.trainable import EPOCH, OBJECTIVE, trial_config
 
 
@@ -76,47 +71,83 @@ def log_best_checkpoints(settings: StudySettings, results, experiment_id: str) -
             log_checkpoint(settings.tracking_uri, run.info.run_id, Path(out))
 
 
-def optuna_plots(table: pd.DataFrame, settings: StudySettings, n_classes: int, fixed: dict, folder: Path
-                 ) -> dict[str, Path]:
-    """Optuna's optimisation history and parameter importances, from a study rebuilt from the table
-    (so a resumed study plots all its trials)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def optuna_plots(storage: str, study_name: str, folder: Path) -> dict[str, Path]:
+    """PNG files of Optuna's plots of the study recorded in `storage` (write_study), read back from there:
+    what optuna-dashboard shows is what MLflow keeps."""
     import matplotlib.pyplot as plt
-    import optuna
-    from optuna.visualization import matplotlib as optuna_plt
 
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    dists = distributions(settings.space, n_classes, fixed)
-    study = optuna.create_study(direction="maximize")
-    for _, row in table.iterrows():
-        value = row.get(OBJECTIVE)
-        if value is None or not math.isfinite(value):
-            continue
-        params = {k: _plain(row[k]) for k in dists}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(value)))
     files = {}
-    for name, plot in (("optimization_history", optuna_plt.plot_optimization_history),
-                       ("param_importances", optuna_plt.plot_param_importances)):
-        try:
-            plot(study)
-        except (ValueError, RuntimeError) as exc:  # e.g. too few finished trials for importances
-            print(f"note: no {name} plot ({exc})")
-            continue
+    for name, figure in optuna_figures(optuna.load_study(study_name=study_name, storage=storage)):
         path = folder / f"{name}.png"
-        plt.gcf().set_size_inches(9, 5)
-        plt.tight_layout()
-        plt.savefig(path, dpi=100)
-        plt.close("all")
+        figure.set_size_inches(11, 5.5)
+        figure.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(figure)
         files[name] = path
     return files
 
 
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
+def optuna_figures(study: optuna.Study) -> Iterator[tuple[str, Any]]:
+    """(name, matplotlib figure) of each Optuna plot of the study: each trial's objective per epoch (PRUNED
+    ones too), the optimisation history (x is the trial number: the order the trials started), and from
+    the COMPLETE trials alone, as Optuna draws them, parameter importances, parallel coordinate and slice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    from optuna.visualization import matplotlib as optuna_plt
+
+    trials = study.get_trials(deepcopy=False)
+    complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    counts = f"{complete} COMPLETE of {len(trials)} trials"
+    plots: list[tuple[str, Callable, str]] = []
+    if any(t.intermediate_values for t in trials):
+        plots.append(("intermediate_values", optuna_plt.plot_intermediate_values,
+                      f"{OBJECTIVE} per epoch of the {sum(bool(t.intermediate_values) for t in trials)} trials that reported"))
+    if complete:
+        plots.append(("optimization_history", partial(optuna_plt.plot_optimization_history, target_name=OBJECTIVE),
+                      f"Optimization history: {counts}, numbered in the order they started"))
+    if complete >= 2:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        plots += [("param_importances", partial(optuna_plt.plot_param_importances, evaluator=evaluator),
+                   f"Parameter importances from {counts}"),
+                  ("parallel_coordinate", partial(optuna_plt.plot_parallel_coordinate, target_name=OBJECTIVE),
+                   f"Parallel coordinate: {counts}"),
+                  ("slice", partial(optuna_plt.plot_slice, target_name=OBJECTIVE), f"Slice: {counts}")]
+    else:  # one point per parameter says nothing of it
+        print(f"note: no parameter importances, parallel coordinate or slice plot: they need 2 COMPLETE trials "
+              f"(ones ASHA did not stop), the study has {complete}")
+    for name, plot, title in plots:
+        before = set(plt.get_fignums())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                plot(study)
+            except (ValueError, RuntimeError) as exc:  # e.g. no parameter varies among the COMPLETE trials
+                print(f"note: no {name} plot ({exc})")
+                for number in set(plt.get_fignums()) - before:
+                    plt.close(number)
+                continue
+        figure = plt.gcf()
+        if figure.get_suptitle():  # Optuna titles a figure of several axes, else its one axes
+            figure.suptitle(title)
+        else:
+            figure.axes[0].set_title(title)
+        if name in ("intermediate_values", "optimization_history"):  # epochs and trial numbers
+            figure.axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+        if name == "intermediate_values":
+            _label_states(figure.axes[0], trials)
+        yield name, figure
+
+
+def _label_states(axes, trials: list[optuna.trial.FrozenTrial]) -> None:
+    """Optuna's legend of learning curves says "Trial3"; it says "trial 3 (PRUNED)" here."""
+    states = {f"Trial{t.number}": f"trial {t.number} ({t.state.name})" for t in trials}
+    legend = axes.get_legend()
+    for text in legend.get_texts() if legend else []:
+        text.set_text(states.get(text.get_text(), text.get_text()))
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(OBJECTIVE)
 
 
 def untrained_recall(config: dict[str, Any], folder: Path) -> float:
@@ -139,7 +170,10 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
         table_path = folder / "trials.csv"
         table.to_csv(table_path, index=False)
         fixed = trial_config(trial_constants(settings)).to_flat()
-        files = {"trials": table_path, **optuna_plots(table, settings, n_classes, fixed, folder)}
+        storage = optuna_storage_uri(settings)
+        write_study(trial_records(results, searched), storage, settings.experiment,
+                    distributions(settings.space, n_classes, fixed))
+        files = {"trials": table_path, **optuna_plots(storage, settings.experiment, folder)}
         metrics: dict[str, float] = {"trials": len(table), "stopped_early": int(table["stopped_early"].sum()),
                                      "failed": int((table["status"] == "ERROR").sum())}
         best_config: dict[str, Any] = {}
@@ -151,6 +185,7 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
             metrics["untrained_test_recall_at_1"] = untrained_recall(result.config, folder)
         log_summary(settings.tracking_uri, experiment_id, settings.experiment, files, metrics, best_config)
     _print_summary(settings, table, metrics, best_config, experiment_id)
+    print(f"\nOptuna study of every trial, in the order they started:\n  {load_command(settings)}")
     return table
 
 
@@ -167,4 +202,5 @@ def _print_summary(settings, table: pd.DataFrame, metrics: dict, best_config: di
         recalls = {k: round(v, 4) for k, v in metrics.items() if k.startswith("test_recall")}
         print(f"its test Recall@K at its best validation epoch: {recalls}")
         print(f"untrained ensemble of that config: test_recall_at_1 = {metrics['untrained_test_recall_at_1']:.4f}")
-    print(f"\nMLflow UI for this study:\n  {ui_command(settings.tracking_uri, experiment_id)}")
+    print(f"\nMLflow UI for this study (its trials, best first; the view `study` nests them under the study's run):\n"
+          f"  {ui_command(settings.tracking_uri, experiment_id)}")

@@ -1,4 +1,4 @@
-"""Running a study: Ray Tune with OptunaSearch (TPE) and ASHA, MLflow callback, summary at the end."""
+"""Running a study: Ray Tune with OptunaSearch (TPE) and ASHA, its MLflow parent run and callback, summary at the end."""
 from __future__ import annotations
 
 import json
@@ -25,6 +25,7 @@ from studies.checks import check_nodes, check_resources, check_storage, open_exp
 from studies.report import summarize
 from studies.settings import StudySettings, save_settings, trial_constants
 from studies.spaces import SpaceSampler
+from studies.study_run import open_study_run
 from studies.tracking import MLflowTrialCallback, stop_interrupted_runs
 from studies.trainable import EPOCH, OBJECTIVE, SCRATCH, train_ensemble, trial_config
 
@@ -90,12 +91,13 @@ def run_study(settings: StudySettings) -> None:
         else:
             tuner = build_tuner(settings, experiment_id, n_classes)
             save_settings(settings)
+        open_parent_run(settings, experiment_id)
         try:
             results, interrupted = fit_until_interrupted(tuner)
         except KeyboardInterrupt:  # a second Ctrl-C: Tune stopped without saving its state once more
             results, interrupted = None, True
         if interrupted or results.num_terminated + results.num_errors < len(results):
-            stop_interrupted_runs(settings.tracking_uri, experiment_id)
+            stop_interrupted_runs(settings.tracking_uri, experiment_id, settings.experiment)
             raise StudyInterrupted
         summarize(settings, results, experiment_id, n_classes)
     finally:
@@ -103,6 +105,18 @@ def run_study(settings: StudySettings) -> None:
         if session_dir is not None:  # Ray's local copies of trial folders and state files (all in storage
             for folder in ("artifacts", SCRATCH):  # now), and what trials stopped at once left
                 shutil.rmtree(Path(session_dir) / folder, ignore_errors=True)
+
+
+def open_parent_run(settings: StudySettings, experiment_id: str) -> str:
+    """The study's parent run in MLflow: a new one for a new study, the same one on --resume. Its params are
+    the study's options and fixed training options; what --resume may change (resources) are tags."""
+    params = {"dataset": settings.name, "data_path": str(settings.data_path), "num_samples": settings.num_samples,
+              "max_epochs": settings.max_epochs, "max_concurrent": settings.max_concurrent, "seed": settings.seed,
+              "searched": ", ".join(settings.space), **settings.fixed}
+    tags = {"dataset": settings.name, "study_dir": str(settings.experiment_path),
+            "cpus_per_trial": f"{settings.cpus_per_trial:g}", "gpus_per_trial": f"{settings.gpus_per_trial:g}"}
+    return open_study_run(settings.tracking_uri, experiment_id, settings.experiment, params, tags, settings.space,
+                          new=not settings.resume)
 
 
 def check_resume(settings: StudySettings) -> None:

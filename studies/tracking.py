@@ -1,27 +1,42 @@
-"""MLflow: one experiment per study, exactly one run per trial, and a summary run.
+"""MLflow: one experiment per study, a parent run per study (study_run.py) and exactly one run per trial
+nested under it.
 
-Runs are found again by their `trial_id` tag, not by state kept in memory, so a study that
-is resumed after its driver died continues the same runs instead of opening new ones.
+Runs are found again by their tags (a trial's by `trial_id`), not by state kept in memory, so a study
+that is resumed after its driver died continues the same runs instead of opening new ones.
 """
 from __future__ import annotations
 
-import json
 import math
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from ray import tune
+from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID
 
-from studies.trainable import EPOCH, trial_config
+from studies.study_run import (
+    BEST,
+    PARENT_ID_TAG,
+    STUDY_TAG,
+    end_study_run,
+    is_number,
+    log_progress,
+    parent_run,
+    set_runs_view,
+    stopped_early,
+)
+from studies.trainable import EPOCH, OBJECTIVE, trial_config
 
 DEFAULT_STORE = Path("mlruns")
-TRIAL_TAG, TRIAL_DIR_TAG, STUDY_TAG, SUMMARY_TAG = "trial_id", "trial_dir", "study", "study_summary"
+TRIAL_TAG, TRIAL_DIR_TAG, NUMBER_TAG = "trial_id", "trial_dir", "trial_number"
 INTERRUPTED_TAG = "interrupted"  # on a run whose trial Ctrl-C stopped (KILLED until --resume continues it)
 CHECKPOINT_ARTIFACT = "best_checkpoint"
 _MAX_TAG = 5000  # MLflow's limit on a tag value
+# What Ray adds to every result (times, host, pid, counters): Ray's bookkeeping, not the trial's metrics.
+RAY_KEYS = frozenset(AUTO_RESULT_KEYS) | {DONE, TRIAL_ID, EXPERIMENT_TAG, SHOULD_CHECKPOINT}
+# A reported metric logged under another name: `lr` is the param (the config's value), this the epoch's.
+RENAMED = {"lr": "lr_epoch"}
 
 
 def default_tracking_uri(store: Path = DEFAULT_STORE) -> str:
@@ -41,26 +56,28 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path | None =
     return client.create_experiment(name, artifact_location=location)
 
 
-def ui_command(tracking_uri: str, experiment_id: str, port: int = 5000) -> str:
-    return (f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port {port}   "
-            f"# then open http://127.0.0.1:{port}/#/experiments/{experiment_id}")
-
-
 class MLflowTrialCallback(tune.Callback):
-    """Logs every trial to its own MLflow run: resolved config as params, every reported metric
-    at step=epoch, tags (dataset, trial id), and the run's end: FINISHED, or FAILED with the error."""
+    """Logs a Tune experiment to MLflow: the study's parent run (study_run.py; found by its tags, or made
+    here, as in your own Tuner) with the best objective so far and the trials done, stopped early and
+    failed; and one nested run per trial, named by its number and searched values, with its resolved
+    config as params, the trainable's metrics at step=epoch (not Ray's bookkeeping), the selected epoch's
+    (best objective) again as best_*, tags (dataset, trial id, stopped_early), and its end: FINISHED, or
+    FAILED with the error."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, study: str) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.study = study
         self._client: MlflowClient | None = None
+        self._parent: str | None = None
         self._runs: dict[str, str] = {}
         self._logged_epoch: dict[str, int] = {}  # last epoch in MLflow per trial
+        self._best: dict[str, float] = {}  # best objective in MLflow per trial
         self._reopened: set[str] = set()  # trials whose run existed before this driver started
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment state
-        return {**self.__dict__, "_client": None, "_runs": {}, "_logged_epoch": {}, "_reopened": set()}
+        return {**self.__dict__, "_client": None, "_parent": None, "_runs": {}, "_logged_epoch": {}, "_best": {},
+                "_reopened": set()}
 
     @property
     def client(self) -> MlflowClient:
@@ -68,15 +85,26 @@ class MLflowTrialCallback(tune.Callback):
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
+    @property
+    def parent_run_id(self) -> str:
+        if self._parent is None:
+            self._parent, _ = parent_run(self.client, self.experiment_id, self.study)
+        return self._parent
+
+    def setup(self, **info) -> None:
+        self.client.update_run(self.parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+
     def run_id(self, trial) -> str:
         if trial.trial_id not in self._runs:
-            run_id, existed = trial_run(self.client, self.experiment_id, trial.trial_id, Path(trial.path).name,
-                                        self.study, trial.config, str(trial))
+            run_id, existed = trial_run(self.client, self.experiment_id, self.parent_run_id, trial, self.study)
             self._runs[trial.trial_id] = run_id
-            history = self.client.get_metric_history(run_id, EPOCH) if existed else []
-            self._logged_epoch[trial.trial_id] = int(max((m.value for m in history), default=0))
+            logged = self.client.get_run(run_id).data.metrics if existed else {}
+            self._logged_epoch[trial.trial_id] = int(logged.get(EPOCH, 0))
+            self._best[trial.trial_id] = logged.get(BEST + OBJECTIVE, -math.inf)
             if existed:
                 self._reopened.add(trial.trial_id)
+            else:  # your own Tuner: its searched keys as the trials view, unless the study set one
+                set_runs_view(self.client, self.experiment_id, list(trial.evaluated_params or {}), replace=False)
         return self._runs[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
@@ -93,19 +121,50 @@ class MLflowTrialCallback(tune.Callback):
             return  # an epoch logged before the driver died, repeated from an older checkpoint
         self._logged_epoch[trial.trial_id] = step
         timestamp = int(result.get("timestamp", 0) * 1000)
-        metrics = [Metric(key, float(value), timestamp, step) for key, value in result.items()
-                   if key not in ("timestamp", "time_this_iter_s") and _is_number(value)]
+        values = trial_metrics(result)
+        metrics = [Metric(key, value, timestamp, step) for key, value in values.items()]
+        if values.get(OBJECTIVE, -math.inf) > self._best[trial.trial_id]:  # a new selected epoch
+            self._best[trial.trial_id] = values[OBJECTIVE]
+            metrics += [Metric(BEST + key, value, timestamp, step) for key, value in selected(values).items()]
         self.client.log_batch(run_id, metrics=metrics)
+        log_progress(self.client, self.parent_run_id, trials, trial, result=result)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        epochs = int((trial.last_result or {}).get(EPOCH, 0))
-        max_epochs = int(trial.config.get("num_epochs") or 0)
         run_id = self.run_id(trial)
-        self.client.set_tag(run_id, "stopped_early", str(bool(max_epochs and epochs < max_epochs)).lower())
+        self.client.set_tag(run_id, "stopped_early", str(stopped_early(trial)).lower())
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        log_progress(self.client, self.parent_run_id, trials, trial, status="TERMINATED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         fail_run(self.client, self.run_id(trial), trial_error_text(trial))
+        log_progress(self.client, self.parent_run_id, trials, trial, status="ERROR")
+
+    def on_experiment_end(self, trials, **info) -> None:
+        end_study_run(self.client, self.parent_run_id, trials)
+
+
+def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The trainable's numbers in a Tune result, under their MLflow names."""
+    return {RENAMED.get(key, key): float(value) for key, value in result.items()
+            if key not in RAY_KEYS and is_number(value)}
+
+
+def selected(metrics: dict[str, float]) -> dict[str, float]:
+    """What a trial's selected epoch is known by (best_* in MLflow): the epoch, its validation and test metrics."""
+    return {key: value for key, value in metrics.items() if key == EPOCH or key.startswith(("val_", "test_"))}
+
+
+def trial_run_name(number: int, searched: dict[str, Any]) -> str:
+    """`trial 3: ensemble_size=8, meta_class_size=5, lr=1.2e-03`: the trial's number in the order the trials
+    started, from 0 as Optuna numbers trials, and the values searched for it."""
+    values = ", ".join(f"{key}={_short(value)}" for key, value in searched.items())
+    return f"trial {number}: {values}"[:250] if values else f"trial {number}"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float) and value and not 1e-2 <= abs(value) < 1e4:
+        return f"{value:.1e}"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def fail_run(client: MlflowClient, run_id: str, error: str) -> None:
@@ -115,14 +174,22 @@ def fail_run(client: MlflowClient, run_id: str, error: str) -> None:
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
 
 
-def trial_run(client: MlflowClient, experiment_id: str, trial_id: str, trial_dir: str, study: str,
-              config: dict[str, Any], name: str) -> tuple[str, bool]:
-    """(run id, whether it existed): the trial's run from before a resume, or a new one with params and tags."""
-    existing = client.search_runs([experiment_id], filter_string=f"tags.{TRIAL_TAG} = '{trial_id}'", max_results=2)
+def trial_run(client: MlflowClient, experiment_id: str, parent_id: str, trial, study: str) -> tuple[str, bool]:
+    """(run id, whether it existed): the trial's run from before a resume, or a new one nested under the
+    study's parent run, with params and tags."""
+    existing = client.search_runs([experiment_id], filter_string=f"tags.{TRIAL_TAG} = '{trial.trial_id}'",
+                                  max_results=2)
     if existing:
-        return existing[0].info.run_id, True
-    tags = {TRIAL_TAG: trial_id, TRIAL_DIR_TAG: trial_dir, STUDY_TAG: study, "dataset": str(config.get("data_name", ""))}
-    run = client.create_run(experiment_id, run_name=name, tags=tags)
+        run_id = existing[0].info.run_id
+        if existing[0].data.tags.get(PARENT_ID_TAG) != parent_id:  # a run from before parent runs
+            client.set_tag(run_id, PARENT_ID_TAG, parent_id)
+        return run_id, True
+    config = trial.config
+    number = len(client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_ID_TAG}` = '{parent_id}'",
+                                    max_results=50_000))  # the trials started before it
+    tags = {TRIAL_TAG: trial.trial_id, TRIAL_DIR_TAG: Path(trial.path).name, STUDY_TAG: study,
+            "dataset": str(config.get("data_name", "")), PARENT_ID_TAG: parent_id, NUMBER_TAG: str(number)}
+    run = client.create_run(experiment_id, run_name=trial_run_name(number, trial.evaluated_params or {}), tags=tags)
     try:
         params = trial_config(config).to_flat()
     except Exception:  # an invalid config fails the trial itself; log what was asked for
@@ -163,14 +230,17 @@ def close_finished_runs(tracking_uri: str, experiment_id: str, statuses: dict[st
             client.set_terminated(run.info.run_id, "KILLED")
 
 
-def stop_interrupted_runs(tracking_uri: str, experiment_id: str) -> None:
-    """After Ctrl-C: the runs of the trials Tune stopped end KILLED, tagged `interrupted`. --resume
-    finds each by its trial id and sets it RUNNING again (on_trial_start)."""
+def stop_interrupted_runs(tracking_uri: str, experiment_id: str, study: str) -> None:
+    """After Ctrl-C: the runs of the trials Tune stopped, and the study's parent run, end KILLED, tagged
+    `interrupted` (Tune marks the stopped trials TERMINATED before it tells callbacks the experiment ended,
+    so on_experiment_end cannot tell). --resume finds each by its tags and sets it RUNNING again."""
     client = MlflowClient(tracking_uri)
-    for run in runs_by_trial(tracking_uri, experiment_id).values():
-        if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, INTERRUPTED_TAG, "true")
-            client.set_terminated(run.info.run_id, "KILLED")
+    parent, _ = parent_run(client, experiment_id, study)
+    running = [run.info.run_id for run in runs_by_trial(tracking_uri, experiment_id).values()
+               if run.info.status == "RUNNING"]
+    for run_id in [*running, parent]:
+        client.set_tag(run_id, INTERRUPTED_TAG, "true")
+        client.set_terminated(run_id, "KILLED")
 
 
 def log_checkpoint(tracking_uri: str, run_id: str, folder: Path) -> None:
@@ -179,29 +249,3 @@ def log_checkpoint(tracking_uri: str, run_id: str, folder: Path) -> None:
 
 def has_artifact(tracking_uri: str, run_id: str, path: str) -> bool:
     return any(a.path == path for a in MlflowClient(tracking_uri).list_artifacts(run_id))
-
-
-def log_summary(tracking_uri: str, experiment_id: str, study: str, files: dict[str, Path],
-                metrics: dict[str, float], best_config: dict[str, Any]) -> str:
-    """The study's summary run (one per study, reused on resume): tables, plots, best config."""
-    client = MlflowClient(tracking_uri)
-    existing = client.search_runs([experiment_id], filter_string=f"tags.{SUMMARY_TAG} = 'true'", max_results=1)
-    if existing:
-        run_id = existing[0].info.run_id
-    else:
-        run_id = client.create_run(experiment_id, run_name=f"{study}-summary",
-                                   tags={SUMMARY_TAG: "true", STUDY_TAG: study}).info.run_id
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "best_config.json"
-        path.write_text(json.dumps(best_config, indent=1, default=str))
-        client.log_artifact(run_id, str(path))
-    for name, file in files.items():
-        client.log_artifact(run_id, str(file))
-    client.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items() if _is_number(v)])
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import ray
 
-from tests.studies.conftest import trial_runs
+from tests.studies.conftest import check_trial_runs, trial_runs
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -21,5 +21,6 @@ def test_readme_tuner_example_runs(demo_data_path, tmp_path, monkeypatch, capsys
     printed = capsys.readouterr().out.strip().splitlines()[-1]
     assert 0.0 <= float(printed.rsplit(" ", 1)[-1]) <= 1.0
     assert (tmp_path / "runs" / "studies" / "my-study").is_dir()
-    _, runs, _ = trial_runs(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "my-study")
+    client, runs, parents = trial_runs(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "my-study")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    check_trial_runs(client, runs, parents, ["ensemble_size", "meta_class_size", "lr"])

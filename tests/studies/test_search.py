@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 
@@ -17,7 +18,7 @@ from studies.search import main
 from studies.settings import SETTINGS_FILE
 from studies.study import cut_short_state_file
 from studies.trainable import SCRATCH
-from tests.studies.conftest import RAY_ENV, run_study, study_command, trial_runs
+from tests.studies.conftest import RAY_ENV, check_parent_run, check_trial_runs, run_study, study_command, trial_runs
 
 
 def _metric_steps(client, run, key="val_recall_at_1"):
@@ -38,6 +39,7 @@ def test_smoke_study_records_every_trial(demo_data_path, study_dirs, ray_temp_di
     proc = run_study(demo_data_path, study_dirs, "--backbone", "tiny", "--val-fraction", "0.3", "--with-fc",
                      "--space", str(space))
     assert "best config:" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    assert f"optuna.load_study(study_name='t', storage='sqlite:///{study_dirs['storage'].parent}/optuna.db')" in proc.stdout
     client, runs, summary = trial_runs(study_dirs["tracking_uri"])
     assert len(runs) == 3 and len({r.data.tags["trial_id"] for r in runs}) == 3
     for run in runs:
@@ -58,9 +60,11 @@ def test_smoke_study_records_every_trial(demo_data_path, study_dirs, ray_temp_di
         history = client.get_metric_history(run.info.run_id, "val_recall_at_1")
         best_value = max(m.value for m in history)
         assert best["epoch"] == min(m.step for m in history if m.value == best_value)
-    assert len(summary) == 1
+    check_trial_runs(client, runs, summary, ["ensemble_size", "meta_class_size", "lr"])  # summary: the parent run
+    check_parent_run(client, summary[0], runs)
+    assert summary[0].data.params["image_size"] == "32" and summary[0].data.params["num_samples"] == "3"
     files = {a.path for a in client.list_artifacts(summary[0].info.run_id)}
-    assert {"trials.csv", "best_config.json", "optimization_history.png", "param_importances.png"} <= files
+    assert {"trials.csv", "best_config.json", "optimization_history.png", "intermediate_values.png"} <= files
 
     # storage holds no temporary file and no core run folder; each checkpoint one state and the best weights
     storage = study_dirs["storage"]
@@ -86,6 +90,12 @@ def test_smoke_study_records_every_trial(demo_data_path, study_dirs, ray_temp_di
     searcher_state.write_bytes(searcher_state.read_bytes()[:100])
     proc = run_study(demo_data_path, study_dirs, "--resume", timeout=120, returncode=2)
     assert f"{searcher_state} was cut short" in proc.stderr, proc.stderr[-2000:]
+
+    # every trial in the Optuna study beside the MLflow store; importances from 2 or more COMPLETE ones
+    trials = optuna.load_study(study_name="t", storage=f"sqlite:///{storage.parent / 'optuna.db'}").trials
+    assert len(trials) == 3 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    two_complete = sum(t.state.name == "COMPLETE" for t in trials) >= 2
+    assert all((f"{name}.png" in files) == two_complete for name in ("param_importances", "parallel_coordinate", "slice"))
 
 
 def test_a_cut_short_state_file_is_found(tmp_path):
@@ -147,8 +157,9 @@ def _resume_and_interrupt(data_path, dirs: dict, args: tuple[str, ...], tmp_path
             driver.kill()
             driver.wait()
     err = stderr_path.read_text()
-    client, runs, summary = trial_runs(dirs["tracking_uri"])
-    assert not summary, err[-3000:]
+    client, runs, summary = trial_runs(dirs["tracking_uri"])  # summary: the parent run, KILLED without one
+    assert [(p.info.status, p.data.tags.get("interrupted")) for p in summary] == [("KILLED", "true")], err[-3000:]
+    assert "trials.csv" not in {a.path for a in client.list_artifacts(summary[0].info.run_id)}
     statuses = [r.info.status for r in runs]
     assert "RUNNING" not in statuses and "KILLED" in statuses, statuses
     assert all(r.data.tags["interrupted"] == "true" for r in runs if r.info.status == "KILLED")
@@ -172,7 +183,7 @@ def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs, tmp_path)
             break
     else:
         pytest.fail("both killed drivers left a Ray state file cut short")
-    client, before, _ = trial_runs(dirs["tracking_uri"])
+    client, before, parent = trial_runs(dirs["tracking_uri"])
     running = {r.data.tags["trial_id"]: len(_metric_steps(client, r)) for r in before if r.info.status == "RUNNING"}
     assert any(epochs >= 3 for epochs in running.values())
 
@@ -181,7 +192,10 @@ def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs, tmp_path)
                              env={**os.environ, **RAY_ENV})  # its options come from the study's settings file
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     client, runs, summary = trial_runs(dirs["tracking_uri"])
-    assert len(summary) == 1
+    assert [p.info.run_id for p in summary] == [p.info.run_id for p in parent]  # the same one parent run
+    assert summary[0].info.status == "FINISHED"
+    assert "trials.csv" in {a.path for a in client.list_artifacts(summary[0].info.run_id)}
+    check_trial_runs(client, runs, summary, [])  # best_* still the selected epoch's, across the resumes
     by_trial = {r.data.tags["trial_id"]: r for r in runs}
     assert len(by_trial) == len(runs)  # one run per trial
     assert {r.data.tags["trial_id"] for r in before} <= set(by_trial)

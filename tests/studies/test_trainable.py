@@ -4,7 +4,7 @@ from ray import tune
 
 from studies.tracking import MLflowTrialCallback, ensure_experiment
 from studies.trainable import train_ensemble
-from tests.studies.conftest import trial_runs
+from tests.studies.conftest import check_trial_runs, trial_runs
 
 
 def test_own_tuner_with_a_failing_trial(demo_data_path, study_dirs):
@@ -36,8 +36,13 @@ def test_own_tuner_with_a_failing_trial(demo_data_path, study_dirs):
     assert "--meta-class-size 400" in errors[400]
     assert "the training loss became nan" in errors[5]
 
-    client, runs, _ = trial_runs(study_dirs["tracking_uri"])
+    client, runs, parents = trial_runs(study_dirs["tracking_uri"])
+    check_trial_runs(client, runs, parents, ["meta_class_size"])  # the callback made the parent run itself
+    parent = parents[0].data.metrics
+    assert parents[0].info.status == "FINISHED" and parents[0].info.run_name == "t"
+    assert (parent["trials_done"], parent["trials_failed"], parent["trials_stopped_early"]) == (1, 2, 0)
     status = {r.data.params["meta_class_size"]: r for r in runs}
+    assert parent["best_val_recall_at_1"] == status["4"].data.metrics["best_val_recall_at_1"]
     assert status["4"].info.status == "FINISHED"
     assert status["400"].info.status == "FAILED" and "--meta-class-size 400" in status["400"].data.tags["error"]
     assert status["5"].info.status == "FAILED" and "the training loss became nan" in status["5"].data.tags["error"]

@@ -1,0 +1,171 @@
+"""The Optuna record of a study: every trial, in the order it started, in a persisted storage."""
+import json
+from datetime import datetime
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+from ray.tune import Result
+
+from studies.optuna_record import TrialRecord, optuna_storage_uri, trial_records, write_study
+from studies.report import optuna_figures, optuna_plots
+from studies.settings import StudySettings
+from studies.spaces import distributions
+
+SPACE = {"ensemble_size": {"type": "choice", "values": [3, 4]},
+         "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
+DISTRIBUTIONS = distributions(SPACE, n_classes=100, fixed={})
+
+
+def _records() -> list[TrialRecord]:
+    """Listed neither by start nor by value: by start they are b (pruned), a, d (the best), c (failed), e."""
+    return [
+        TrialRecord("a", TrialState.COMPLETE, 1000.0, {1: 0.2, 2: 0.5, 3: 0.4}, {"ensemble_size": 3, "lr": 2e-3},
+                    ended=1030.0),
+        TrialRecord("c", TrialState.FAIL, 1100.0, {}, {"ensemble_size": 4, "lr": 9e-3}, error="ValueError: bad lr"),
+        TrialRecord("d", TrialState.COMPLETE, 1050.0, {1: 0.6, 2: 0.9, 3: 0.8}, {"ensemble_size": 4, "lr": 3e-3},
+                    ended=1090.0),
+        TrialRecord("b", TrialState.PRUNED, 900.0, {1: 0.1}, {"ensemble_size": 3, "lr": 1e-3}, ended=905.0),
+        TrialRecord("e", TrialState.COMPLETE, 1200.0, {1: 0.3, 2: 0.35, 3: 0.3}, {"ensemble_size": 3, "lr": 5e-3},
+                    ended=1250.0),
+    ]
+
+
+def _storage(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'optuna.db'}"
+
+
+def test_every_trial_is_recorded_in_start_order_and_persisted(tmp_path):
+    write_study(_records(), _storage(tmp_path), "s", DISTRIBUTIONS)
+    trials = optuna.load_study(study_name="s", storage=_storage(tmp_path)).trials
+    assert [t.user_attrs["ray_trial_id"] for t in trials] == ["b", "a", "d", "c", "e"]  # best-first: d a e ...
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+    assert [t.datetime_start for t in trials] == [datetime.fromtimestamp(s) for s in (900, 1000, 1050, 1100, 1200)]
+    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.COMPLETE,
+                                         TrialState.FAIL, TrialState.COMPLETE]
+    assert [t.value for t in trials] == [None, 0.5, 0.9, None, 0.35]  # a COMPLETE one's best epoch
+    assert trials[0].intermediate_values == {1: 0.1} and trials[2].intermediate_values == {1: 0.6, 2: 0.9, 3: 0.8}
+    assert [t.user_attrs["epochs"] for t in trials] == [1, 3, 3, 0, 3]
+    assert trials[3].user_attrs["error"] == "ValueError: bad lr" and "error" not in trials[1].user_attrs
+    assert trials[2].params == {"ensemble_size": 4, "lr": 3e-3} and trials[2].distributions == DISTRIBUTIONS
+    assert trials[2].datetime_complete == datetime.fromtimestamp(1090)
+
+
+def test_a_second_write_replaces_the_study(tmp_path):
+    """A resumed study writes its summary again: the record holds each trial once."""
+    storage = _storage(tmp_path)
+    write_study(_records(), storage, "s", DISTRIBUTIONS)
+    write_study(_records(), storage, "other", DISTRIBUTIONS)
+    later = TrialRecord("f", TrialState.COMPLETE, 1300.0, {1: 0.7, 2: 0.7, 3: 0.75}, {"ensemble_size": 4, "lr": 4e-3})
+    write_study([*_records(), later], storage, "s", DISTRIBUTIONS)
+    assert sorted(optuna.get_all_study_names(storage)) == ["other", "s"]
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert [t.user_attrs["ray_trial_id"] for t in trials] == ["b", "a", "d", "c", "e", "f"]
+    assert len(optuna.load_study(study_name="other", storage=storage).trials) == 5
+
+
+def test_a_complete_trial_without_a_finite_objective_is_a_failure(tmp_path):
+    record = TrialRecord("n", TrialState.COMPLETE, 1.0, {1: float("nan")}, {"ensemble_size": 3, "lr": 2e-3})
+    study = write_study([record], _storage(tmp_path), "s", DISTRIBUTIONS)
+    assert study.trials[0].state == TrialState.FAIL and "no finite" in study.trials[0].user_attrs["error"]
+
+
+def test_the_optimization_history_is_drawn_in_start_order(tmp_path):
+    write_study(_records(), _storage(tmp_path), "s", DISTRIBUTIONS)
+    figures = dict(optuna_figures(optuna.load_study(study_name="s", storage=_storage(tmp_path))))
+    try:
+        axes = figures["optimization_history"].axes[0]
+        points = [tuple(p) for p in axes.collections[0].get_offsets().tolist()]  # the objective values
+        assert points == [(1, 0.5), (2, 0.9), (4, 0.35)]  # trial number = start order, not best-first
+        best = next(line for line in axes.get_lines() if line.get_label() == "Best Value")
+        assert list(best.get_xdata()) == [0, 1, 2, 3, 4]
+        assert list(best.get_ydata()) == [float("-inf"), 0.5, 0.9, 0.9, 0.9]  # rises where the best one started
+        assert "3 COMPLETE of 5 trials" in figures["param_importances"].axes[0].get_title()
+        legend = [t.get_text() for t in figures["intermediate_values"].axes[0].get_legend().get_texts()]
+        assert legend == ["trial 0 (PRUNED)", "trial 1 (COMPLETE)", "trial 2 (COMPLETE)", "trial 4 (COMPLETE)"]
+    finally:
+        plt.close("all")
+
+
+def test_plots_are_written_from_the_storage(tmp_path, capsys):
+    storage = _storage(tmp_path)
+    write_study(_records(), storage, "s", DISTRIBUTIONS)
+    files = optuna_plots(storage, "s", tmp_path)
+    assert set(files) == {"intermediate_values", "optimization_history", "param_importances", "parallel_coordinate",
+                          "slice"}
+    assert all(path.stat().st_size > 10_000 and path.parent == tmp_path for path in files.values())
+    assert not plt.get_fignums()
+
+    write_study([r for r in _records() if r.ray_trial_id not in ("d", "e")], storage, "s", DISTRIBUTIONS)
+    assert set(optuna_plots(storage, "s", tmp_path)) == {"intermediate_values", "optimization_history"}
+    assert "they need 2 COMPLETE trials (ones ASHA did not stop), the study has 1" in capsys.readouterr().out
+
+
+def _settings(tracking_uri: str, storage_path: Path) -> StudySettings:
+    return StudySettings(name="demo", data_path=Path("/data"), num_samples=3, max_epochs=2, max_concurrent=1,
+                         cpus_per_trial=1, gpus_per_trial=0, address=None, tracking_uri=tracking_uri,
+                         experiment="t", storage_path=storage_path, resume=False, seed=0, fixed={}, space=SPACE)
+
+
+def test_the_storage_is_beside_the_mlflow_store(tmp_path):
+    local = _settings(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", tmp_path / "ray")
+    assert optuna_storage_uri(local) == f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
+    server = _settings("http://127.0.0.1:5000", tmp_path / "ray")
+    assert optuna_storage_uri(server) == f"sqlite:///{tmp_path / 'ray' / 't' / 'optuna.db'}"
+
+
+def _result(folder: Path, trial_id: str, rows: list[dict], metrics: dict | None = None,
+            error: Exception | None = None) -> Result:
+    """A ray.tune Result as a ResultGrid holds it: the trial's reports, its last one as metrics."""
+    folder.mkdir()
+    frame = pd.DataFrame(rows) if rows else None
+    last = {**rows[-1], "trial_id": trial_id, "config": CONFIG} if rows else {"trial_id": trial_id}
+    return Result(metrics=metrics or last, checkpoint=None, error=error, path=str(folder), metrics_dataframe=frame)
+
+
+CONFIG = {"ensemble_size": 4, "lr": 3e-3, "num_epochs": 3, "backbone": "tiny"}
+
+
+def _reports(start: float, values: list[float], epochs: list[int] | None = None) -> list[dict]:
+    """Ray's reports: a timestamp (whole seconds) and the time run so far, per epoch."""
+    epochs = epochs or list(range(1, len(values) + 1))
+    return [{"epoch": e, "val_recall_at_1": v, "timestamp": int(start + 10 * (i + 1)), "time_total_s": 10.0 * (i + 1)}
+            for i, (e, v) in enumerate(zip(epochs, values))]
+
+
+def test_ray_results_become_records(tmp_path):
+    """Start times from Ray's reports (the trial started its first report's time_total_s before it); a
+    trial that never reported starts when its trainable did, or else just after the trial created before it."""
+    never_reported = tmp_path / "never"
+    results = [
+        _result(tmp_path / "first", "t1", _reports(1000, [0.5, 0.6, 0.55])),
+        # resumed from the checkpoint of epoch 2 after its epoch 3 was reported: the later report counts
+        _result(tmp_path / "resumed", "t2", _reports(990, [0.2, 0.3, 0.4, 0.45], epochs=[1, 2, 3, 3])),
+        _result(tmp_path / "pruned", "t3", _reports(1200, [0.1])),
+        _result(never_reported, "t4", [], error=RuntimeError("Traceback (most recent call last):\nValueError: bad lr")),
+        _result(tmp_path / "started", "t5", [], metrics={"trial_id": "t5", "timestamp": 1500, "config": CONFIG},
+                error=RuntimeError("OOM")),
+        # created after t5 and started in the same second: its whole-second timestamp puts it 0.6 s before
+        _result(tmp_path / "same_second", "t6", [{**_reports(1500, [0.3])[0], "time_total_s": 10.6}]),
+    ]
+    (never_reported / "params.json").write_text(json.dumps({**CONFIG, "lr": 9e-3}))  # Ray writes it at the start
+    records = trial_records(results, ["ensemble_size", "lr"])
+    assert [(r.ray_trial_id, r.state, r.started) for r in records] == [
+        ("t1", TrialState.COMPLETE, 1000.0), ("t2", TrialState.COMPLETE, 990.0), ("t3", TrialState.PRUNED, 1200.0),
+        ("t4", TrialState.FAIL, 1200.0), ("t5", TrialState.FAIL, 1500.0), ("t6", TrialState.PRUNED, 1500.0)]
+    assert records[1].objective == {1: 0.2, 2: 0.3, 3: 0.45} and records[1].ended == 1030.0
+    assert records[0].params == {"ensemble_size": 4, "lr": 3e-3} and records[3].params == {"ensemble_size": 4, "lr": 9e-3}
+    assert records[3].error == "ValueError: bad lr" and records[3].objective == {} and records[4].error == "OOM"
+
+    study = write_study(records, _storage(tmp_path), "s", DISTRIBUTIONS)
+    assert [t.user_attrs["ray_trial_id"] for t in study.trials] == ["t2", "t1", "t3", "t4", "t5", "t6"]
+    assert [t.value for t in study.trials] == [0.45, 0.6, None, None, None, None]
+
+
+@pytest.fixture(autouse=True)
+def _no_open_figures():
+    yield
+    plt.close("all")
