@@ -48,16 +48,19 @@ def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> 
     space = settings.space
     searcher = OptunaSearch(
         space=SpaceSampler(space, n_classes, trial_config(constants).to_flat()),
-        metric=OBJECTIVE,
+        metric=OBJECTIVE,  # a define-by-run space takes no metric from TuneConfig
         mode="max",
         sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=max(2, min(10, settings.num_samples // 2))),
     )
-    scheduler = ASHAScheduler(time_attr=EPOCH, metric=OBJECTIVE, mode="max", max_t=settings.max_epochs,
+    scheduler = ASHAScheduler(time_attr=EPOCH, max_t=settings.max_epochs,
                               grace_period=max(1, settings.max_epochs // 5), reduction_factor=3)
     return tune.Tuner(
         trainable(settings),
         param_space=constants,
-        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, settings.max_concurrent),
+        # metric and mode here (the scheduler takes them from here) also give Ray's console its
+        # "Current best trial" line
+        tune_config=tune.TuneConfig(metric=OBJECTIVE, mode="max",
+                                    search_alg=ConcurrencyLimiter(searcher, settings.max_concurrent),
                                     scheduler=scheduler, num_samples=settings.num_samples, reuse_actors=True),
         run_config=tune.RunConfig(
             name=settings.experiment,

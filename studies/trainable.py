@@ -32,6 +32,13 @@ def trial_config(config: dict[str, Any]) -> RunConfig:
     return resolve(RunConfig.from_flat(values))
 
 
+def reported(result: EpochResult) -> dict[str, float]:
+    """An epoch's metrics, the ones a person follows first: Ray's console table shows the first four
+    (epoch, the objective, test Recall@1, loss) as its columns."""
+    first = {key: result.metrics[key] for key in (OBJECTIVE, "test_recall_at_1", "loss") if key in result.metrics}
+    return {EPOCH: result.epoch, **first, **result.metrics}
+
+
 def scratch_folder() -> Path:
     """Where trials keep their private folders: in Ray's session folder of their node, which a local
     study removes at its end (run_study), so that a trial killed with its driver leaves them only there."""
@@ -63,7 +70,7 @@ def train_ensemble(config: dict[str, Any]) -> None:
                 best = best_file if best_file.exists() else restored_best
                 if best.exists():  # the best weights so far travel with every checkpoint
                     shutil.copy2(best, Path(folder) / BEST_FILE)
-                tune.report({EPOCH: result.epoch, **result.metrics}, checkpoint=tune.Checkpoint.from_directory(folder))
+                tune.report(reported(result), checkpoint=tune.Checkpoint.from_directory(folder))
 
         if checkpoint is None:
             fit(run_config, report, write_last=False)

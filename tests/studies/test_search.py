@@ -39,6 +39,11 @@ def test_smoke_study_records_every_trial(demo_data_path, study_dirs, ray_temp_di
     proc = run_study(demo_data_path, study_dirs, "--backbone", "tiny", "--val-fraction", "0.3", "--with-fc",
                      "--space", str(space))
     assert "best config:" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    # the console follows the objective: Ray's table has it as a column, and names the best trial so far
+    assert "Current best trial:" in proc.stdout and "with val_recall_at_1=" in proc.stdout
+    header = [line for line in proc.stdout.splitlines() if "Trial name" in line][-1]  # the final table's
+    assert " epoch  " in header and header.index("epoch") < header.index("val_recall_at_1") < \
+        header.index("test_recall_at_1") < header.index("loss"), header
     assert f"optuna.load_study(study_name='t', storage='sqlite:///{study_dirs['storage'].parent}/optuna.db')" in proc.stdout
     client, runs, summary = trial_runs(study_dirs["tracking_uri"])
     assert len(runs) == 3 and len({r.data.tags["trial_id"] for r in runs}) == 3
