@@ -51,11 +51,16 @@ EpochCallback = Callable[["EpochResult", Callable[[Path], None]], "bool | None"]
 _NONFINITE_CHECK_STEPS = 20  # how often the loss is checked within an epoch (a check waits for the GPU)
 
 
+# Config values a run settles when it starts where the config may say auto (config.json records them).
+RESOLVED_AT_START = ("device", "num_workers", "implementation")
+
+
 @dataclass
 class EpochResult:
     epoch: int  # 0: the untrained ensemble (--no-train)
     metrics: dict[str, float]  # loss, branch_accuracy, images_per_s, epoch_seconds, lr, val_*, test_*
     is_best: bool
+    resolved: dict[str, Any] = field(default_factory=dict)  # RESOLVED_AT_START as this run chose them
 
 
 @dataclass
@@ -110,6 +115,7 @@ RESUME_OVERRIDES = ("device", "num_workers")
 def _run(session: TrainingSession, run_dir: Path, on_epoch_end: EpochCallback | None, resume_from: Path | None,
          progress: bool, write_last: bool) -> FitResult:
     config = session.config
+    resolved = {key: config.to_flat()[key] for key in RESOLVED_AT_START}
     tracker = BestTracker(selection_key(session))
     start_epoch = 1
     if resume_from is not None:
@@ -121,7 +127,7 @@ def _run(session: TrainingSession, run_dir: Path, on_epoch_end: EpochCallback | 
     if not config.train.train:
         evaluation = evaluate_session(session, progress)
         metrics = evaluation.metrics
-        result = EpochResult(0, metrics, tracker.update(0, metrics))
+        result = EpochResult(0, metrics, tracker.update(0, metrics), resolved)
         _record(run_dir, session, result, tracker, evaluation)
         if on_epoch_end is not None:
             on_epoch_end(result, lambda folder: save_training_state(Path(folder), session, 0, tracker))
@@ -134,7 +140,7 @@ def _run(session: TrainingSession, run_dir: Path, on_epoch_end: EpochCallback | 
             metrics = train_one_epoch(session, epoch, progress)
             evaluation = evaluate_session(session, progress)
             metrics.update(evaluation.metrics)
-            result = EpochResult(epoch, metrics, tracker.update(epoch, metrics))
+            result = EpochResult(epoch, metrics, tracker.update(epoch, metrics), resolved)
             _record(run_dir, session, result, tracker, evaluation)
             if write_last:
                 with writing(run_dir):

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID
 
+from antimetric.train import RESOLVED_AT_START
 from studies.study_run import (
     BEST,
     PARENT_ID_TAG,
@@ -74,10 +75,11 @@ class MLflowTrialCallback(tune.Callback):
         self._logged_epoch: dict[str, int] = {}  # last epoch in MLflow per trial
         self._best: dict[str, float] = {}  # best objective in MLflow per trial
         self._reopened: set[str] = set()  # trials whose run existed before this driver started
+        self._resolved_logged: set[str] = set()  # runs whose resolved device, workers, implementation are params
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment state
         return {**self.__dict__, "_client": None, "_parent": None, "_runs": {}, "_logged_epoch": {}, "_best": {},
-                "_reopened": set()}
+                "_reopened": set(), "_resolved_logged": set()}
 
     @property
     def client(self) -> MlflowClient:
@@ -107,6 +109,14 @@ class MLflowTrialCallback(tune.Callback):
                 set_runs_view(self.client, self.experiment_id, list(trial.evaluated_params or {}), replace=False)
         return self._runs[trial.trial_id]
 
+    def _resolved_params(self, run_id: str, result: dict[str, Any]) -> list[Param]:
+        """The values a trial resolved where its config said auto, once: the run's params say what ran."""
+        if run_id in self._resolved_logged or not any(key in result for key in RESOLVED_AT_START):
+            return []
+        self._resolved_logged.add(run_id)
+        logged = self.client.get_run(run_id).data.params  # a run reopened after --resume has them
+        return [Param(key, str(result[key])) for key in RESOLVED_AT_START if key in result and key not in logged]
+
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_id(trial)
         self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
@@ -126,7 +136,7 @@ class MLflowTrialCallback(tune.Callback):
         if values.get(OBJECTIVE, -math.inf) > self._best[trial.trial_id]:  # a new selected epoch
             self._best[trial.trial_id] = values[OBJECTIVE]
             metrics += [Metric(BEST + key, value, timestamp, step) for key, value in selected(values).items()]
-        self.client.log_batch(run_id, metrics=metrics)
+        self.client.log_batch(run_id, metrics=metrics, params=self._resolved_params(run_id, result))
         log_progress(self.client, self.parent_run_id, trials, trial, result=result)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -194,6 +204,7 @@ def trial_run(client: MlflowClient, experiment_id: str, parent_id: str, trial, s
         params = trial_config(config).to_flat()
     except Exception:  # an invalid config fails the trial itself; log what was asked for
         params = dict(config)
+    params = {k: v for k, v in params.items() if k not in RESOLVED_AT_START}  # logged as the trial resolves them
     client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())])
     return run.info.run_id, False
 

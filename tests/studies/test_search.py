@@ -52,6 +52,9 @@ def test_smoke_study_records_every_trial(demo_data_path, study_dirs, ray_temp_di
         assert run.data.tags["dataset"] == "demo"
         assert run.data.params["image_size"] == "32" and run.data.params["backbone"] == "tiny"
         assert run.data.params["val_fraction"] == "0.3" and run.data.params["with_fc"] == "True"
+        # what ran, not "auto"
+        assert run.data.params["device"] in ("cpu", "cuda") and run.data.params["implementation"] == "batched"
+        assert run.data.params["num_workers"] == "0"
         assert run.data.params["ensemble_size"] in ("3", "4") and run.data.params["share_type"] == "layer1"
         steps = _metric_steps(client, run)
         assert steps == list(range(1, len(steps) + 1)) and steps
