@@ -75,9 +75,9 @@ def _reuse(run_dir: Path, allowed: bool) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-def probe(folder: Path) -> None:
-    """Fail now, in one line, when `folder` cannot take a file (read-only, full, not a folder)."""
-    with writing(folder, "the run folder"):
+def probe(folder: Path, what: str = "the run folder") -> None:
+    """Fail now, in one line naming `what`, when `folder` cannot take a file (read-only, full, not a folder)."""
+    with writing(folder, what):
         descriptor = os.open(folder / ".antimetric-probe", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.write(descriptor, b"probe\n")
@@ -94,7 +94,8 @@ def writing(path: Path, what: str = "the run folder") -> Iterator[None]:
         yield
     except OSError as error:
         reason = error.strerror or str(error)
-        hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space", errno.EFBIG: "free some space",
+        hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
+                errno.EFBIG: "the file is larger than this system or process allows",
                 errno.EROFS: "choose a writable folder", errno.EACCES: "choose a writable folder",
                 errno.EPERM: "choose a writable folder"}.get(error.errno, "choose another folder")
         raise OutputError(f"cannot write {what} {path} ({reason}); {hint}; files written earlier are kept") from None

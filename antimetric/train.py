@@ -115,13 +115,14 @@ RESUME_OVERRIDES = ("device", "num_workers")
 def _run(session: TrainingSession, run_dir: Path, on_epoch_end: EpochCallback | None, resume_from: Path | None,
          progress: bool, write_last: bool) -> FitResult:
     config = session.config
-    resolved = {key: config.to_flat()[key] for key in RESOLVED_AT_START}
+    flat = config.to_flat()
+    resolved = {key: flat[key] for key in RESOLVED_AT_START}
     tracker = BestTracker(selection_key(session))
     start_epoch = 1
     if resume_from is not None:
         start_epoch = load_training_state(Path(resume_from), session, tracker) + 1
     with writing(run_dir):
-        write_json(run_dir / CONFIG_FILE, config.to_flat())
+        write_json(run_dir / CONFIG_FILE, flat)
         save_meta_ids(run_dir / META_IDS_FILE, session.meta_ids, session.splits.train_classes)
 
     if not config.train.train:

@@ -3,7 +3,6 @@ resources: right after Ray starts), so that a study never waits for ever. Each f
 from __future__ import annotations
 
 import socket
-import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -12,6 +11,7 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from antimetric.errors import ConfigError
+from antimetric.run_folder import probe, writing
 from studies.settings import StudySettings, available_cpus
 from studies.tracking import ensure_experiment
 
@@ -22,12 +22,9 @@ def check_storage(path: Path) -> None:
     """--storage-path is a folder this process can write (made if missing)."""
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--storage-path {path} is a file; pass a folder")
-    try:
+    with writing(path, "--storage-path"):
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path, prefix=".probe-"):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"--storage-path {path}: {exc.strerror or exc}; pass a folder you can write") from None
+    probe(path, "--storage-path")
 
 
 def check_resources(settings: StudySettings) -> None:

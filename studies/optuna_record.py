@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.result import EXPR_PARAM_FILE
 
 from studies.settings import StudySettings
-from studies.trainable import EPOCH, OBJECTIVE
+from studies.trainable import EPOCH, OBJECTIVE, ended_early
 
 STORAGE_FILE = "optuna.db"
 
@@ -86,7 +86,7 @@ def trial_records(results: Iterable, searched: list[str]) -> list[TrialRecord]:
         previous_start = started
         if result.error:
             state, error = TrialState.FAIL, _last_line(result.error)
-        elif max(objective, default=0) < int(config.get("num_epochs", 0)):
+        elif ended_early(max(objective, default=0), config):
             state, error = TrialState.PRUNED, None
         else:
             state, error = TrialState.COMPLETE, None

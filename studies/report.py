@@ -19,7 +19,7 @@ from studies.settings import StudySettings, trial_constants
 from studies.spaces import distributions
 from studies.study_run import log_summary, ui_command
 from studies.tracking import CHECKPOINT_ARTIFACT, close_finished_runs, has_artifact, log_checkpoint, runs_by_trial
-from studies.trainable import EPOCH, OBJECTIVE, trial_config
+from studies.trainable import EPOCH, OBJECTIVE, ended_early, trial_config
 
 
 def trials_table(results, searched: list[str]) -> pd.DataFrame:
@@ -35,7 +35,7 @@ def trials_table(results, searched: list[str]) -> pd.DataFrame:
             best = history.loc[history[OBJECTIVE].idxmax()]
             row.update({"epochs": int(history[EPOCH].max()), "best_epoch": int(best[EPOCH]), OBJECTIVE: best[OBJECTIVE]})
             row.update({k: best[k] for k in history.columns if k.startswith("test_")})
-        row["stopped_early"] = bool(row.get("epochs", 0) < int(config.get("num_epochs", 0)) and not result.error)
+        row["stopped_early"] = ended_early(row.get("epochs", 0), config) and not result.error
         row.update({k: config.get(k) for k in searched})
         if result.error:
             row["error"] = str(result.error).strip().splitlines()[-1][:200]

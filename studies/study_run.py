@@ -16,7 +16,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
-from studies.trainable import EPOCH, OBJECTIVE
+from studies.trainable import EPOCH, OBJECTIVE, ended_early
 
 STUDY_TAG, PARENT_TAG = "study", "study_parent"
 PARENT_ID_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under the run of this id
@@ -30,7 +30,7 @@ SPACE_ARTIFACT = "search_space.json"
 VIEW_TAG_PREFIX, VIEW_ID = "mlflow.sharedViewState.", "trials"
 VIEW_TAG = VIEW_TAG_PREFIX + VIEW_ID
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
-_MAX_PARAM = 6000  # MLflow's limit on a param value
+MAX_PARAM = 6000  # MLflow's limit on a param value
 
 
 def parent_run(client: MlflowClient, experiment_id: str, study: str, new: bool = False) -> tuple[str, bool]:
@@ -52,7 +52,7 @@ def open_study_run(tracking_uri: str, experiment_id: str, study: str, params: di
     client = MlflowClient(tracking_uri)
     run_id, _ = parent_run(client, experiment_id, study, new=new)
     logged = client.get_run(run_id).data.params
-    client.log_batch(run_id, params=[Param(k, str(v)[:_MAX_PARAM]) for k, v in sorted(params.items()) if k not in logged])
+    client.log_batch(run_id, params=[Param(k, str(v)[:MAX_PARAM]) for k, v in sorted(params.items()) if k not in logged])
     if not any(a.path == SPACE_ARTIFACT for a in client.list_artifacts(run_id)):
         client.log_text(run_id, json.dumps(space, indent=1), SPACE_ARTIFACT)
     for key, value in tags.items():
@@ -98,9 +98,7 @@ def ui_command(tracking_uri: str, experiment_id: str, port: int = 5000) -> str:
 
 def stopped_early(trial) -> bool:
     """Whether the trial ended before its last epoch: ASHA stopped it."""
-    epochs = int((trial.last_result or {}).get(EPOCH, 0))
-    max_epochs = int(trial.config.get("num_epochs") or 0)
-    return bool(max_epochs and epochs < max_epochs)
+    return ended_early(int((trial.last_result or {}).get(EPOCH, 0)), trial.config)
 
 
 def log_progress(client: MlflowClient, run_id: str, trials: list, trial, status: str | None = None,

@@ -18,6 +18,7 @@ from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECK
 from antimetric.train import RESOLVED_AT_START
 from studies.study_run import (
     BEST,
+    MAX_PARAM,
     PARENT_ID_TAG,
     STUDY_TAG,
     end_study_run,
@@ -205,7 +206,7 @@ def trial_run(client: MlflowClient, experiment_id: str, parent_id: str, trial, s
     except Exception:  # an invalid config fails the trial itself; log what was asked for
         params = dict(config)
     params = {k: v for k, v in params.items() if k not in RESOLVED_AT_START}  # logged as the trial resolves them
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())])
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:MAX_PARAM]) for k, v in sorted(params.items())])
     return run.info.run_id, False
 
 

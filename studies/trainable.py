@@ -21,6 +21,12 @@ SCRATCH = "antimetric"  # trials' private folders, in Ray's session folder (scra
 TRIAL_DEFAULTS: dict[str, Any] = {"val_fraction": 0.2, "num_workers": 0}
 
 
+def ended_early(epochs_run: int, config: dict[str, Any]) -> bool:
+    """Whether a trial stopped before the last epoch its config asks for (ASHA stopped it, unless it failed)."""
+    num_epochs = int(config.get("num_epochs") or 0)
+    return bool(num_epochs and epochs_run < num_epochs)
+
+
 def trial_config(config: dict[str, Any]) -> RunConfig:
     """Merge a Tune config dict over the study defaults into the core's resolved config."""
     values = {**TRIAL_DEFAULTS, **config}
