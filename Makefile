@@ -29,4 +29,4 @@ test: install
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf runs data/demo .pytest_cache mlruns/mlflow.db mlruns/optuna.db mlruns/artifacts
+	rm -rf runs indexes data/demo .pytest_cache mlruns/mlflow.db mlruns/optuna.db mlruns/artifacts

@@ -14,6 +14,7 @@ _EXPORTS = {
     "RunConfig": "antimetric.config", "TrainConfig": "antimetric.config", "resolve": "antimetric.config",
     "EnsembleNet": "antimetric.model", "build_model": "antimetric.model",
     "recall_at_k": "antimetric.evaluate", "retrieval_metrics": "antimetric.evaluate",
+    "TrainedEnsemble": "antimetric.trained", "load": "antimetric.trained",
     "EpochResult": "antimetric.train", "FitResult": "antimetric.train", "fit": "antimetric.train",
 }
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,4 @@
-"""`python -m antimetric prepare|train|profile`. Bad input: one line on stderr, exit code 2."""
+"""`python -m antimetric prepare|train|evaluate|index|retrieve|profile`. Bad input: one line on stderr, exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,9 @@ from pathlib import Path
 from antimetric.config import BACKBONE_NAMES, BOXED_DATASETS, CROP_TYPES, DATASETS, SHARE_TYPES, RunConfig
 from antimetric.data.cache import MAX_CACHE_SIZE
 from antimetric.errors import AntimetricError, ConfigError, RunInterrupted
+from antimetric.extensions import RUN_TRACKER, extension
 from antimetric.options import add_config_arguments, given_options
+from antimetric.retrieval_cli import add_retrieval_commands
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +54,7 @@ def _cache_size(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m antimetric", description=__doc__)
-    commands = parser.add_subparsers(required=True, metavar="{prepare,train,profile}")
+    commands = parser.add_subparsers(required=True, metavar="{prepare,train,evaluate,index,retrieve,profile}")
 
     prepare = commands.add_parser("prepare", help="check a dataset's layout and images, write its manifest")
     _add(prepare, "--data-path", default="data", help="parent folder of the dataset folders (default: data)")
@@ -71,7 +73,28 @@ def _parser() -> argparse.ArgumentParser:
                             "--num-workers may change)")
     train.add_argument("--json", action="store_true", help="print the best epoch's metrics as JSON at the end")
     train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    train.add_argument("--tracking-uri", nargs="?", const="", metavar="URI",
+         help="also record the run in MLflow, as a study's trial is (alone: the studies' store mlruns/mlflow.db; "
+              "needs the studies extras)")
+    train.add_argument("--experiment", metavar="NAME",
+                       help="MLflow experiment of --tracking-uri (default: <DATA_NAME>-study, where that dataset's "
+                            "studies are)")
     train.set_defaults(command=_train)
+
+    evaluate = commands.add_parser("evaluate", help="Recall@K, MAP@R and R-precision of a trained ensemble on a "
+                                   "dataset's test split")
+    evaluate.add_argument("--model", required=True, metavar="SOURCE",
+                          help="a run folder, best.pt/last.pt, an MLflow run id or models:/NAME/VERSION")
+    _add(evaluate, "--data-path", help="parent folder of the dataset folders (default: the one it was trained on)")
+    _add(evaluate, "--data-name", choices=DATASETS, help="dataset (default: the one the ensemble was trained on)")
+    _add(evaluate, "--crop-type", choices=CROP_TYPES, help="default: the ensemble's own, where the dataset has boxes")
+    _add(evaluate, "--device", default="auto", help="auto (CUDA if present), cpu or cuda:N")
+    _add(evaluate, "--tracking-uri", help="MLflow store of an MLflow SOURCE (default: $MLFLOW_TRACKING_URI, "
+         "else mlruns/mlflow.db)")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.set_defaults(command=_evaluate)
+
+    add_retrieval_commands(commands)
 
     profile = commands.add_parser("profile", help="parameters and FLOPs (thop) of an ensemble")
     _add(profile, "--backbone", "--backbone-type", default="resnet18", choices=BACKBONE_NAMES)
@@ -125,14 +148,40 @@ def _train(args: argparse.Namespace) -> int:
 
     values = given_options(args)
     progress = not args.quiet and sys.stderr.isatty()
-    if args.resume is not None:
-        result = resume_run(Path(args.resume), _epoch_printer(args), progress=progress, overrides=values)
-        return _print_result(args, result)
-    if values.get("load_ids") == "latest":
-        values["load_ids"] = str(_latest_meta_ids(Path(values.get("output_dir", _default("output_dir"))),
-                                                  values.get("data_name", _default("data_name"))))
-    result = fit(RunConfig.from_flat(values), _epoch_printer(args), progress=progress)
+    config = None
+    if args.resume is None:
+        if values.get("load_ids") == "latest":
+            values["load_ids"] = str(_latest_meta_ids(Path(values.get("output_dir", _default("output_dir"))),
+                                                      values.get("data_name", _default("data_name"))))
+        config = RunConfig.from_flat(values)
+    tracker = _run_tracker(args, config)
+    report = _epoch_printer(args) if tracker is None else tracker.callback(_epoch_printer(args))
+    try:
+        if args.resume is not None:
+            result = resume_run(Path(args.resume), report, progress=progress, overrides=values)
+        else:
+            result = fit(config, report, progress=progress)
+    except BaseException as error:  # the MLflow run ends KILLED (Ctrl-C) or FAILED, then the CLI reports it
+        if tracker is not None:
+            tracker.end(error)
+        raise
+    if tracker is not None:
+        tracker.finish(result)
+        if not args.json:
+            print(f"recorded as {tracker.describe()}")
     return _print_result(args, result)
+
+
+def _run_tracker(args: argparse.Namespace, config: RunConfig | None):
+    """train --tracking-uri: the run's MLflow recorder (studies/run_tracker.py), which checks the store before
+    training starts; None without the option."""
+    if args.tracking_uri is None:
+        if args.experiment is not None:
+            raise ConfigError("--experiment names the MLflow experiment of --tracking-uri; add --tracking-uri")
+        return None
+    tracker = extension(RUN_TRACKER, "train --tracking-uri")
+    return tracker(args.tracking_uri, args.experiment, config,
+                   resume_dir=None if args.resume is None else Path(args.resume))
 
 
 def _default(name: str):
@@ -171,6 +220,21 @@ def _run_dataset(run_dir: Path) -> str | None:
         return json.loads((run_dir / "config.json").read_text()).get("data_name")
     except (OSError, ValueError):
         return None
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from antimetric.evaluate_model import evaluate_model
+    from antimetric.trained import load
+
+    ensemble = load(args.model, device=args.device, tracking_uri=args.tracking_uri)
+    data_path = Path(args.data_path or ensemble.config.data.data_path)
+    metrics = evaluate_model(ensemble, data_path, args.data_name, args.crop_type,
+                             progress=sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(" ".join(f"{key}={value:.4f}" for key, value in metrics.items()))
+    return 0
 
 
 def _profile(args: argparse.Namespace) -> int:

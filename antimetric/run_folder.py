@@ -21,7 +21,8 @@ from antimetric.errors import AntimetricError, ConfigError
 # Files of a run folder.
 CONFIG_FILE, META_IDS_FILE, EPOCHS_FILE = "config.json", "meta_ids.json", "epochs.csv"
 BEST_FILE, LAST_FILE, FEATURES_FILE = "best.pt", "last.pt", "features.npz"
-RUN_FILES = (CONFIG_FILE, META_IDS_FILE, EPOCHS_FILE, BEST_FILE, LAST_FILE, FEATURES_FILE)
+RETRIEVALS_FILE = "retrievals.png"  # the best epoch's retrieval grid (antimetric.retrieval_grid)
+RUN_FILES = (CONFIG_FILE, META_IDS_FILE, EPOCHS_FILE, BEST_FILE, LAST_FILE, FEATURES_FILE, RETRIEVALS_FILE)
 _MAX_SUFFIX = 1000
 
 

@@ -89,7 +89,7 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
     milestones = [max(1, int(0.5 * train.num_epochs)), max(1, int(0.7 * train.num_epochs))]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
-    image_root, crop = _image_source(config, index, progress)
+    image_root, crop = image_source(config, index, progress)
     targets = {label: torch.as_tensor(meta_ids[:, col]) for col, label in enumerate(splits.train_classes)}
     train_set = ImageDataset(splits.train, image_root, train_transform(data.data_name, data.crop_type, data.image_size),
                              crop, targets)
@@ -98,27 +98,33 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
     # Seeded again at the start of every epoch (training_state.seed_epoch). Workers are started anew
     # each epoch, so that their seeds come from that epoch's seed: a resumed run repeats exactly.
     generator = torch.Generator().manual_seed(train.seed)
-    workers = _num_workers(data.num_workers)
+    workers = num_workers(data.num_workers)
     # The run records what it chose where the config said auto (config.json, a study's params).
     train.device, data.num_workers, model_cfg.implementation = str(device), workers, implementation
     train_loader = DataLoader(train_set, batch_size=train.batch_size, shuffle=True, drop_last=True,
                               num_workers=workers, pin_memory=device.type == "cuda", generator=generator)
 
-    def eval_loaders(eval_set: EvalSet) -> EvalLoaders:
-        transform = test_transform(data.data_name, data.crop_type, data.image_size)
+    transform = test_transform(data.data_name, data.crop_type, data.image_size)
 
-        def loader(records):
-            return DataLoader(ImageDataset(records, image_root, transform, crop), batch_size=config.eval.eval_batch_size,
-                              num_workers=workers, pin_memory=device.type == "cuda")
-        return EvalLoaders(loader(eval_set.query), loader(eval_set.gallery) if eval_set.gallery is not None else None)
+    def loaders(eval_set: EvalSet) -> EvalLoaders:
+        return eval_loaders(eval_set, image_root, transform, crop, config.eval.eval_batch_size, workers, device)
 
     return TrainingSession(
         config, device, index, splits, meta_ids, model, train_model, optimizer, scheduler, train_loader,
-        eval_loaders(splits.val) if splits.val is not None else None, eval_loaders(splits.test), image_root,
+        loaders(splits.val) if splits.val is not None else None, loaders(splits.test), image_root,
     )
 
 
-def _image_source(config: RunConfig, index: DatasetIndex, progress: bool) -> tuple[Path, bool]:
+def eval_loaders(eval_set: EvalSet, image_root: Path, transform, crop: bool, batch_size: int, workers: int,
+                 device: torch.device) -> EvalLoaders:
+    """Loaders of an evaluation set's queries (and gallery), in record order, unshuffled."""
+    def loader(records):
+        return DataLoader(ImageDataset(records, image_root, transform, crop), batch_size=batch_size,
+                          num_workers=workers, pin_memory=device.type == "cuda")
+    return EvalLoaders(loader(eval_set.query), loader(eval_set.gallery) if eval_set.gallery is not None else None)
+
+
+def image_source(config: RunConfig, index: DatasetIndex, progress: bool) -> tuple[Path, bool]:
     """The folder to read images from and whether boxes still need cropping: the resized cache
     when one matches this crop type, image size and manifest, else the dataset's own files."""
     data = config.data
@@ -142,7 +148,7 @@ def _meta_ids(config: RunConfig, train_classes: list[int]) -> np.ndarray:
     return assign_meta_classes(len(train_classes), d, m, config.train.seed)
 
 
-def _num_workers(requested: int | None) -> int:
+def num_workers(requested: int | None) -> int:
     """Decoding in the main process is fastest on two cores; more cores get worker processes."""
     if requested is not None:
         return requested

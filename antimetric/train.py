@@ -21,6 +21,7 @@ from antimetric.errors import ConfigError, NonFiniteLossError, RunInterrupted
 from antimetric.evaluate import Embeddings, embed, embeddings_arrays, score
 from antimetric.meta_classes import save_meta_ids
 from antimetric.metrics import recall_key
+from antimetric.retrieval_grid import grid_rows_from_embeddings, write_grid
 from antimetric.run_folder import (
     BEST_FILE,
     CONFIG_FILE,
@@ -28,6 +29,7 @@ from antimetric.run_folder import (
     FEATURES_FILE,
     LAST_FILE,
     META_IDS_FILE,
+    RETRIEVALS_FILE,
     create_run_dir,
     probe,
     writing,
@@ -36,14 +38,8 @@ from antimetric.session import EvalLoaders, TrainingSession, build_session
 from antimetric.step import to_device_batch, training_step
 from antimetric.training_state import BestTracker, load_training_state, save_training_state, seed_epoch
 
-__all__ = ["BEST_FILE", "CONFIG_FILE", "EPOCHS_FILE", "FEATURES_FILE", "LAST_FILE", "META_IDS_FILE", "EpochResult",
-           "FitResult", "RunInterrupted", "fit", "resume_run"]
-
-# on_epoch_end(result, save_checkpoint): save_checkpoint(folder) writes a resumable state there.
-# Returning True stops training after this epoch.
-EpochCallback = Callable[["EpochResult", Callable[[Path], None]], "bool | None"]
-_NONFINITE_CHECK_STEPS = 20  # how often the loss is checked within an epoch (a check waits for the GPU)
-
+__all__ = ["BEST_FILE", "CONFIG_FILE", "EPOCHS_FILE", "FEATURES_FILE", "LAST_FILE", "META_IDS_FILE", "RETRIEVALS_FILE",
+           "EpochResult", "FitResult", "RunInterrupted", "fit", "resume_run"]
 
 # on_epoch_end(result, save_checkpoint): save_checkpoint(folder) writes a resumable state there.
 # Returning True stops training after this epoch.
@@ -61,6 +57,7 @@ class EpochResult:
     metrics: dict[str, float]  # loss, branch_accuracy, images_per_s, epoch_seconds, lr, val_*, test_*
     is_best: bool
     resolved: dict[str, Any] = field(default_factory=dict)  # RESOLVED_AT_START as this run chose them
+    run_dir: Path | None = None  # the run folder it was written to
 
 
 @dataclass
@@ -128,7 +125,7 @@ def _run(session: TrainingSession, run_dir: Path, on_epoch_end: EpochCallback | 
     if not config.train.train:
         evaluation = evaluate_session(session, progress)
         metrics = evaluation.metrics
-        result = EpochResult(0, metrics, tracker.update(0, metrics), resolved)
+        result = EpochResult(0, metrics, tracker.update(0, metrics), resolved, run_dir)
         _record(run_dir, session, result, tracker, evaluation)
         if on_epoch_end is not None:
             on_epoch_end(result, lambda folder: save_training_state(Path(folder), session, 0, tracker))
@@ -141,7 +138,7 @@ def _run(session: TrainingSession, run_dir: Path, on_epoch_end: EpochCallback | 
             metrics = train_one_epoch(session, epoch, progress)
             evaluation = evaluate_session(session, progress)
             metrics.update(evaluation.metrics)
-            result = EpochResult(epoch, metrics, tracker.update(epoch, metrics), resolved)
+            result = EpochResult(epoch, metrics, tracker.update(epoch, metrics), resolved, run_dir)
             _record(run_dir, session, result, tracker, evaluation)
             if write_last:
                 with writing(run_dir):
@@ -285,6 +282,20 @@ def _write_epoch_files(run_dir: Path, session: TrainingSession, result: EpochRes
     if evaluation.test_gallery is not None:
         arrays.update(embeddings_arrays("gallery", evaluation.test_gallery))
     save_npz(run_dir / FEATURES_FILE, **arrays)
+    _write_retrievals(run_dir, session, result, evaluation)
+
+
+def _write_retrievals(run_dir: Path, session: TrainingSession, result: EpochResult, evaluation: Evaluation) -> None:
+    """The best epoch's retrieval grid: 8 test queries (chosen by the run's seed) and their top 8."""
+    k = session.config.eval.recalls[0]
+    epoch = f"epoch {result.epoch}" if result.epoch else "untrained"
+    title = f"{run_dir.name} · {epoch} · test Recall@{k} {result.metrics[f'test_{recall_key(k)}']:.1%}"
+    boxes = {f"{name}_boxes": [r.box for r in loader.dataset.records] if loader is not None and loader.dataset.crop else None
+             for name, loader in (("query", session.test.query), ("gallery", session.test.gallery))}
+    rows = grid_rows_from_embeddings(evaluation.test_query, evaluation.test_gallery, session.image_root,
+                                     ensemble_size=session.config.model.ensemble_size, seed=session.config.train.seed,
+                                     **boxes)
+    write_grid(run_dir / RETRIEVALS_FILE, rows, title=title)
 
 
 def _history_csv(history: list[dict[str, float]]) -> str:

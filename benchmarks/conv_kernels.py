@@ -1,9 +1,9 @@
 """Time every branch convolution of a configuration, one at a time, by how it is computed.
 
-    python benchmarks/conv_kernels.py --device cuda --json                 # the seed configuration
-    python benchmarks/conv_kernels.py --device cpu --backbone tiny --ensemble-size 4 --image-size 32
+    python -m benchmarks.conv_kernels --device cuda --json                 # the seed configuration
+    python -m benchmarks.conv_kernels --device cpu --backbone tiny --ensemble-size 4 --image-size 32
 
-Where does a training step go? The whole-step profile (profile_step.py) shows cuDNN copying
+Where does a training step go? The whole-step profile (benchmarks.profile_step) shows cuDNN copying
 channel slices out for our grouped convolutions; this script times each distinct branch
 convolution of the batched network (shapes taken from a real forward pass) at one or more batch
 sizes, forward + backward and forward alone, computed as:
@@ -26,28 +26,20 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from antimetric.config import ModelConfig  # noqa: E402
-from antimetric.model import build_model  # noqa: E402
-from antimetric.model.batched import BranchConv2d  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import add_configuration_arguments  # noqa: E402
+from antimetric.model import build_model
+from antimetric.model.batched import BranchConv2d
+from benchmarks.common import add_configuration_arguments, add_device_argument, environment, model_config, sync
 
 
 def branch_convolutions(args: argparse.Namespace) -> list[dict]:
     """The distinct branch convolutions of the batched network with their input shapes at batch 1."""
-    config = ModelConfig(backbone=args.backbone, share_type=args.share_type, ensemble_size=args.ensemble_size,
-                         meta_class_size=args.meta_class_size, with_fc=True, pretrained=False)
     with torch.device("meta"):
-        model = build_model(config).eval()
+        model = build_model(model_config(args)).eval()
         images = torch.empty(1, 3, args.image_size, args.image_size)
     found: dict[tuple, dict] = {}
 
@@ -74,20 +66,15 @@ def branch_convolutions(args: argparse.Namespace) -> list[dict]:
 
 def _time(fn, device: torch.device, reps: int) -> float:
     fn()
-    _sync(device)
+    sync(device)
     best = float("inf")
     for _ in range(2):
         start = time.perf_counter()
         for _ in range(reps):
             fn()
-        _sync(device)
+        sync(device)
         best = min(best, (time.perf_counter() - start) / reps)
     return best * 1e3
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def tap_gemm_forward(x_padded: torch.Tensor, weight_taps: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -195,8 +182,7 @@ def run(args: argparse.Namespace, result: dict | None = None, on_row: Callable[[
     torch.backends.cudnn.benchmark = device.type == "cuda"
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     result = {} if result is None else result
-    result.update(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                  torch=torch.__version__, dtype=str(dtype), rows=[])
+    result.update(**environment(device), dtype=str(dtype), rows=[])
     rows = result["rows"]
     for conv in branch_convolutions(args):
         for batch in args.batches:
@@ -226,12 +212,12 @@ def _print_row(row: dict) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_configuration_arguments(p)
+    add_configuration_arguments(p, batch_size=False)
     p.add_argument("--batches", type=int, nargs="+", default=[32, 64])
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES),
                    help="the ones to time (Triton's error against torch is checked whenever it can run)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(p)
     p.add_argument("--json", action="store_true")
     return p
 

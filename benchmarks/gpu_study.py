@@ -1,13 +1,13 @@
 """Every throughput figure of benchmarks/RESULTS.md in one run (made for a short GPU lease).
 
-    python benchmarks/gpu_study.py --out DIR               # on a CUDA machine, ~6 minutes
-    python benchmarks/gpu_study.py --out DIR --smoke       # tiny sizes on a CPU, to check the script
-    python benchmarks/gpu_study.py --out DIR --sections convs levers --quick   # the next lease's run
+    python -m benchmarks.gpu_study --out DIR               # on a CUDA machine, ~6 minutes
+    python -m benchmarks.gpu_study --out DIR --smoke       # tiny sizes on a CPU, to check the script
+    python -m benchmarks.gpu_study --out DIR --sections convs levers --quick   # the next lease's run
 
 Sections, each written to DIR/study.json as soon as it ends (a section that fails or runs out
 of time is recorded as such and the next one starts):
   convs    - each distinct branch convolution of the seed configuration alone, at batch 32 and 64,
-             by how it is computed (conv_kernels.py): where the step's time goes, layer by layer
+             by how it is computed (benchmarks.conv_kernels): where the step's time goes, layer by layer
   levers   - the seed configuration (ResNet18, share layer1, 48 branches, meta 12, batch 32,
              256 px): the reference loop and the batched network with one lever added at a time
   memory   - peak memory and images/s of ResNet18/34/50/ResNeXt50 x 48, with and without
@@ -19,7 +19,6 @@ of time is recorded as such and the next one starts):
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import sys
 import time
@@ -28,16 +27,19 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import conv_kernels  # noqa: E402
-import evaluation  # noqa: E402
-import loader  # noqa: E402
-from throughput import REFERENCE, Measurement, Variant, count_step_flops, measure_peak, parser, safe_measure  # noqa: E402
-
-from antimetric.config import ModelConfig  # noqa: E402
-from antimetric.model import build_model  # noqa: E402
+from antimetric.model import build_model
+from benchmarks import conv_kernels, evaluation, loader
+from benchmarks.common import SEED, environment, model_config, sync, write_result
+from benchmarks.throughput import (
+    REFERENCE,
+    Measurement,
+    Variant,
+    count_step_flops,
+    measure_peak,
+    parser,
+    release_memory,
+    safe_measure,
+)
 
 EAGER = Variant("batched", cudnn_benchmark=False, fused_adam=False)
 LEVERS = [  # (name, variant): each row adds one lever to the row before, unless it says otherwise
@@ -67,9 +69,7 @@ def _measure(args, variant, device, flops, peak) -> Measurement:
     try:
         return safe_measure(args, variant, device, flops, peak)
     except Exception as exc:  # one lease, one run: keep the other rows
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_memory(device)
         return Measurement(0.0, 0.0, 0.0, 0.0, 0, float("nan"), error=f"{type(exc).__name__}: {str(exc)[:300]}")
 
 
@@ -115,10 +115,8 @@ def memory(args, device, peak) -> dict:
 
 
 def embed(args, device, peak) -> dict:
-    config = ModelConfig(backbone=args.backbone, share_type=args.share_type, ensemble_size=args.ensemble_size,
-                         meta_class_size=args.meta_class_size, with_fc=True, pretrained=False)
     with device:
-        model = build_model(config).eval()
+        model = build_model(model_config(args)).eval()
     batch = 8 if args.smoke else 256
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -128,11 +126,11 @@ def embed(args, device, peak) -> dict:
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         for _ in range(2):
             model.embed(images)
-        _sync(device)
+        sync(device)
         start, reps = time.perf_counter(), (2 if args.smoke else 16)
         for _ in range(reps):
             model.embed(images)
-        _sync(device)
+        sync(device)
     rate = batch * reps / (time.perf_counter() - start)
     print(f"embedding: {rate:.0f} images/s (batch {batch})")
     return {"images_per_s": rate, "batch": batch, "images": batch * reps}
@@ -147,8 +145,9 @@ def loader_section(args, device, peak) -> dict:
 
 def eval_section(args, device, peak) -> dict:
     if args.smoke:
-        return evaluation.run(str(device), 4000, 576, 48, 1024)
-    result = evaluation.run(str(device), evaluation.SOP_TEST_IMAGES, 48 * 512, 48, 4096)
+        return evaluation.run(str(device), 4000, SEED.ensemble_size * SEED.meta_class_size, SEED.ensemble_size, 1024)
+    result = evaluation.run(str(device), evaluation.SOP_TEST_IMAGES, evaluation.SOP_FEATURE_DIM,
+                            evaluation.SOP_BRANCHES, evaluation.CHUNK_SIZE)
     print(f"eval: {result['seconds']:.2f} s, peak {result['peak_memory_bytes'] / 2**30:.1f} GiB")
     return result
 
@@ -174,16 +173,8 @@ def _print_row(name: str, m) -> None:
           f"{m.peak_memory_bytes / 2**30:6.1f} GiB loss0 {m.loss_step0:.4f}{extra}{error}", flush=True)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _checkpoint(args) -> None:
-    out = Path(args.out) / "study.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(RESULT, indent=1, default=str))
-    tmp.replace(out)
+    write_result(Path(args.out) / "study.json", RESULT)
 
 
 def main() -> int:
@@ -199,8 +190,7 @@ def main() -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     start = time.perf_counter()
-    RESULT.update(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                  torch=torch.__version__, date=time.strftime("%Y-%m-%d"), command=" ".join(sys.argv))
+    RESULT.update(**environment(device), date=time.strftime("%Y-%m-%d"), command=" ".join(sys.argv))
     peak = measure_peak(device)
     RESULT["peak_tflops_per_s"] = peak / 1e12
     print(f"{RESULT['device']} torch {torch.__version__}: matmul peak {peak / 1e12:.0f} TFLOP/s", flush=True)

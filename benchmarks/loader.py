@@ -1,6 +1,6 @@
 """Input pipeline alone: JPEG decode + the seed's training augmentation, through a DataLoader.
 
-    python benchmarks/loader.py --workers 0 4 8 15 --json
+    python -m benchmarks.loader --workers 0 4 8 15 --json
 
 Writes CUB-sized JPEGs (500 x 375 by default, random content) to a temporary folder and reports
 images/s for each worker count, with pinned memory, as training would load them: from the
@@ -21,13 +21,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from antimetric.data.cache import CacheForm, resized_for_cache, save_cached  # noqa: E402
-from antimetric.data.dataset import ImageDataset  # noqa: E402
-from antimetric.data.images import open_rgb  # noqa: E402
-from antimetric.data.records import ImageRecord  # noqa: E402
-from antimetric.data.transforms import train_transform  # noqa: E402
+from antimetric.data.cache import CacheForm, resized_for_cache, save_cached
+from antimetric.data.dataset import ImageDataset
+from antimetric.data.images import open_rgb
+from antimetric.data.records import ImageRecord
+from antimetric.data.transforms import train_transform
 
 
 def write_images(folder: Path, n: int, size: tuple[int, int]) -> list[ImageRecord]:

@@ -1,44 +1,53 @@
-"""Kernel-level profile of one training step of the batched seed configuration on CUDA.
+"""Kernel-level profile of the training step `antimetric train` runs (antimetric.step.training_step),
+on the fast path training picks for the device; by default the seed configuration on CUDA.
 
-    python benchmarks/profile_step.py [--nchw]
+    python -m benchmarks.profile_step [--nchw]
+    python -m benchmarks.profile_step --device cpu --backbone tiny --ensemble-size 2 --image-size 32 --batch-size 2
+
+The step is benchmarks.throughput's: same weights, batch and optimiser as the throughput figures.
 """
+from __future__ import annotations
+
+import argparse
+import dataclasses
 import sys
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from antimetric.config import ModelConfig  # noqa: E402
-from antimetric.model import build_model  # noqa: E402
-
-torch.backends.cudnn.benchmark = True
-config = ModelConfig(backbone="resnet18", share_type="layer1", ensemble_size=48, meta_class_size=12, with_fc=True,
-                     pretrained=False)
-device = torch.device("cuda")
-with device:
-    model = build_model(config)
-fmt = torch.contiguous_format if "--nchw" in sys.argv else torch.channels_last
-model = model.to(memory_format=fmt)
-optimizer = torch.optim.Adam(model.parameters(), 1e-4, fused=True)
-images = torch.randn(32, 3, 256, 256, device=device).contiguous(memory_format=fmt)
-targets = torch.randint(0, 12, (32, 48), device=device)
+from benchmarks.common import add_configuration_arguments, add_device_argument, sync
+from benchmarks.throughput import build_step, fast_variant
 
 
-def step():
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = torch.nn.functional.cross_entropy(model(images).flatten(0, 1).float(), targets.flatten())
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_configuration_arguments(p)
+    add_device_argument(p)
+    p.add_argument("--nchw", action="store_true", help="NCHW tensors instead of channels-last")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps before the profile")
+    p.add_argument("--steps", type=int, default=3, help="profiled steps")
+    p.add_argument("--rows", type=int, default=22, help="kernels listed, most time first")
+    return p
 
 
-for _ in range(5):
-    step()
-torch.cuda.synchronize()
-with profile(activities=[ProfilerActivity.CUDA]) as prof:
-    for _ in range(3):
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    device = torch.device(args.device)
+    variant = fast_variant(device, args.backbone)
+    if args.nchw:
+        variant = dataclasses.replace(variant, channels_last=False)
+    step = build_step(args, variant, device)
+    for _ in range(args.warmup):
         step()
-    torch.cuda.synchronize()
-print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=70))
+    sync(device)
+    activity, clock = (ProfilerActivity.CUDA, "cuda") if device.type == "cuda" else (ProfilerActivity.CPU, "cpu")
+    with profile(activities=[activity]) as prof:
+        for _ in range(args.steps):
+            step()
+        sync(device)
+    print(prof.key_averages().table(sort_by=f"{clock}_time_total", row_limit=args.rows, max_name_column_width=70))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

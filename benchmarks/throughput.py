@@ -1,7 +1,7 @@
 """Training throughput of the seed-style per-branch loop and the fast (batched) path, side by side.
 
-    python benchmarks/throughput.py --device cuda --json          # the seed configuration
-    python benchmarks/throughput.py --device cpu --backbone tiny --ensemble-size 8 --image-size 64 --steps 5
+    python -m benchmarks.throughput --device cuda --json          # the seed configuration
+    python -m benchmarks.throughput --device cpu --backbone tiny --ensemble-size 8 --image-size 64 --steps 5
 
 Both paths start from the same weights and train on the same random batch with Adam, so
 their step-0 losses agree. Reported per path: images/s, achieved TFLOP/s (torch's flop
@@ -17,16 +17,14 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from antimetric.config import ModelConfig  # noqa: E402
-from antimetric.model import build_model  # noqa: E402
-from antimetric.step import prepare_device, training_step  # noqa: E402
+from antimetric.model import build_model
+from antimetric.step import prepare_device, training_step
+from benchmarks.common import add_configuration_arguments, add_device_argument, environment, model_config, sync
 
 
 @dataclass
@@ -71,11 +69,6 @@ class Measurement:
     error: str | None = None
 
 
-def model_config(args: argparse.Namespace) -> ModelConfig:
-    return ModelConfig(backbone=args.backbone, share_type=args.share_type, ensemble_size=args.ensemble_size,
-                       meta_class_size=args.meta_class_size, with_fc=True, pretrained=False)
-
-
 def measure_peak(device: torch.device) -> float:
     """FLOP/s of a large matmul: bf16 on CUDA, fp32 on CPU (the dtype training runs in there)."""
     n = 8192 if device.type == "cuda" else 2048
@@ -83,13 +76,13 @@ def measure_peak(device: torch.device) -> float:
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
-    _sync(device)
+    sync(device)
     reps, best = (20 if device.type == "cuda" else 5), float("inf")
     for _ in range(3):  # best of three
         start = time.perf_counter()
         for _ in range(reps):
             a @ b
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 * reps / best
 
@@ -107,8 +100,8 @@ def count_step_flops(args: argparse.Namespace, device: torch.device | None = Non
     return 3.0 * counter.get_total_flops()
 
 
-def measure(args: argparse.Namespace, variant: Variant, device: torch.device, flops_per_image: float,
-            peak: float) -> Measurement:
+def build_step(args: argparse.Namespace, variant: Variant, device: torch.device) -> Callable[[], torch.Tensor]:
+    """One call = one antimetric.step.training_step of `variant` on a fixed random batch; returns the loss."""
     batch = variant.batch_size or args.batch_size
     torch.backends.cudnn.benchmark = variant.cudnn_benchmark
     torch.manual_seed(0)  # the same weights for every variant
@@ -124,27 +117,34 @@ def measure(args: argparse.Namespace, variant: Variant, device: torch.device, fl
         images = images.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, **({"fused": True} if variant.fused_adam else {}))
     step_model = model
-    compile_s = None
     if variant.compile:
         step_model = torch.compile(model, mode=None if variant.compile == "default" else variant.compile)
     autocast_enabled = variant.bf16 and device.type == "cuda"
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
     def step():
         return training_step(step_model, images, targets, optimizer, bf16=autocast_enabled)[0]
 
+    return step
+
+
+def measure(args: argparse.Namespace, variant: Variant, device: torch.device, flops_per_image: float,
+            peak: float) -> Measurement:
+    batch = variant.batch_size or args.batch_size
+    step = build_step(args, variant, device)
+    compile_s = None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     loss0 = step().item()  # compiles, if compiling
     if variant.compile:
         compile_s = time.perf_counter() - start
     for _ in range(args.warmup):
         step()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
-    _sync(device)
+    sync(device)
     seconds = (time.perf_counter() - start) / args.steps
     peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     images_per_s = batch / seconds
@@ -159,12 +159,10 @@ def _batch(args: argparse.Namespace, batch: int, device: torch.device) -> tuple[
     return images.to(device), targets.to(device)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _free(device: torch.device) -> None:
+def release_memory(device: torch.device) -> None:
+    """After a measurement: the model, optimiser and (after an error) the failed step's frames go,
+    with the compiled graphs."""
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     if hasattr(torch, "_dynamo"):
@@ -177,8 +175,7 @@ def safe_measure(args, variant, device, flops_per_image, peak) -> Measurement:
         result = measure(args, variant, device, flops_per_image, peak)
     except torch.cuda.OutOfMemoryError as exc:
         result = Measurement(0.0, 0.0, 0.0, 0.0, 0, float("nan"), error=f"out of memory: {str(exc)[:120]}")
-    gc.collect()  # the model, optimiser and (after an error) the failed step's frames are gone now
-    _free(device)
+    release_memory(device)
     return result
 
 
@@ -199,8 +196,7 @@ def compare(args: argparse.Namespace, fast: Variant | None = None, reference: Va
         samples["fast"].append(safe_measure(args, fast, device, flops_per_image, peak))
     ref, fst = (_median(samples[name]) for name in ("reference", "fast"))
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__,
+        **environment(device),
         "config": {k: getattr(args, k) for k in ("backbone", "share_type", "ensemble_size", "meta_class_size",
                                                  "batch_size", "image_size", "steps", "repeats")},
         "step_tflop": flops_per_image * args.batch_size / 1e12,
@@ -217,24 +213,14 @@ def _median(measurements: list[Measurement]) -> Measurement:
     return sorted(measurements, key=lambda m: m.images_per_s)[len(measurements) // 2]
 
 
-def add_configuration_arguments(p: argparse.ArgumentParser) -> None:
-    """The ensemble to measure; the defaults are the seed configuration."""
-    p.add_argument("--backbone", default="resnet18")
-    p.add_argument("--share-type", default="layer1")
-    p.add_argument("--ensemble-size", type=int, default=48)
-    p.add_argument("--meta-class-size", type=int, default=12)
-    p.add_argument("--image-size", type=int, default=256)
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_configuration_arguments(p)
-    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=20, help="timed steps per path")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after the first")
     p.add_argument("--repeats", type=int, default=1,
                    help="measure both paths this many times, interleaved, and report each one's median")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(p)
     p.add_argument("--fast-implementation", choices=("batched", "reference"),
                    help="override the fast path's formulation (default: what training picks for the device)")
     p.add_argument("--fast-order", choices=("layer-major", "branch-major"),

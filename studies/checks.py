@@ -55,16 +55,26 @@ def check_nodes(settings: StudySettings) -> None:
 
 def open_experiment(settings: StudySettings, artifact_root: Path | None) -> str:
     """The study's MLflow experiment id, made if new: the tracking store works before the study starts."""
-    uri = settings.tracking_uri
-    parts = urlsplit(uri)
-    if parts.scheme in ("http", "https"):  # MLflow retries a dead server for minutes
-        _connect(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80),
-                 f"--tracking-uri {uri}: no MLflow server answers there")
+    return open_tracking_experiment(settings.tracking_uri, settings.experiment, artifact_root)
+
+
+def open_tracking_experiment(uri: str, name: str, artifact_root: Path | None) -> str:
+    """The id of MLflow experiment `name` at --tracking-uri `uri`, made if new; one line if the store fails."""
+    check_tracking_server(uri, f"--tracking-uri {uri}")
     try:
-        return ensure_experiment(uri, settings.experiment, artifact_root)
+        return ensure_experiment(uri, name, artifact_root)
     except (MlflowException, OSError) as exc:
         message = " ".join(str(exc).split())[:300]
         raise ConfigError(f"--tracking-uri {uri}: {message}") from None
+
+
+def check_tracking_server(uri: str, what: str) -> None:
+    """An http(s) tracking URI: a server accepts connections there, checked at once (MLflow retries a dead
+    server for minutes). Other URIs pass."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        _connect(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80),
+                 f"{what}: no MLflow server answers there")
 
 
 def _connect(host: str, port: int, failure: str) -> None:

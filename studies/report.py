@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import warnings
 from functools import partial
@@ -13,8 +14,9 @@ import pandas as pd
 import torch
 
 from antimetric.atomic import torch_save
-from antimetric.train import BEST_FILE, fit
+from antimetric.train import BEST_FILE, RETRIEVALS_FILE, fit
 from studies.optuna_record import load_command, optuna_storage_uri, trial_records, write_study
+from studies.registry import register_best_trial
 from studies.settings import StudySettings, trial_constants
 from studies.spaces import distributions
 from studies.study_run import log_summary, ui_command
@@ -52,7 +54,8 @@ def _trial_dir(result) -> str:
 
 
 def log_best_checkpoints(settings: StudySettings, results, experiment_id: str) -> None:
-    """Each trial's best checkpoint (model weights, meta-class ids, config, epoch) as an artifact of its run."""
+    """Each trial's best checkpoint (model weights, meta-class ids, config, epoch) and that epoch's retrieval
+    grid as artifacts of its run."""
     runs = runs_by_trial(settings.tracking_uri, experiment_id)
     for result in results:
         run = runs.get(_trial_dir(result))
@@ -67,7 +70,10 @@ def log_best_checkpoints(settings: StudySettings, results, experiment_id: str) -
             if not (Path(folder) / BEST_FILE).exists():
                 continue
             best = torch.load(Path(folder) / BEST_FILE, map_location="cpu", weights_only=True)
-            torch_save(Path(out) / BEST_FILE, {k: best[k] for k in ("epoch", "model", "meta_ids", "config")})
+            torch_save(Path(out) / BEST_FILE, {k: best[k] for k in ("epoch", "model", "meta_ids", "config", "metrics")
+                                               if k in best})
+            if (Path(folder) / RETRIEVALS_FILE).exists():
+                shutil.copy2(Path(folder) / RETRIEVALS_FILE, Path(out) / RETRIEVALS_FILE)
             log_checkpoint(settings.tracking_uri, run.info.run_id, Path(out))
 
 
@@ -177,15 +183,25 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
         metrics: dict[str, float] = {"trials": len(table), "stopped_early": int(table["stopped_early"].sum()),
                                      "failed": int((table["status"] == "ERROR").sum())}
         best_config: dict[str, Any] = {}
+        best_trial_dir = None
         if len(finished) and OBJECTIVE in finished:
             best = finished.iloc[0]
             result = next(r for r in results if _trial_dir(r) == best["trial_dir"])
-            best_config = trial_config(result.config).to_flat()
+            best_config, best_trial_dir = trial_config(result.config).to_flat(), best["trial_dir"]
             metrics.update({k: float(best[k]) for k in finished.columns if k == OBJECTIVE or k.startswith("test_")})
             metrics["untrained_test_recall_at_1"] = untrained_recall(result.config, folder)
-        log_summary(settings.tracking_uri, experiment_id, settings.experiment, files, metrics, best_config)
+        study_run_id = log_summary(settings.tracking_uri, experiment_id, settings.experiment, files, metrics,
+                                   best_config)
+    model_uri = None
+    if best_trial_dir is not None:
+        model_uri = register_best_trial(settings.tracking_uri, experiment_id, settings.experiment, study_run_id,
+                                        best_trial_dir)
     _print_summary(settings, table, metrics, best_config, experiment_id)
     print(f"\nOptuna study of every trial, in the order they started:\n  {load_command(settings)}")
+    if model_uri is not None:
+        print(f"\nThe best trial's ensemble as an MLflow model (images in, embeddings out), e.g. served on 127.0.0.1:\n"
+              f"  MLFLOW_TRACKING_URI={settings.tracking_uri} mlflow models serve -m {model_uri} --env-manager local "
+              "--host 127.0.0.1 --port 5001")
     return table
 
 

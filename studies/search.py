@@ -17,7 +17,16 @@ import torch
 from antimetric.config import DATASETS, RunConfig, resolve
 from antimetric.errors import AntimetricError, ConfigError
 from antimetric.options import add_config_arguments, given_options
-from studies.settings import APPLIED, KEPT, SMOKE, STUDY_DEFAULTS, StudySettings, available_cpus, saved_settings
+from studies.settings import (
+    APPLIED,
+    KEPT,
+    SMOKE,
+    STUDY_DEFAULTS,
+    StudySettings,
+    available_cpus,
+    default_experiment,
+    saved_settings,
+)
 from studies.space_file import check_space, load_space
 from studies.spaces import SPACES
 from studies.study import run_study, study_exists
@@ -127,7 +136,7 @@ def parse_args(argv: list[str] | None = None) -> StudySettings:
     if args.smoke_test or training:
         given["fixed"] = {**(SMOKE["fixed"] if args.smoke_test else {}), **training}
     storage_path = Path(args.storage_path).resolve()
-    experiment = args.experiment or f"{args.name}-study"
+    experiment = args.experiment or default_experiment(args.name)
     values = _defaults(args.name, args.smoke_test, local=args.address is None)
     saved = saved_settings(storage_path / experiment) if args.resume else None  # None: a study without one
     if saved is not None:

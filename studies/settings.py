@@ -60,6 +60,12 @@ APPLIED = ("cpus_per_trial", "gpus_per_trial")
 SETTINGS_FILE = "antimetric-study.json"
 
 
+def default_experiment(dataset: str) -> str:
+    """The MLflow experiment (and Ray folder) of a dataset's studies without --experiment; `antimetric train
+    --tracking-uri` records its runs there too, beside the trials."""
+    return f"{dataset}-study"
+
+
 def available_cpus() -> int:
     """CPUs this process may run on (its affinity mask), which may be fewer than the machine has."""
     if hasattr(os, "sched_getaffinity"):

@@ -26,7 +26,7 @@ from studies.report import summarize
 from studies.settings import StudySettings, save_settings, trial_constants
 from studies.spaces import SpaceSampler
 from studies.study_run import open_study_run
-from studies.tracking import MLflowTrialCallback, stop_interrupted_runs
+from studies.tracking import MLflowTrialCallback, local_artifact_root, stop_interrupted_runs
 from studies.trainable import EPOCH, OBJECTIVE, SCRATCH, train_ensemble, trial_config
 
 # Checkpoints kept per trial: the two most recent. Each holds the training state to resume from
@@ -219,7 +219,4 @@ def cut_short_state_file(experiment_path: Path) -> Path | None:
 
 
 def _artifact_root(settings: StudySettings) -> Path | None:
-    """Local SQLite stores keep artifacts beside the database; servers choose their own."""
-    if settings.tracking_uri.startswith("sqlite:///"):
-        return Path(settings.tracking_uri[len("sqlite:///"):]).parent
-    return None
+    return local_artifact_root(settings.tracking_uri)

@@ -46,6 +46,13 @@ def default_tracking_uri(store: Path = DEFAULT_STORE) -> str:
     return f"sqlite:///{(store / 'mlflow.db').resolve()}"
 
 
+def local_artifact_root(tracking_uri: str) -> Path | None:
+    """Local SQLite stores keep artifacts beside the database; servers choose their own."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///"):]).parent
+    return None
+
+
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path | None = None) -> str:
     """The id of experiment `name`, created with an absolute artifact location if new."""
     client = MlflowClient(tracking_uri)
@@ -115,8 +122,7 @@ class MLflowTrialCallback(tune.Callback):
         if run_id in self._resolved_logged or not any(key in result for key in RESOLVED_AT_START):
             return []
         self._resolved_logged.add(run_id)
-        logged = self.client.get_run(run_id).data.params  # a run reopened after --resume has them
-        return [Param(key, str(result[key])) for key in RESOLVED_AT_START if key in result and key not in logged]
+        return resolved_params(result, self.client.get_run(run_id).data.params)  # a reopened run has them
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_id(trial)
@@ -133,11 +139,11 @@ class MLflowTrialCallback(tune.Callback):
         self._logged_epoch[trial.trial_id] = step
         timestamp = int(result.get("timestamp", 0) * 1000)
         values = trial_metrics(result)
-        metrics = [Metric(key, value, timestamp, step) for key, value in values.items()]
-        if values.get(OBJECTIVE, -math.inf) > self._best[trial.trial_id]:  # a new selected epoch
+        is_best = values.get(OBJECTIVE, -math.inf) > self._best[trial.trial_id]  # a new selected epoch
+        if is_best:
             self._best[trial.trial_id] = values[OBJECTIVE]
-            metrics += [Metric(BEST + key, value, timestamp, step) for key, value in selected(values).items()]
-        self.client.log_batch(run_id, metrics=metrics, params=self._resolved_params(run_id, result))
+        self.client.log_batch(run_id, metrics=epoch_metrics(values, step, timestamp, is_best),
+                              params=self._resolved_params(run_id, result))
         log_progress(self.client, self.parent_run_id, trials, trial, result=result)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -158,6 +164,24 @@ def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The trainable's numbers in a Tune result, under their MLflow names."""
     return {RENAMED.get(key, key): float(value) for key, value in result.items()
             if key not in RAY_KEYS and is_number(value)}
+
+
+def epoch_metrics(values: dict[str, float], step: int, timestamp: int, is_best: bool) -> list[Metric]:
+    """An epoch's metrics at step=epoch and, when it is the new selected epoch, its selected() ones as best_*."""
+    metrics = [Metric(key, value, timestamp, step) for key, value in values.items()]
+    if is_best:
+        metrics += [Metric(BEST + key, value, timestamp, step) for key, value in selected(values).items()]
+    return metrics
+
+
+def config_params(flat: dict[str, Any]) -> list[Param]:
+    """A run's flat config as params, but for what a run resolves when it starts (resolved_params logs those)."""
+    return [Param(k, str(v)[:MAX_PARAM]) for k, v in sorted(flat.items()) if k not in RESOLVED_AT_START]
+
+
+def resolved_params(values: dict[str, Any], logged: dict[str, str]) -> list[Param]:
+    """What a run chose where its config said auto (device, workers, implementation), unless logged already."""
+    return [Param(key, str(values[key])) for key in RESOLVED_AT_START if key in values and key not in logged]
 
 
 def selected(metrics: dict[str, float]) -> dict[str, float]:
@@ -205,8 +229,7 @@ def trial_run(client: MlflowClient, experiment_id: str, parent_id: str, trial, s
         params = trial_config(config).to_flat()
     except Exception:  # an invalid config fails the trial itself; log what was asked for
         params = dict(config)
-    params = {k: v for k, v in params.items() if k not in RESOLVED_AT_START}  # logged as the trial resolves them
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:MAX_PARAM]) for k, v in sorted(params.items())])
+    client.log_batch(run.info.run_id, params=config_params(params))  # the resolved ones as the trial reports them
     return run.info.run_id, False
 
 

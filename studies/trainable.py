@@ -11,11 +11,14 @@ from ray import tune
 
 from antimetric.config import RunConfig, resolve
 from antimetric.errors import ConfigError
-from antimetric.train import BEST_FILE, EpochResult, fit
+from antimetric.train import BEST_FILE, RETRIEVALS_FILE, EpochResult, fit
 
 OBJECTIVE = "val_recall_at_1"  # Recall@1 on training classes held out from training
 EPOCH = "epoch"  # the time attribute ASHA schedules on
 SCRATCH = "antimetric"  # trials' private folders, in Ray's session folder (scratch_folder)
+
+# The best epoch's files, which travel with every checkpoint: its weights and its retrieval grid.
+BEST_EPOCH_FILES = (BEST_FILE, RETRIEVALS_FILE)
 
 # Study defaults over the core's: a validation split to select on, quiet loaders inside trials.
 TRIAL_DEFAULTS: dict[str, Any] = {"val_fraction": 0.2, "num_workers": 0}
@@ -62,7 +65,8 @@ def train_ensemble(config: dict[str, Any]) -> None:
     The core's run folder goes to a private temporary folder, removed when the trial ends, not to the
     trial folder: Ray copies that folder to storage while files are being written (temporary files
     landed there), and the checkpoints already hold all a trial keeps: the state to resume from
-    (state.pt) and the best epoch's weights so far (best.pt). fit() writes no last.pt for the same reason."""
+    (state.pt) and the best epoch's files so far (best.pt, retrievals.png). fit() writes no last.pt for the
+    same reason."""
     run_config = trial_config(config)
     checkpoint = tune.get_checkpoint()
     scratch = scratch_folder()
@@ -70,21 +74,24 @@ def train_ensemble(config: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="trial-", dir=scratch) as private:
         run_config.output_dir = private
         run_config.run_name = "run"
-        best_file = Path(private) / run_config.run_name / BEST_FILE  # fit() writes it on each new best
-        restored_best = Path(private) / f"restored-{BEST_FILE}"  # the best before a resume, while no newer one
+        run_dir = Path(private) / run_config.run_name  # fit() writes BEST_EPOCH_FILES there on each new best
+        restored = Path(private) / "restored"  # the best epoch's files before a resume, while no newer best
+        restored.mkdir()
 
         def report(result: EpochResult, save_checkpoint) -> None:
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder))
-                best = best_file if best_file.exists() else restored_best
-                if best.exists():  # the best weights so far travel with every checkpoint
-                    shutil.copy2(best, Path(folder) / BEST_FILE)
+                best = run_dir if (run_dir / BEST_FILE).exists() else restored
+                for name in BEST_EPOCH_FILES:  # the best epoch's files so far travel with every checkpoint
+                    if (best / name).exists():
+                        shutil.copy2(best / name, Path(folder) / name)
                 tune.report(reported(result), checkpoint=tune.Checkpoint.from_directory(folder))
 
         if checkpoint is None:
             fit(run_config, report, write_last=False)
             return
         with checkpoint.as_directory() as folder:
-            if (Path(folder) / BEST_FILE).exists():  # copied: Ray deletes old checkpoints as new ones come
-                shutil.copy2(Path(folder) / BEST_FILE, restored_best)
+            for name in BEST_EPOCH_FILES:  # copied: Ray deletes old checkpoints as new ones come
+                if (Path(folder) / name).exists():
+                    shutil.copy2(Path(folder) / name, restored / name)
             fit(run_config, report, resume_from=Path(folder), write_last=False)

@@ -14,3 +14,21 @@ def demo_data_path(tmp_path_factory) -> Path:
     data_path = tmp_path_factory.mktemp("data")
     ensure_demo(data_path / "demo")
     return data_path
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_data_path, tmp_path_factory) -> Path:
+    """The folder of a short real training run on the demo dataset (2 epochs, best epoch chosen on a
+    validation split), with a study-style checkpoint folder of its last epoch in `<run>/../state`.
+    Shared by the tests of what uses a trained ensemble: read it, never change it."""
+    from antimetric.config import RunConfig
+    from antimetric.train import fit
+
+    out = tmp_path_factory.mktemp("demo-run")
+    config = RunConfig.from_flat(dict(data_name="demo", data_path=str(demo_data_path), output_dir=str(out),
+                                      run_name="run", ensemble_size=4, meta_class_size=4, num_epochs=2, lr=3e-3,
+                                      val_fraction=0.2, seed=0))
+
+    def keep_state(result, save) -> None:  # a truthy return would stop training
+        save(out / "state")
+    return fit(config, keep_state).run_dir

@@ -1,24 +1,59 @@
-"""The benchmark scripts run (CPU, tiny sizes); timings are not asserted."""
+"""The benchmark scripts run as `python -m benchmarks.NAME` (CPU, tiny sizes); timings are not asserted."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from benchmarks.common import SEED
+
+ROOT = Path(__file__).resolve().parents[1]
+# Not installed on the GPU benchmark host: no benchmark may import them, not even through the core.
+FORBIDDEN = {"ray", "mlflow", "optuna", "pandas", "thop", "studies"}
 
 
-def run_json(script, *args):
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+def run_module(name, *args, env=None, timeout=300):
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def run_json(name, *args):
+    return json.loads(run_module(name, *args))
+
+
+def test_benchmarks_import_torch_and_the_core_only():
+    """Every module of the package imports without Ray, MLflow, pandas or thop, and leaves sys.path alone."""
+    probe = (
+        "import importlib, json, pkgutil, sys\n"
+        "import benchmarks\n"
+        "path = list(sys.path)\n"
+        "names = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__))\n"
+        "for name in names:\n"
+        "    importlib.import_module('benchmarks.' + name)\n"
+        "print(json.dumps({'modules': names, 'loaded': sorted({m.split('.')[0] for m in sys.modules}),\n"
+        "                  'path_unchanged': sys.path == path}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert {"common", "throughput", "conv_kernels", "evaluation", "gpu_study", "loader", "profile_step"} <= set(
+        report["modules"])
+    assert not FORBIDDEN & set(report["loaded"]), FORBIDDEN & set(report["loaded"])
+    assert report["path_unchanged"]
+
+
+def test_the_seed_configuration_is_the_one_results_md_measured():
+    assert (SEED.backbone, SEED.share_type, SEED.ensemble_size, SEED.meta_class_size, SEED.image_size,
+            SEED.batch_size) == ("resnet18", "layer1", 48, 12, 256, 32)
 
 
 @pytest.mark.parametrize("fast,order", [("batched", "layer-major"), ("batched", "branch-major"), ("reference", None)])
 def test_throughput_compares_both_paths_from_the_same_start(fast, order):
-    result = run_json("throughput.py", "--device", "cpu", "--backbone", "tiny", "--ensemble-size", "3",
+    result = run_json("throughput", "--device", "cpu", "--backbone", "tiny", "--ensemble-size", "3",
                       "--meta-class-size", "4", "--image-size", "32", "--batch-size", "4", "--steps", "1",
                       "--warmup", "0", "--fast-implementation", fast, *(["--fast-order", order] if order else []),
                       "--json")
@@ -29,42 +64,44 @@ def test_throughput_compares_both_paths_from_the_same_start(fast, order):
     for path in (ref, fst):
         assert path["images_per_s"] > 0 and "peak_memory_bytes" in path
     assert result["speedup"] > 0 and result["step_tflop"] > 0
+    assert result["device"] == "cpu" and result["config"]["ensemble_size"] == 3
 
 
 def test_evaluation_and_loader_benchmarks():
-    result = run_json("evaluation.py", "--device", "cpu", "--n", "500", "--dim", "48", "--branches", "4")
+    result = run_json("evaluation", "--device", "cpu", "--n", "500", "--dim", "48", "--branches", "4")
     assert result["n"] == 500 and 0.0 <= result["recall_at_1"] <= 1.0
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "loader.py"), "--workers", "0", "--images", "16",
-                           "--epochs", "1", "--json"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    loaded = json.loads(proc.stdout)
+    loaded = run_json("loader", "--workers", "0", "--images", "16", "--epochs", "1", "--json")
     assert loaded["images_per_s_by_workers"]["0"] > 0 and loaded["cached_images_per_s_by_workers"]["0"] > 0
+
+
+def test_profile_step_profiles_a_whole_training_step():
+    """Forward, backward and the fused Adam step of antimetric.step.training_step all show in the table."""
+    table = run_module("profile_step", "--device", "cpu", "--backbone", "tiny", "--ensemble-size", "2",
+                       "--meta-class-size", "4", "--image-size", "32", "--batch-size", "2", "--warmup", "1",
+                       "--steps", "1", "--rows", "200")
+    for kernel in ("aten::convolution ", "ConvolutionBackward0", "aten::cross_entropy_loss", "aten::_fused_adam_"):
+        assert kernel in table, kernel
 
 
 def test_the_prepared_gpu_run_works_on_tiny_sizes(tmp_path):
     """The script a GPU lease will run (convs + the quick levers), at CPU smoke sizes: every section completes."""
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_study.py"), "--device", "cpu", "--smoke", "--quick",
-                           "--out", str(tmp_path), "--sections", "convs", "levers"],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_module("gpu_study", "--device", "cpu", "--smoke", "--quick", "--out", str(tmp_path), "--sections", "convs",
+               "levers", timeout=600)
     study = json.loads((tmp_path / "study.json").read_text())
-    assert study["convs"]["rows"] and all("grouped-cl_train_ms" in row for row in study["convs"]["rows"])
+    assert study["device"] == "cpu" and study["convs"]["rows"]
+    assert all("grouped-cl_train_ms" in row for row in study["convs"]["rows"])
     levers = study["levers"]["rows"]
     assert {"loop fp32 (seed)", "+ fused Adam", "  same, Triton grouped convs"} <= levers.keys()
     assert all(row["error"] is None and row["images_per_s"] > 0 for row in levers.values())
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))  # written whole, nothing left over
 
 
 def test_conv_benchmark_checks_the_triton_kernels_against_torch():
     """On a GPU it runs the kernels compiled; here through Triton's interpreter (slow: tiny sizes)."""
-    import os
-
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "conv_kernels.py"), "--device", "cpu", "--backbone", "tiny",
-                           "--share-type", "layer2", "--ensemble-size", "2", "--image-size", "32", "--batches", "2",
-                           "--reps", "1", "--strategies", "grouped-cl", "tap-gemm", "--json"],
-                          capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = json.loads(proc.stdout)["rows"]
+    rows = json.loads(run_module("conv_kernels", "--device", "cpu", "--backbone", "tiny", "--share-type", "layer2",
+                                 "--ensemble-size", "2", "--image-size", "32", "--batches", "2", "--reps", "1",
+                                 "--strategies", "grouped-cl", "tap-gemm", "--json", env=env, timeout=600))["rows"]
     checked = [row for row in rows if "triton_max_rel_error" in row]
     assert checked and all(row["triton_max_rel_error"] < 1e-4 for row in checked)
     assert all(row.get("tap-gemm_max_rel_error", 0.0) < 1e-4 for row in rows)

@@ -10,7 +10,7 @@ import pytest
 from antimetric.config import RunConfig
 from antimetric.data.manifest import load_or_prepare
 from antimetric.errors import ConfigError
-from antimetric.run_folder import CONFIG_FILE, OutputError, create_run_dir
+from antimetric.run_folder import CONFIG_FILE, RETRIEVALS_FILE, OutputError, create_run_dir
 from tests.fixtures.folders import read_only_folder
 from tests.test_cli import assert_one_line_error, run
 
@@ -29,12 +29,14 @@ def test_a_reused_run_name_needs_the_flag_and_keeps_what_the_run_did_not_write(t
     first = create_run_dir(_config(tmp_path, run_name="r"))
     (first / CONFIG_FILE).write_text("{}")
     (first / "best.pt").write_text("old weights")
+    (first / RETRIEVALS_FILE).write_text("old picture")
     (first / "notes.txt").write_text("the user's")
     with pytest.raises(ConfigError, match="run folder .* exists; choose another --run-name, or pass --reuse-run-name"):
         create_run_dir(_config(tmp_path, run_name="r"))
     assert (first / "best.pt").read_text() == "old weights"
     again = create_run_dir(_config(tmp_path, run_name="r", reuse_run_name=True))
     assert again == first and not (first / "best.pt").exists() and not (first / CONFIG_FILE).exists()
+    assert not (first / RETRIEVALS_FILE).exists()
     assert (first / "notes.txt").read_text() == "the user's"
 
 

@@ -5,9 +5,21 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from antimetric.config import RunConfig
-from antimetric.train import BEST_FILE, CONFIG_FILE, EPOCHS_FILE, FEATURES_FILE, LAST_FILE, META_IDS_FILE, fit
+from antimetric.evaluate import Embeddings
+from antimetric.retrieval_grid import CORRECT_COLOUR, INCORRECT_COLOUR, GridLayout, grid_rows_from_embeddings
+from antimetric.train import (
+    BEST_FILE,
+    CONFIG_FILE,
+    EPOCHS_FILE,
+    FEATURES_FILE,
+    LAST_FILE,
+    META_IDS_FILE,
+    RETRIEVALS_FILE,
+    fit,
+)
 
 
 def _config(data_path, tmp_path, **overrides):
@@ -62,6 +74,25 @@ def test_run_folder(trained):
     n = len(features["query_paths"])
     assert features["query_features"].shape == (n, 8 * 4) and features["query_labels"].shape == (n,)
     assert not list(run.glob(".*.tmp"))
+
+
+def test_run_folder_shows_the_best_epochs_retrievals(trained):
+    untrained, result, _ = trained
+    assert Image.open(untrained.run_dir / RETRIEVALS_FILE).format == "PNG"
+    grid = Image.open(result.run_dir / RETRIEVALS_FILE).convert("RGB")
+    layout = GridLayout(8, 8, 112)  # 8 queries chosen by the run's seed, their top 8
+    assert grid.size == layout.size
+    # each result's frame gives the verdict of the best epoch's features (features.npz), not the last epoch's
+    features = np.load(result.run_dir / FEATURES_FILE, allow_pickle=False)
+    query = Embeddings(torch.from_numpy(features["query_features"]), torch.from_numpy(features["query_labels"]),
+                       list(features["query_paths"]))
+    rows = grid_rows_from_embeddings(query, None, result.run_dir, ensemble_size=8, seed=0)
+    expected = [[CORRECT_COLOUR if r.correct else INCORRECT_COLOUR for r in results] for _, results in rows]
+    frames = [[grid.getpixel((layout.frame_origin(row, column)[0] + 1,
+                              layout.frame_origin(row, column)[1] + layout.cell_width // 2)) for column in range(1, 9)]
+              for row in range(8)]
+    assert frames == expected
+    assert any(CORRECT_COLOUR in row for row in frames)  # training found some
 
 
 def test_resume_continues_after_the_saved_epoch(demo_data_path, tmp_path):

@@ -43,13 +43,18 @@ def make_splits(index: DatasetIndex, val_fraction: float, max_per_class: int, se
     train_classes = [c for c in classes if c not in val_classes]
     kept = _cap_per_class([r for r in train if r.label not in val_classes], max_per_class, rng)
     val = EvalSet([r for r in train if r.label in val_classes]) if val_classes else None
+    return Splits(kept, train_classes, val, test_set(index))
+
+
+def test_set(index: DatasetIndex) -> EvalSet:
+    """The classes never trained on: In-shop's query and gallery, else the test split searched leave-one-out."""
     if index.split(QUERY):
         test = EvalSet(index.split(QUERY), index.split(GALLERY))
     else:
         test = EvalSet(index.split(TEST))
     if not test.query:
         raise ConfigError(f"{index.name}: no test images found under {index.root}")
-    return Splits(kept, train_classes, val, test)
+    return test
 
 
 def _cap_per_class(records: list[ImageRecord], max_per_class: int, rng: np.random.Generator) -> list[ImageRecord]:

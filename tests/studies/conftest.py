@@ -1,9 +1,11 @@
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -32,6 +34,25 @@ def ray_temp_dir():
 def study_dirs(tmp_path):
     """A private MLflow store and Ray storage folder for one study."""
     return {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "storage": tmp_path / "ray"}
+
+
+@pytest.fixture(scope="session")
+def smoke_study(demo_data_path, tmp_path_factory, ray_temp_dir) -> SimpleNamespace:
+    """One finished smoke study per test session, for every test that reads one (its trials in MLflow, its
+    registered model): 3 trials of 2 epochs, with a researcher's own space and fixed training options.
+    dirs: its MLflow store and Ray storage; proc: the finished `studies.search` process; ray_sessions: the
+    Ray session folders it made. Read it; test_search's smoke test cuts a Ray state file of it at its end."""
+    folder = tmp_path_factory.mktemp("smoke-study")
+    dirs = {"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}", "storage": folder / "ray"}
+    space = folder / "space.json"
+    space.write_text(json.dumps({"ensemble_size": {"type": "choice", "values": [3, 4]},
+                                 "meta_class_size": {"type": "int", "low": 3, "high": 6},
+                                 "lr": {"type": "float", "low": 1e-3, "high": 5e-3, "log": True}}))
+    sessions = Path(ray_temp_dir) / "ray"
+    before = set(sessions.glob("session_2*"))
+    proc = run_study(demo_data_path, dirs, "--backbone", "tiny", "--val-fraction", "0.3", "--with-fc",
+                     "--space", str(space))
+    return SimpleNamespace(dirs=dirs, proc=proc, ray_sessions=set(sessions.glob("session_2*")) - before)
 
 
 def study_command(data_path: Path, dirs: dict, *extra: str) -> list[str]:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -25,19 +24,10 @@ def _metric_steps(client, run, key="val_recall_at_1"):
     return [m.step for m in client.get_metric_history(run.info.run_id, key)]
 
 
-def _ray_sessions(ray_temp_dir: str) -> set[Path]:
-    return set((Path(ray_temp_dir) / "ray").glob("session_2*"))
-
-
-def test_smoke_study_records_every_trial(demo_data_path, study_dirs, ray_temp_dir, capsys, monkeypatch):
+def test_smoke_study_records_every_trial(demo_data_path, smoke_study, capsys, monkeypatch):
+    """The session's smoke study (conftest.smoke_study: a researcher's own space and fixed training options)."""
     monkeypatch.delenv("TUNE_GLOBAL_CHECKPOINT_S", raising=False)  # main() below sets it
-    sessions_before = _ray_sessions(ray_temp_dir)
-    space = study_dirs["storage"].parent / "space.json"  # a researcher's own space and fixed training options
-    space.write_text(json.dumps({"ensemble_size": {"type": "choice", "values": [3, 4]},
-                                 "meta_class_size": {"type": "int", "low": 3, "high": 6},
-                                 "lr": {"type": "float", "low": 1e-3, "high": 5e-3, "log": True}}))
-    proc = run_study(demo_data_path, study_dirs, "--backbone", "tiny", "--val-fraction", "0.3", "--with-fc",
-                     "--space", str(space))
+    study_dirs, proc = smoke_study.dirs, smoke_study.proc
     assert "best config:" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
     # the console follows the objective: Ray's table has it as a column, and names the best trial so far
     assert "Current best trial:" in proc.stdout and "with val_recall_at_1=" in proc.stdout
@@ -61,7 +51,7 @@ def test_smoke_study_records_every_trial(demo_data_path, study_dirs, ray_temp_di
         for key in ("test_recall_at_1", "test_map_at_r", "loss", "branch_accuracy", "images_per_s", "epoch_seconds"):
             assert key in run.data.metrics, key
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "best_checkpoint")]
-        assert artifacts == ["best_checkpoint/best.pt"]
+        assert artifacts == ["best_checkpoint/best.pt", "best_checkpoint/retrievals.png"]  # its weights and grid
         with tempfile.TemporaryDirectory() as folder:  # the weights of the best epoch, not of the last
             best = torch.load(client.download_artifacts(run.info.run_id, "best_checkpoint/best.pt", folder),
                               weights_only=True)
@@ -74,12 +64,13 @@ def test_smoke_study_records_every_trial(demo_data_path, study_dirs, ray_temp_di
     files = {a.path for a in client.list_artifacts(summary[0].info.run_id)}
     assert {"trials.csv", "best_config.json", "optimization_history.png", "intermediate_values.png"} <= files
 
-    # storage holds no temporary file and no core run folder; each checkpoint one state and the best weights
+    # storage holds no temporary file and no core run folder; each checkpoint one state and the best epoch's files
     storage = study_dirs["storage"]
     assert not list(storage.rglob("*.tmp")) and not list(storage.rglob("last.pt"))
     checkpoints = list(storage.glob("t/*/checkpoint_*"))
-    assert checkpoints and all(sorted(p.name for p in c.iterdir()) == ["best.pt", "state.pt"] for c in checkpoints)
-    for session in _ray_sessions(ray_temp_dir) - sessions_before:  # Ray's local copies and trials' folders are gone
+    assert checkpoints and all(sorted(p.name for p in c.iterdir()) == ["best.pt", "retrievals.png", "state.pt"]
+                               for c in checkpoints)
+    for session in smoke_study.ray_sessions:  # Ray's local copies and trials' folders are gone
         assert not (session / "artifacts").exists(), list((session / "artifacts").rglob("*"))[:10]
         assert not (session / SCRATCH).exists(), list((session / SCRATCH).rglob("*"))[:10]
 

@@ -1,0 +1,47 @@
+"""`evaluate`: the retrieval metrics of a saved ensemble on a dataset's test split, computed as training does."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from antimetric.config import BOXED_DATASETS, DATASET_DEFAULTS, RunConfig, resolve
+from antimetric.data.splits import test_set
+from antimetric.data.transforms import test_transform
+from antimetric.errors import ConfigError
+from antimetric.evaluate import embed, score
+from antimetric.session import eval_loaders, image_source, load_index, num_workers
+from antimetric.trained import TrainedEnsemble
+
+
+def evaluation_config(ensemble: TrainedEnsemble, data_path: Path, data_name: str | None = None,
+                      crop_type: str | None = None) -> RunConfig:
+    """The ensemble's own config pointed at another data folder (or dataset). Crop type: the ensemble's own
+    where the dataset has boxes; Recall@K: the ensemble's own on its dataset, else that dataset's."""
+    trained = ensemble.config
+    name = data_name or trained.data.data_name
+    if crop_type is None:
+        crop_type = trained.data.crop_type if name in BOXED_DATASETS else "uncropped"
+    if crop_type == "cropped" and name not in BOXED_DATASETS:
+        raise ConfigError(f"--crop-type cropped needs bounding boxes, which {name} does not have; drop --crop-type")
+    recalls = trained.eval.recalls if name == trained.data.data_name else DATASET_DEFAULTS[name]["recalls"]
+    return resolve(RunConfig.from_flat({**trained.to_flat(), "data_path": str(data_path), "data_name": name,
+                                        "crop_type": crop_type, "recalls": recalls}))
+
+
+def evaluate_model(ensemble: TrainedEnsemble, data_path: Path, data_name: str | None = None,
+                   crop_type: str | None = None, *, progress: bool = False) -> dict[str, float]:
+    """test_* Recall@K, MAP@R and R-precision, equal to what training reported for the checkpoint's epoch
+    (same images, transform, batches and search) when run on the data it was trained on."""
+    config = evaluation_config(ensemble, data_path, data_name, crop_type)
+    index = load_index(config, progress)
+    test = test_set(index)
+    image_root, crop = image_source(config, index, progress)
+    # the network's own normalisation, whatever dataset it now looks at
+    transform = test_transform(ensemble.config.data.data_name, config.data.crop_type, config.data.image_size)
+    loaders = eval_loaders(test, image_root, transform, crop, config.eval.eval_batch_size, num_workers(None),
+                           ensemble.device)
+    query = embed(ensemble.model, loaders.query, ensemble.device, progress=progress, desc="embed test")
+    gallery = None
+    if loaders.gallery is not None:
+        gallery = embed(ensemble.model, loaders.gallery, ensemble.device, progress=progress, desc="embed gallery")
+    scores = score(query, config.eval.recalls, gallery, device=ensemble.device, chunk_size=config.eval.chunk_size)
+    return {f"test_{key}": value for key, value in scores.items()}

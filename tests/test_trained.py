@@ -1,0 +1,84 @@
+"""antimetric.load and `evaluate`: a saved ensemble embeds as training did and scores what training reported."""
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import antimetric
+from antimetric.cli import main
+from antimetric.errors import ConfigError
+from antimetric.evaluate_model import evaluate_model
+from antimetric.train import BEST_FILE, EPOCHS_FILE, FEATURES_FILE, LAST_FILE
+
+
+def _epoch_row(run_dir, epoch):
+    with (run_dir / EPOCHS_FILE).open() as handle:
+        return next(row for row in csv.DictReader(handle) if int(row["epoch"]) == epoch)
+
+
+@pytest.mark.parametrize("kind", ["run folder", "best.pt", "last.pt", "study checkpoint folder"])
+def test_load_each_local_source_kind(demo_run, kind):
+    source = {"run folder": demo_run, "best.pt": demo_run / BEST_FILE, "last.pt": demo_run / LAST_FILE,
+              "study checkpoint folder": demo_run.parent / "state"}[kind]
+    ensemble = antimetric.load(source, device="cpu")
+    best = torch.load(demo_run / BEST_FILE, weights_only=True)
+    expected_epoch = best["epoch"] if kind != "last.pt" and kind != "study checkpoint folder" else 2
+    assert ensemble.epoch == expected_epoch
+    assert ensemble.embedding_dim == 4 * 4 and not ensemble.model.training
+    assert ensemble.metrics["test_recall_at_1"] == pytest.approx(float(_epoch_row(demo_run, expected_epoch)
+                                                                       ["test_recall_at_1"]))
+    assert np.array_equal(ensemble.meta_ids, best["meta_ids"].numpy())
+
+
+def test_embeddings_equal_the_runs_feature_database(demo_run, demo_data_path):
+    ensemble = antimetric.load(demo_run, device="cpu")
+    saved = np.load(demo_run / FEATURES_FILE)
+    paths = [demo_data_path / "demo" / p for p in saved["query_paths"][:20]]
+    features = ensemble.embed(paths, batch_size=7)  # batches that do not divide the count
+    assert features.shape == (20, ensemble.embedding_dim) and features.dtype == torch.float32
+    assert torch.allclose(features, torch.as_tensor(saved["query_features"][:20]).float(), atol=2e-3)
+    per_branch = ensemble.embed(paths[:3], per_branch=True)
+    assert per_branch.shape == (3, 4, 4)
+    assert torch.allclose(per_branch.norm(dim=-1), torch.ones(3, 4), atol=1e-5)
+    assert torch.allclose(per_branch.flatten(1), features[:3], atol=1e-6)
+
+
+def test_every_image_input_kind_embeds_the_same(demo_run, demo_data_path):
+    ensemble = antimetric.load(demo_run, device="cpu")
+    path = sorted((demo_data_path / "demo" / "images").rglob("*.jpg"))[0]
+    image = Image.open(path).convert("RGB")
+    encoded = io.BytesIO()
+    image.save(encoded, format="PNG")
+    as_uint8 = torch.as_tensor(np.array(image)).permute(2, 0, 1)
+    inputs = [path, str(path), encoded.getvalue(), image, as_uint8, as_uint8.float() / 255]
+    features = ensemble.embed(inputs)
+    assert torch.allclose(features, features[0].expand_as(features), atol=1e-5)
+    assert ensemble.embed(as_uint8[None]).shape == (1, ensemble.embedding_dim)  # a (b, c, h, w) batch
+
+
+def test_evaluate_equals_the_metrics_training_reported(demo_run, demo_data_path, capsys):
+    best = torch.load(demo_run / BEST_FILE, weights_only=True)
+    reported = {k: float(v) for k, v in _epoch_row(demo_run, best["epoch"]).items() if k.startswith("test_")}
+    assert main(["evaluate", "--model", str(demo_run), "--data-path", str(demo_data_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(reported, abs=1e-9)
+    last = evaluate_model(antimetric.load(demo_run / LAST_FILE, device="cpu"), demo_data_path)
+    assert last == pytest.approx({k: float(v) for k, v in _epoch_row(demo_run, 2).items() if k.startswith("test_")})
+
+
+def test_bad_sources_are_one_line_errors(demo_run, tmp_path, capsys):
+    (tmp_path / "notes.pt").write_bytes(b"not a checkpoint")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    (tmp_path / "empty").mkdir()
+    for source, says in ((tmp_path / "missing", "no run folder or checkpoint"),
+                         (tmp_path / "notes.pt", "cannot read"),
+                         (tmp_path / "other.pt", "not an antimetric checkpoint"),
+                         (tmp_path / "empty", "holds no best.pt")):
+        with pytest.raises(ConfigError, match=says):
+            antimetric.load(source)
+        assert main(["evaluate", "--model", str(source)]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and error.count("\n") == 1 and says in error
