@@ -9,6 +9,7 @@ temporary folder of this process, removed when it exits: the loaded ensemble hol
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from mlflow.artifacts import download_artifacts
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -117,6 +119,19 @@ def _checkpoint_in(local: Path) -> Path | None:
     return None
 
 
+@contextlib.contextmanager
+def _quiet_downloads():
+    name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
 def _download_root() -> Path:
     global _downloads
     if _downloads is None:
@@ -126,9 +141,11 @@ def _download_root() -> Path:
 
 
 def _ask(call, failure: str):
-    """call(), with MLflow's errors as one line: `failure` and MLflow's own first line."""
+    """call(), with MLflow's errors as one line: `failure` and MLflow's own first line; no progress bar for
+    the few small files of a checkpoint, unless MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR says otherwise."""
     try:
-        return call()
+        with _quiet_downloads():
+            return call()
     except MlflowException as error:
         detail = " ".join(str(error.message).split())[:200]
         raise ConfigError(f"{failure} ({detail})") from None

@@ -7,6 +7,8 @@ A study's run id marks its version, so that a study summarized again (after --re
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
@@ -68,9 +70,10 @@ def register_run(client: MlflowClient, tracking_uri: str, name: str, run, study:
     ensemble = load(checkpoint, device="cpu")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / MODEL_ARTIFACT
-        mlflow.pyfunc.save_model(path, python_model=EnsembleModel(), artifacts={CHECKPOINT: str(checkpoint)},
-                                 signature=signature(ensemble.embedding_dim), input_example=input_example(),
-                                 pip_requirements=requirements())
+        with _quiet("mlflow.pyfunc", "mlflow.models"):  # its notes on cloudpickle and on validating the example
+            mlflow.pyfunc.save_model(path, python_model=EnsembleModel(), artifacts={CHECKPOINT: str(checkpoint)},
+                                     signature=signature(ensemble.embedding_dim), input_example=input_example(),
+                                     pip_requirements=requirements())
         client.log_artifacts(run_id, str(path), MODEL_ARTIFACT)
     try:
         client.create_registered_model(name, tags={STUDY_TAG: study},
@@ -98,6 +101,19 @@ def version_tags(run, study: str, study_run_id: str, epoch: int) -> tuple[dict[s
     description = (f"Best trial of study {study} (MLflow run {study_run_id}): {run.info.run_name} (Ray trial "
                    f"{tags['trial_id']}, MLflow run {run.info.run_id}), its selected epoch {epoch}: {shown}")
     return tags, description
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str):
+    """MLflow's INFO and WARNING lines off for a moment; errors still show."""
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def requirements() -> list[str]:
