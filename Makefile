@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install demo test ui clean
+.PHONY: install demo test test-fast ui clean
 
 install: $(STAMP)
 
@@ -25,8 +25,13 @@ demo: install
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
+# Every test; CI runs this.
 test: install
 	$(PY) -m pytest -q
+
+# The tests not marked slow (no Ray, no subprocess, no Triton interpreter): under a minute.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 clean:
 	rm -rf runs indexes data/demo .pytest_cache mlruns/mlflow.db mlruns/optuna.db mlruns/artifacts

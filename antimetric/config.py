@@ -2,8 +2,8 @@
 declared once: its default, help, choices and spellings are the field (`option`), and
 `antimetric.options` builds the arguments of `antimetric train` and `studies.search` from them.
 
-Fields left as None take the dataset's default (`DATASET_DEFAULTS`) when the config is
-resolved, so `--data-name sop` alone gives the seed's SOP settings.
+Fields left as None take the dataset's default (its row of `antimetric.data.table`) when the
+config is resolved, so `--data-name sop` alone gives the seed's SOP settings.
 """
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from antimetric.data.table import TABLE
 from antimetric.errors import ConfigError
 
-DATASETS = ("demo", "cub", "car", "sop", "isc")
+DATASETS = tuple(TABLE)
 CROP_TYPES = ("uncropped", "cropped")
-BOXED_DATASETS = ("cub", "car", "demo")  # those with bounding boxes, which crop_type 'cropped' needs
-IMPLEMENTATIONS = ("auto", "batched", "reference")
+BOXED_DATASETS = tuple(name for name, row in TABLE.items() if row.has_boxes)  # what crop_type 'cropped' needs
+IMPLEMENTATIONS = ("batched", "reference")
 
 
 BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "resnext50", "tiny")  # antimetric.model.backbones.BACKBONES
@@ -49,8 +50,9 @@ def _recalls_text(text: str) -> tuple[int, ...]:
 @dataclass
 class DataConfig:
     data_name: str = option("demo", "dataset (demo is generated on first use)", choices=DATASETS)
-    data_path: str = option("data", "parent folder of the dataset folders cub/, car/, sop/, isc/, demo/")
-    crop_type: str = option("uncropped", "cropped uses the bounding boxes (cub, car)", choices=CROP_TYPES)
+    data_path: str = option("data", f"parent folder of the dataset folders {', '.join(n + '/' for n in DATASETS)}")
+    crop_type: str = option("uncropped", f"cropped uses the bounding boxes ({', '.join(BOXED_DATASETS)})",
+                            choices=CROP_TYPES)
     image_size: int | None = option(None, "side of the square network input in pixels", parse=int)
     val_fraction: float = option(0.0, "fraction of the training classes held out to select the best epoch",
                                  parse=float)
@@ -73,8 +75,8 @@ class ModelConfig:
     pretrained: bool | None = option(None, "ImageNet weights (downloaded by torchvision, or --weights-file)")
     weights_file: str | None = option(None, "a local torchvision ImageNet .pth instead of downloading",
                                       metavar="PATH")
-    implementation: str = option("auto", "branch formulation: auto (= batched, on every device) or reference "
-                                         "(the seed's loop)", choices=IMPLEMENTATIONS)
+    implementation: str = option("batched", "branch formulation: batched (all branches as one network) or "
+                                            "reference (the seed's loop)", choices=IMPLEMENTATIONS)
     activation_checkpointing: bool | None = option(
         None, "recompute activations in the backward pass (default: turned on after a GPU out-of-memory)")
 
@@ -130,6 +132,8 @@ class RunConfig:
                 raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(_FIELD_SECTION))}")
             if key == "recalls" and value is not None:
                 value = parse_recalls(value)
+            if key == "implementation" and value == "auto":  # a config.json from before 2026-11-29
+                value = "batched"
             setattr(getattr(config, section), key, value)
         return config
 
@@ -143,19 +147,8 @@ _FIELD_SECTION = {
     for f in dataclasses.fields(kind)
 }
 
-# The seed's settings per dataset (its README's benchmark section) and a CPU-sized demo.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "car": dict(backbone="resnet18", ensemble_size=48, meta_class_size=12, num_epochs=20, image_size=256,
-                recalls=(1, 2, 4, 8), pretrained=True, with_fc=False, lr=1e-4),
-    "cub": dict(backbone="resnet18", ensemble_size=48, meta_class_size=12, num_epochs=20, image_size=256,
-                recalls=(1, 2, 4, 8), pretrained=True, with_fc=False, lr=1e-4),
-    "sop": dict(backbone="resnet18", ensemble_size=48, meta_class_size=512, num_epochs=40, image_size=256,
-                recalls=(1, 10, 100, 1000), pretrained=True, with_fc=False, lr=1e-4),
-    "isc": dict(backbone="resnet18", ensemble_size=48, meta_class_size=192, num_epochs=40, image_size=256,
-                recalls=(1, 10, 20, 30, 40, 50), pretrained=True, with_fc=False, lr=1e-4),
-    "demo": dict(backbone="tiny", ensemble_size=12, meta_class_size=6, num_epochs=10, image_size=64,
-                 recalls=(1, 2, 4, 8), pretrained=False, with_fc=True, lr=2e-3),
-}
+# What each dataset gives the fields left as None (the seed's settings, and a CPU-sized demo).
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {name: row.defaults() for name, row in TABLE.items()}
 
 
 def parse_recalls(value: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
@@ -194,7 +187,8 @@ def _check(config: RunConfig) -> None:
     if data.crop_type not in CROP_TYPES:
         raise ConfigError(f"unknown crop type {data.crop_type!r}; choose one of {', '.join(CROP_TYPES)}")
     if data.crop_type == "cropped" and data.data_name not in BOXED_DATASETS:
-        raise ConfigError(f"--crop-type cropped needs bounding boxes, which only cub and car have, not {data.data_name}")
+        raise ConfigError(f"--crop-type cropped needs bounding boxes, which {data.data_name} does not have "
+                          f"(only {', '.join(BOXED_DATASETS)} do)")
     if not 0.0 <= data.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {data.val_fraction}")
     if model.backbone not in BACKBONE_NAMES:

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from antimetric.config import DATASETS
 from antimetric.data.images import open_rgb
-from antimetric.data.layout import read_dataset
 from antimetric.data.manifest import load_or_prepare
+from antimetric.data.readers import read_dataset
 from antimetric.data.records import GALLERY, TEST, DatasetIndex
 from antimetric.errors import ConfigError, DatasetLayoutError
 

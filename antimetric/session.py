@@ -20,7 +20,8 @@ from antimetric.data.splits import EvalSet, Splits, make_splits
 from antimetric.data.transforms import test_transform, train_transform
 from antimetric.errors import ConfigError
 from antimetric.meta_classes import assign_meta_classes, check_meta_class_size, load_meta_ids
-from antimetric.model.ensemble import EnsembleNet, build_model, configure_for_device, default_implementation
+from antimetric.model.device_plan import DevicePlan, plan_for
+from antimetric.model.ensemble import EnsembleNet, build_model
 from antimetric.step import make_optimizer, prepare_device
 
 
@@ -34,6 +35,7 @@ class EvalLoaders:
 class TrainingSession:
     config: RunConfig  # resolved
     device: torch.device
+    plan: DevicePlan  # how the model trains on the device (plan_for)
     index: DatasetIndex
     splits: Splits
     meta_ids: np.ndarray  # (ensemble_size, n_train_classes)
@@ -74,17 +76,13 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
     index = load_index(config, progress)
     splits = make_splits(index, data.val_fraction, data.max_per_class, train.seed)
     meta_ids = _meta_ids(config, splits.train_classes)
-    implementation = model_cfg.implementation
-    if implementation == "auto":
-        implementation = default_implementation(model_cfg.backbone, device.type)
-    prepare_device(device)
+    plan = plan_for(device, model_cfg.implementation, activation_checkpointing=model_cfg.activation_checkpointing,
+                    compile=train.compile)
+    prepare_device(plan)
     with device:  # initialise the weights where they will live
-        model = build_model(model_cfg, implementation)
-    model = configure_for_device(model, model_cfg.backbone, device)
-    if hasattr(model.branches, "checkpoint_blocks"):
-        model.branches.checkpoint_blocks = bool(model_cfg.activation_checkpointing)
-    train_model = torch.compile(model) if train.compile else model
-    optimizer = make_optimizer(model, train.lr, device)
+        model = build_model(model_cfg, model_cfg.implementation)
+    train_model = model.configure(plan)
+    optimizer = make_optimizer(model, train.lr, plan)
     # x0.1 after 50 % and 70 % of the epochs; never at 0, which would cut the rate before epoch 1
     milestones = [max(1, int(0.5 * train.num_epochs)), max(1, int(0.7 * train.num_epochs))]
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
@@ -100,7 +98,7 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
     generator = torch.Generator().manual_seed(train.seed)
     workers = num_workers(data.num_workers)
     # The run records what it chose where the config said auto (config.json, a study's params).
-    train.device, data.num_workers, model_cfg.implementation = str(device), workers, implementation
+    train.device, data.num_workers = str(device), workers
     train_loader = DataLoader(train_set, batch_size=train.batch_size, shuffle=True, drop_last=True,
                               num_workers=workers, pin_memory=device.type == "cuda", generator=generator)
 
@@ -110,7 +108,7 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
         return eval_loaders(eval_set, image_root, transform, crop, config.eval.eval_batch_size, workers, device)
 
     return TrainingSession(
-        config, device, index, splits, meta_ids, model, train_model, optimizer, scheduler, train_loader,
+        config, device, plan, index, splits, meta_ids, model, train_model, optimizer, scheduler, train_loader,
         loaders(splits.val) if splits.val is not None else None, loaders(splits.test), image_root,
     )
 

@@ -48,7 +48,7 @@ _NONFINITE_CHECK_STEPS = 20  # how often the loss is checked within an epoch (a 
 
 
 # Config values a run settles when it starts where the config may say auto (config.json records them).
-RESOLVED_AT_START = ("device", "num_workers", "implementation")
+RESOLVED_AT_START = ("device", "num_workers")
 
 
 @dataclass
@@ -175,11 +175,11 @@ def train_one_epoch(session: TrainingSession, epoch: int, progress: bool) -> dic
         images = to_device_batch(images, device)
         targets = targets.to(device, non_blocking=True)  # (b, m) meta-class of each image per branch
         try:
-            loss, logits = training_step(session.train_model, images, targets, opt)
+            loss, logits = training_step(session.train_model, images, targets, opt, session.plan.bf16)
         except torch.cuda.OutOfMemoryError:
             if not start_checkpointing_after_oom(session):
                 raise
-            loss, logits = training_step(session.train_model, images, targets, opt)
+            loss, logits = training_step(session.train_model, images, targets, opt, session.plan.bf16)
         loss_sum += loss * images.shape[0]
         correct += (logits.argmax(-1) == targets).float().mean(1).sum()
         seen += images.shape[0]
@@ -215,13 +215,12 @@ class Evaluation:
 
 
 def start_checkpointing_after_oom(session: TrainingSession) -> bool:
-    """With activation_checkpointing left to auto, a step that runs out of GPU memory turns
-    checkpointing on (ResNet50 x 48 at batch 32 needs 62 GiB without it, 32 GiB with it on an
+    """Where the plan says so (activation_checkpointing left to auto), a step that runs out of GPU memory
+    turns checkpointing on (ResNet50 x 48 at batch 32 needs 62 GiB without it, 32 GiB with it on an
     H100) and is retried; returns False where there is nothing left to turn on."""
-    branches = session.model.branches
-    if session.config.model.activation_checkpointing is not None or getattr(branches, "checkpoint_blocks", True):
+    if not session.plan.checkpoint_after_oom or session.model.grad_checkpointing:
         return False
-    branches.checkpoint_blocks = True
+    session.model.set_grad_checkpointing(True)
     session.optimizer.zero_grad(set_to_none=True)
     gc.collect()
     torch.cuda.empty_cache()

@@ -26,7 +26,8 @@ from antimetric.data.transforms import test_transform
 from antimetric.errors import ConfigError
 from antimetric.extensions import MODEL_SOURCE, extension
 from antimetric.model.backbones import get_backbone
-from antimetric.model.ensemble import EnsembleNet, build_model, configure_for_device
+from antimetric.model.device_plan import plan_for
+from antimetric.model.ensemble import EnsembleNet, build_model
 from antimetric.run_folder import BEST_FILE
 from antimetric.session import pick_device
 from antimetric.step import to_device_batch
@@ -84,7 +85,7 @@ class TrainedEnsemble:
         """Embeddings of preprocessed images (b, 3, h, w): (b, m*d), or (b, m, d) with per_branch; float32
         on the CPU. Each branch's part is L2-normalised (the concatenation has norm sqrt(m))."""
         images = to_device_batch(batch, self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=plan_for(self.device).bf16):
             outputs = self.model(images)  # (b, m, d)
         outputs = F.normalize(outputs.float(), dim=-1).cpu()
         return outputs if per_branch else outputs.flatten(1)
@@ -125,7 +126,8 @@ def load(source: str | Path, *, device: str = "auto", tracking_uri: str | None =
     with torch_device:
         model = build_model(config.model, layout)
     model.load_state_dict(state["model"])
-    model = configure_for_device(model, config.model.backbone, torch_device).eval()
+    model.configure(plan_for(torch_device, layout))
+    model.eval()
     config.train.device, config.model.implementation = str(torch_device), layout
     epoch = int(state.get("epoch", 0))
     return TrainedEnsemble(model, config, state["meta_ids"].cpu().numpy(), torch_device, path, str(source), epoch,

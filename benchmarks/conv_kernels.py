@@ -11,7 +11,7 @@ sizes, forward + backward and forward alone, computed as:
   grouped-cl    one grouped convolution, channels-last (the default on CUDA)
   grouped-nchw  one grouped convolution, NCHW
   per-branch    one convolution per branch on the same weights
-  triton        CUDA (or Triton's CPU interpreter, TRITON_INTERPRET=1): antimetric's implicit-GEMM Triton kernels (antimetric/model/triton_conv.py),
+  triton        CUDA (or Triton's CPU interpreter, TRITON_INTERPRET=1): antimetric's implicit-GEMM Triton kernels (antimetric/experimental/triton_kernels.py),
                 forward, input and weight gradients; with its largest relative error against grouped-cl
   tap-gemm      stride-1 3x3 only, forward only: the branch as the batch of 9 accumulated GEMMs
                 (torch.baddbmm) over shifted views of a zero-padded, branch-major activation;
@@ -132,7 +132,7 @@ def measure_conv(conv: dict, batch: int, device: torch.device, dtype: torch.dtyp
                           for xb, wb in zip(x.chunk(g, 1), weight.chunk(g, 0))], 1)
 
     def triton(x):
-        from antimetric.model.triton_conv import grouped_conv2d
+        from antimetric.experimental.triton_kernels import grouped_conv2d
 
         return grouped_conv2d(x, weight, conv["groups"], conv["stride"], conv["padding"])
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from antimetric.model import build_model
+from antimetric.model import build_model, plan_for
+from antimetric.step import to_device_batch
 from benchmarks import conv_kernels, evaluation, loader
 from benchmarks.common import SEED, environment, model_config, sync, write_result
 from benchmarks.throughput import (
@@ -35,32 +36,40 @@ from benchmarks.throughput import (
     Measurement,
     Variant,
     count_step_flops,
+    fast_variant,
     measure_peak,
     parser,
     release_memory,
     safe_measure,
 )
 
-EAGER = Variant("batched", cudnn_benchmark=False, fused_adam=False)
+GPU = fast_variant(torch.device("cuda"))  # what `antimetric train` runs on a GPU
+
+
+def gpu(**levers) -> Variant:
+    """The GPU's default variant with some levers changed."""
+    return dataclasses.replace(GPU, **levers)
+
+
+EAGER = gpu(cudnn_benchmark=False, fused_adam=False)
 LEVERS = [  # (name, variant): each row adds one lever to the row before, unless it says otherwise
     ("loop fp32 (seed)", REFERENCE),
-    ("loop bf16+CL", Variant("reference", fused_adam=False, cudnn_benchmark=False)),
+    ("loop bf16+CL", dataclasses.replace(EAGER, implementation="reference")),
     ("batched bf16+CL", EAGER),
     ("+ cudnn.benchmark", dataclasses.replace(EAGER, cudnn_benchmark=True)),
-    ("+ fused Adam", Variant("batched")),
-    ("  same, NCHW", Variant("batched", channels_last=False)),
-    ("  same, branch-major (one branch at a time)", Variant("batched", branch_major=True)),
-    ("  same, Triton grouped convs", Variant("batched", triton_convs=True)),
-    ("  same, Triton grouped convs, batch 64", Variant("batched", triton_convs=True, batch_size=64)),
-    ("  same, act. checkpointing", Variant("batched", activation_checkpointing=True)),
-    ("  same, batch 64", Variant("batched", batch_size=64)),
-    ("  same, batch 128", Variant("batched", batch_size=128)),
-    ("+ torch.compile", Variant("batched", compile="default")),
-    ("+ compile reduce-overhead (CUDA graphs)", Variant("batched", compile="reduce-overhead")),
+    ("+ fused Adam", GPU),
+    ("  same, NCHW", gpu(channels_last=False)),
+    ("  same, Triton grouped convs", gpu(triton_convs=True)),
+    ("  same, Triton grouped convs, batch 64", gpu(triton_convs=True, batch_size=64)),
+    ("  same, act. checkpointing", gpu(activation_checkpointing=True)),
+    ("  same, batch 64", gpu(batch_size=64)),
+    ("  same, batch 128", gpu(batch_size=128)),
+    ("+ torch.compile", gpu(compile="default")),
+    ("+ compile reduce-overhead (CUDA graphs)", gpu(compile="reduce-overhead")),
 ]
 # --quick: the rows that are new since the 2026-11-26 run, with the loop and the default beside them
 QUICK_LEVERS = ["loop fp32 (seed)", "+ fused Adam", "  same, Triton grouped convs",
-                "  same, Triton grouped convs, batch 64", "  same, branch-major (one branch at a time)"]
+                "  same, Triton grouped convs, batch 64"]
 BACKBONES = ["resnet18", "resnet34", "resnet50", "resnext50"]
 
 
@@ -105,7 +114,7 @@ def memory(args, device, peak) -> dict:
         for name in (["tiny"] if args.smoke else BACKBONES):
             args.backbone = name
             for ckpt in (False, True):
-                m = _measure(args, Variant("batched", activation_checkpointing=ckpt), device, 0.0, peak)
+                m = _measure(args, gpu(activation_checkpointing=ckpt), device, 0.0, peak)
                 rows[f"{name}{' +ckpt' if ckpt else ''}"] = dataclasses.asdict(m)
                 _print_row(f"{name}{' +ckpt' if ckpt else ''}", m)
                 _checkpoint(args)
@@ -115,15 +124,13 @@ def memory(args, device, peak) -> dict:
 
 
 def embed(args, device, peak) -> dict:
+    plan = plan_for(device)
     with device:
         model = build_model(model_config(args)).eval()
+    model.configure(plan)
     batch = 8 if args.smoke else 256
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    images = torch.randn(batch, 3, args.image_size, args.image_size, device=device)
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    images = to_device_batch(torch.randn(batch, 3, args.image_size, args.image_size), device)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=plan.bf16):
         for _ in range(2):
             model.embed(images)
         sync(device)

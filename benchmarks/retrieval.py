@@ -37,7 +37,8 @@ from antimetric.config import DATASET_DEFAULTS, RunConfig, resolve
 from antimetric.data.demo import ensure_demo
 from antimetric.gallery_images import ImageSet, find_images
 from antimetric.gallery_index import build_index
-from antimetric.model.ensemble import build_model, configure_for_device
+from antimetric.model.device_plan import plan_for
+from antimetric.model.ensemble import build_model
 from antimetric.neighbours import nearest
 from antimetric.session import num_workers, pick_device
 from antimetric.trained import TrainedEnsemble, load
@@ -172,7 +173,8 @@ def untrained_ensemble(overrides: dict) -> TrainedEnsemble:
     device = pick_device("auto")
     with device:
         model = build_model(config.model, "batched")
-    model = configure_for_device(model, config.model.backbone, device).eval()
+    model.configure(plan_for(device))
+    model.eval()
     meta_ids = np.zeros((config.model.ensemble_size, 1), dtype=np.int64)
     return TrainedEnsemble(model, config, meta_ids, device, Path("untrained"), "untrained")
 

@@ -22,39 +22,25 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from antimetric.model import build_model
-from antimetric.step import prepare_device, training_step
+from antimetric.model import DevicePlan, build_model, plan_for
+from antimetric.step import make_optimizer, prepare_device, training_step
 from benchmarks.common import add_configuration_arguments, add_device_argument, environment, model_config, sync
 
 
-@dataclass
-class Variant:
-    """How one path trains: the branch formulation and the speed levers it uses."""
+@dataclass(frozen=True)
+class Variant(DevicePlan):
+    """How one path trains: the branch formulation, and the device plan (the speed levers) it follows."""
 
     implementation: str = "batched"  # or "reference" (the seed's loop)
-    bf16: bool = True  # autocast on CUDA (training_step does it whenever the device is CUDA)
-    channels_last: bool = True
-    fused_adam: bool = True
-    cudnn_benchmark: bool = True
-    compile: str | None = None  # torch.compile mode: None (eager), "default", "max-autotune-no-cudagraphs", ...
-    activation_checkpointing: bool = False
-    branch_major: bool = False  # batched network: each branch through all its layers in turn (CPU), or layer by layer
-    triton_convs: bool = False  # batched network on CUDA: grouped convolutions by antimetric's Triton kernels
     batch_size: int | None = None  # None: the benchmark's --batch-size
 
 
-REFERENCE = Variant("reference", bf16=False, channels_last=False, fused_adam=False, cudnn_benchmark=False)
+REFERENCE = Variant("reference")  # the seed's: fp32, NCHW, unfused Adam (DevicePlan's defaults)
 
 
-def fast_variant(device: torch.device, backbone: str) -> Variant:
-    """What `antimetric train` does by default on this device (antimetric.step, .session)."""
-    from antimetric.model.ensemble import branch_major_pays_off, default_implementation
-
-    implementation = default_implementation(backbone, device.type)
-    branch_major = branch_major_pays_off(backbone, device.type)
-    if device.type == "cuda":
-        return Variant(implementation, branch_major=branch_major)
-    return Variant(implementation, bf16=False, channels_last=False, cudnn_benchmark=False, branch_major=branch_major)
+def fast_variant(device: torch.device) -> Variant:
+    """What `antimetric train` does by default on this device: the batched network and plan_for's plan."""
+    return Variant("batched", **dataclasses.asdict(plan_for(device)))
 
 
 @dataclass
@@ -103,23 +89,16 @@ def count_step_flops(args: argparse.Namespace, device: torch.device | None = Non
 def build_step(args: argparse.Namespace, variant: Variant, device: torch.device) -> Callable[[], torch.Tensor]:
     """One call = one antimetric.step.training_step of `variant` on a fixed random batch; returns the loss."""
     batch = variant.batch_size or args.batch_size
-    torch.backends.cudnn.benchmark = variant.cudnn_benchmark
+    prepare_device(variant)
     torch.manual_seed(0)  # the same weights for every variant
     with device:
         model = build_model(model_config(args), variant.implementation)
-    if hasattr(model.branches, "checkpoint_blocks"):
-        model.branches.checkpoint_blocks = variant.activation_checkpointing
-        model.branches.branch_major = variant.branch_major
-        model.branches.triton_convs = variant.triton_convs
+    step_model = model.configure(variant)
     images, targets = _batch(args, batch, device)
     if variant.channels_last:
-        model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, **({"fused": True} if variant.fused_adam else {}))
-    step_model = model
-    if variant.compile:
-        step_model = torch.compile(model, mode=None if variant.compile == "default" else variant.compile)
-    autocast_enabled = variant.bf16 and device.type == "cuda"
+    optimizer = make_optimizer(model, 1e-4, variant)
+    autocast_enabled = variant.bf16 and device.type == "cuda"  # gpu_study --smoke runs the GPU's plans on a CPU
 
     def step():
         return training_step(step_model, images, targets, optimizer, bf16=autocast_enabled)[0]
@@ -181,12 +160,9 @@ def safe_measure(args, variant, device, flops_per_image, peak) -> Measurement:
 
 def compare(args: argparse.Namespace, fast: Variant | None = None, reference: Variant = REFERENCE) -> dict:
     device = torch.device(args.device)
-    prepare_device(device)
-    fast = fast or fast_variant(device, args.backbone)
+    fast = fast or fast_variant(device)
     if args.fast_implementation:
         fast = dataclasses.replace(fast, implementation=args.fast_implementation)
-    if args.fast_order:
-        fast = dataclasses.replace(fast, branch_major=args.fast_order == "branch-major")
     peak = measure_peak(device)
     flops_per_image = count_step_flops(args, device) / args.batch_size
     # interleaved repeats, each path's median: a shared machine's drift hits both paths alike
@@ -223,8 +199,6 @@ def parser() -> argparse.ArgumentParser:
     add_device_argument(p)
     p.add_argument("--fast-implementation", choices=("batched", "reference"),
                    help="override the fast path's formulation (default: what training picks for the device)")
-    p.add_argument("--fast-order", choices=("layer-major", "branch-major"),
-                   help="override the batched network's order of computation (default: what training picks)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 

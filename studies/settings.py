@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from antimetric.atomic import write_json
+from antimetric.data.table import TABLE
 from antimetric.errors import ConfigError
 
 
@@ -35,15 +36,14 @@ class StudySettings:
         return self.storage_path / self.experiment
 
 
-# Per dataset: trials, epochs, concurrent trials, CPUs per trial (a GPU per trial where there is one).
-# A study on this machine asks for no more CPUs per trial than it has (available_cpus), and runs as
-# many trials at once as its CPUs and GPUs hold; max_concurrent here is for a cluster (--address).
-STUDY_DEFAULTS = {
-    "demo": dict(num_samples=12, max_epochs=10, max_concurrent=2, cpus_per_trial=1),
-    "cub": dict(num_samples=24, max_epochs=20, max_concurrent=1, cpus_per_trial=8),
-    "car": dict(num_samples=24, max_epochs=20, max_concurrent=1, cpus_per_trial=8),
-    "sop": dict(num_samples=16, max_epochs=40, max_concurrent=1, cpus_per_trial=8),
-    "isc": dict(num_samples=16, max_epochs=40, max_concurrent=1, cpus_per_trial=8),
+# Per dataset, from its row: trials, epochs (the dataset's --num-epochs), concurrent trials, CPUs per
+# trial (a GPU per trial where there is one). A study on this machine asks for no more CPUs per trial
+# than it has (available_cpus), and runs as many trials at once as its CPUs and GPUs hold;
+# max_concurrent is for a cluster (--address).
+STUDY_DEFAULTS: dict[str, dict[str, Any]] = {
+    name: dict(num_samples=row.study.num_samples, max_epochs=row.training.num_epochs,
+               max_concurrent=row.study.max_concurrent, cpus_per_trial=row.study.cpus_per_trial)
+    for name, row in TABLE.items()
 }
 # --smoke-test: seconds, not minutes: few trials on small, low-resolution data.
 SMOKE = dict(num_samples=3, max_epochs=2, fixed=dict(image_size=32, max_per_class=8))

@@ -1,4 +1,5 @@
-"""Search spaces as plain data, one function per dataset, and their sampling with Optuna.
+"""Search spaces as plain data, built from each dataset's row (antimetric.data.table), and their
+sampling with Optuna.
 
 A space maps a config key to one of
   {"type": "choice", "values": [...]}
@@ -10,57 +11,32 @@ and enough codes, meta**ensemble >= classes), so no trial gets a rejected combin
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import optuna
 
+from antimetric.data.table import TABLE
 from antimetric.errors import ConfigError
 
 Space = dict[str, dict[str, Any]]
 
 
-def demo_space() -> Space:
-    """CPU-sized: the tiny backbone on 64 px glyph images."""
+def dataset_space(name: str) -> Space:
+    """The built-in space of a dataset, from the ranges of its row's study defaults."""
+    study = TABLE[name].study
     return {
-        "ensemble_size": {"type": "choice", "values": [4, 8, 12, 16]},
-        "meta_class_size": {"type": "int", "low": 2, "high": 12, "log": True},
-        "share_type": {"type": "choice", "values": ["layer1", "layer2", "layer3"]},
+        "ensemble_size": {"type": "choice", "values": list(study.ensemble_sizes)},
+        "meta_class_size": {"type": "int", "low": study.meta_class_sizes[0], "high": study.meta_class_sizes[1],
+                            "log": True},
+        "share_type": {"type": "choice", "values": list(study.share_types)},
         "with_random": {"type": "choice", "values": [False, True]},
         "with_fc": {"type": "choice", "values": [False, True]},
-        "lr": {"type": "float", "low": 3e-4, "high": 5e-3, "log": True},
+        "lr": {"type": "float", "low": study.lr[0], "high": study.lr[1], "log": True},
     }
 
 
-def _fine_grained_space(meta_low: int, meta_high: int) -> Space:
-    return {
-        "ensemble_size": {"type": "choice", "values": [12, 24, 48]},
-        "meta_class_size": {"type": "int", "low": meta_low, "high": meta_high, "log": True},
-        "share_type": {"type": "choice", "values": ["maxpool", "layer1", "layer2", "layer3"]},
-        "with_random": {"type": "choice", "values": [False, True]},
-        "with_fc": {"type": "choice", "values": [False, True]},
-        "lr": {"type": "float", "low": 3e-5, "high": 3e-4, "log": True},
-    }
-
-
-def cub_space() -> Space:
-    return _fine_grained_space(4, 48)
-
-
-def car_space() -> Space:
-    return _fine_grained_space(4, 48)
-
-
-def sop_space() -> Space:
-    return _fine_grained_space(64, 1024)
-
-
-def isc_space() -> Space:
-    return _fine_grained_space(32, 512)
-
-
-SPACES: dict[str, Callable[[], Space]] = {
-    "demo": demo_space, "cub": cub_space, "car": car_space, "sop": sop_space, "isc": isc_space,
-}
+SPACES: dict[str, Callable[[], Space]] = {name: partial(dataset_space, name) for name in TABLE}
 
 
 def smallest_meta_class_size(n_classes: int, ensemble_size: int) -> int:

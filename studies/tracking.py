@@ -83,7 +83,7 @@ class MLflowTrialCallback(tune.Callback):
         self._logged_epoch: dict[str, int] = {}  # last epoch in MLflow per trial
         self._best: dict[str, float] = {}  # best objective in MLflow per trial
         self._reopened: set[str] = set()  # trials whose run existed before this driver started
-        self._resolved_logged: set[str] = set()  # runs whose resolved device, workers, implementation are params
+        self._resolved_logged: set[str] = set()  # runs whose resolved device and workers are params
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment state
         return {**self.__dict__, "_client": None, "_parent": None, "_runs": {}, "_logged_epoch": {}, "_best": {},
@@ -180,7 +180,7 @@ def config_params(flat: dict[str, Any]) -> list[Param]:
 
 
 def resolved_params(values: dict[str, Any], logged: dict[str, str]) -> list[Param]:
-    """What a run chose where its config said auto (device, workers, implementation), unless logged already."""
+    """What a run chose where its config said auto (device, workers), unless logged already."""
     return [Param(key, str(values[key])) for key in RESOLVED_AT_START if key in values and key not in logged]
 
 

@@ -44,7 +44,7 @@ def trial_config(config: dict[str, Any]) -> RunConfig:
 def reported(result: EpochResult) -> dict[str, float]:
     """An epoch's metrics, the ones a person follows first: Ray's console table shows the first four
     (epoch, the objective, test Recall@1, loss) as its columns. Also the values the trial resolved
-    (device, workers, implementation), which the MLflow callback records as params."""
+    (device, workers), which the MLflow callback records as params."""
     first = {key: result.metrics[key] for key in (OBJECTIVE, "test_recall_at_1", "loss") if key in result.metrics}
     # what the trial chose where its config said auto, as text (not a metric), for its MLflow params
     resolved = {key: str(value) for key, value in result.resolved.items()}

@@ -1,9 +1,12 @@
+"""Fixtures shared by every test (session data, a short real training run); the functions tests import are in
+tests/fixtures/."""
 import os
 from pathlib import Path
 
 import pytest
 
 from antimetric.data.demo import ensure_demo
+from tests.fixtures.datasets import make_cub
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -14,6 +17,15 @@ def demo_data_path(tmp_path_factory) -> Path:
     data_path = tmp_path_factory.mktemp("data")
     ensure_demo(data_path / "demo")
     return data_path
+
+
+@pytest.fixture(scope="module")
+def cub_path(tmp_path_factory) -> Path:
+    """A data folder holding a small CUB layout: 16 classes of 6 images (6 train, 2 validation and 8 test
+    classes), for runs that must finish in seconds. One per test module."""
+    data = tmp_path_factory.mktemp("data")
+    make_cub(data / "cub", n_classes=16, per_class=6, size=40)
+    return data
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 import pytest
 
 from antimetric.config import RunConfig, parse_recalls, resolve
+from antimetric.data.table import TABLE
 from antimetric.errors import ConfigError
 
 
@@ -14,18 +15,19 @@ def test_flat_round_trip_and_unknown_keys():
 
 
 def test_dataset_defaults_fill_only_unset_fields():
-    sop = resolve(RunConfig.from_flat({"data_name": "sop"}))
-    assert (sop.model.meta_class_size, sop.train.num_epochs, sop.eval.recalls) == (512, 40, (1, 10, 100, 1000))
-    assert sop.model.pretrained and not sop.model.with_fc and sop.train.lr == 1e-4
-    isc = resolve(RunConfig.from_flat({"data_name": "isc", "meta_class_size": 64}))
-    assert isc.model.meta_class_size == 64 and isc.eval.recalls == (1, 10, 20, 30, 40, 50)
-    demo = resolve(RunConfig())
-    assert demo.model.backbone == "tiny" and demo.model.pretrained is False
+    """An option given keeps its value; every field left unset takes the dataset row's default."""
+    given = {"meta_class_size": 64, "lr": 0.5, "recalls": (1, 3)}  # as resolved; given as "3,1"
+    for name, row in TABLE.items():
+        flat = resolve(RunConfig.from_flat({"data_name": name, **given, "recalls": "3,1"})).to_flat()
+        assert {key: flat[key] for key in row.defaults()} == {**row.defaults(), **given}
+    unset = resolve(RunConfig()).to_flat()  # `antimetric train` with no option trains the demo
+    assert unset["data_name"] == "demo" and {key: unset[key] for key in TABLE["demo"].defaults()} == \
+        TABLE["demo"].defaults()
 
 
 @pytest.mark.parametrize("values,needle", [
     ({"data_name": "mnist"}, "unknown dataset 'mnist'"),
-    ({"data_name": "sop", "crop_type": "cropped"}, "only cub and car"),
+    ({"data_name": "sop", "crop_type": "cropped"}, "which sop does not have"),
     ({"val_fraction": 1.5}, "--val-fraction must be in"),
     ({"ensemble_size": 0}, "--ensemble-size must be at least 1"),
     ({"meta_class_size": 1}, "--meta-class-size must be at least 2"),

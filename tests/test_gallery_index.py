@@ -187,6 +187,7 @@ def test_a_cropped_ensemble_indexes_a_dataset_through_its_boxes(demo_run, tmp_pa
     np.testing.assert_allclose(index.embeddings.astype(np.float32), cropped.embed(crops).numpy(), atol=2e-3)
 
 
+@pytest.mark.slow
 def test_retrieval_benchmark_runs(class_folder, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.retrieval", "--n", "300", "--dims", "48",
                            "--branches", "4", "--queries", "1", "3", "--repeats", "1", "--images", str(class_folder),

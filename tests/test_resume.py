@@ -1,6 +1,7 @@
 """A resumed run repeats the uninterrupted one exactly: from a run folder's last.pt (train --resume)
 and from a checkpoint folder (what a study's trial resumes from)."""
 import csv
+import json
 import signal
 import subprocess
 import sys
@@ -9,21 +10,15 @@ import pytest
 import torch
 
 from antimetric.config import RunConfig
-from antimetric.train import BEST_FILE, EPOCHS_FILE, LAST_FILE, fit, resume_run
-from tests.fixtures.datasets import make_cub
-from tests.test_cli import assert_one_line_error, run
+from antimetric.train import BEST_FILE, CONFIG_FILE, EPOCHS_FILE, LAST_FILE, fit, resume_run
+from tests.fixtures.cli import assert_one_line_error, run
 
 # with_random draws branch weights from torch's generator every step: resuming must restore it too.
 SMALL = dict(data_name="cub", backbone="tiny", pretrained=False, ensemble_size=3, meta_class_size=4, image_size=32,
              batch_size=8, num_epochs=3, lr=3e-3, val_fraction=0.2, with_random=True, seed=5)
 
 
-@pytest.fixture(scope="module")
-def cub_path(tmp_path_factory):
-    """16 classes of 6 images: 6 train, 2 validation and 8 test classes."""
-    data = tmp_path_factory.mktemp("data")
-    make_cub(data / "cub", n_classes=16, per_class=6, size=40)
-    return data
+pytestmark = pytest.mark.slow  # each test trains twice, or starts `python -m antimetric`
 
 
 def _config(data_path, out, run_name, **values):
@@ -52,7 +47,11 @@ def test_resuming_a_run_folder_repeats_the_uninterrupted_run(cub_path, tmp_path,
     whole = fit(_config(cub_path, tmp_path, "whole", num_workers=workers))
     cut = fit(_config(cub_path, tmp_path, "cut", num_workers=workers), lambda result, save: True)
     assert [row["epoch"] for row in cut.history] == [1]
+    config_file = cut.run_dir / CONFIG_FILE
+    saved = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**saved, "implementation": "auto"}))  # as written before 2026-11-29
     resumed = resume_run(cut.run_dir)
+    assert json.loads(config_file.read_text()) == saved  # auto was the batched network
     assert resumed.run_dir == cut.run_dir and [row["epoch"] for row in resumed.history] == [1, 2, 3]
     assert _losses(cut.run_dir) == _losses(whole.run_dir)
     _assert_same_weights(cut.run_dir, whole.run_dir)

@@ -59,7 +59,6 @@ def test_retrieve_returns_a_known_query_first_and_the_brute_force_top_k(demo_run
 
 def test_retrieve_prints_each_query_and_marks_the_query_itself(demo_index, capsys):
     index = read_index(demo_index)
-    capsys.readouterr()
     assert main(["retrieve", "--index", str(demo_index), "--query", str(index.file(5)), "--top-k", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"query {index.file(5)} (label {index.labels[5]}; in the index as #5)"
@@ -110,7 +109,6 @@ def test_grid_picture(demo_index, tmp_path, capsys):
     for position in (0, 400, 899):
         shutil.copy(index.file(position), queries / f"q{position}.jpg")
     grid = tmp_path / "grid.png"
-    capsys.readouterr()
     assert main(["retrieve", "--index", str(demo_index), "--query", str(queries), "--top-k", "5",
                  "--grid", str(grid)]) == 0
     assert f"grid of 3 of 3 queries written to {grid}" in capsys.readouterr().out

@@ -11,8 +11,8 @@ from antimetric.config import RunConfig
 from antimetric.data.manifest import load_or_prepare
 from antimetric.errors import ConfigError
 from antimetric.run_folder import CONFIG_FILE, RETRIEVALS_FILE, OutputError, create_run_dir
+from tests.fixtures.cli import assert_one_line_error, run
 from tests.fixtures.folders import read_only_folder
-from tests.test_cli import assert_one_line_error, run
 
 
 def _config(tmp_path, **values):
@@ -54,6 +54,7 @@ def test_an_output_dir_that_is_a_file_is_one_line(tmp_path):
         create_run_dir(_config(tmp_path))
 
 
+@pytest.mark.slow
 def test_a_read_only_output_dir_fails_before_any_data_is_read(tmp_path):
     with read_only_folder(tmp_path / "readonly") as out:
         # --data-path points nowhere: the output folder must be refused first
@@ -68,6 +69,7 @@ def _small_files_only():
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
 
+@pytest.mark.slow
 def test_an_output_folder_that_fills_up_is_one_line_and_loses_nothing(demo_data_path, tmp_path):
     load_or_prepare("demo", demo_data_path, progress=False)  # the manifest exists before the limit applies
     out = tmp_path / "runs"

@@ -1,5 +1,6 @@
 """A short real training run on the demo dataset."""
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -7,9 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from antimetric.config import RunConfig
+from antimetric.config import RunConfig, resolve
 from antimetric.evaluate import Embeddings
+from antimetric.model import plan_for
 from antimetric.retrieval_grid import CORRECT_COLOUR, INCORRECT_COLOUR, GridLayout, grid_rows_from_embeddings
+from antimetric.session import build_session
 from antimetric.train import (
     BEST_FILE,
     CONFIG_FILE,
@@ -19,7 +22,10 @@ from antimetric.train import (
     META_IDS_FILE,
     RETRIEVALS_FILE,
     fit,
+    start_checkpointing_after_oom,
 )
+
+pytestmark = pytest.mark.slow  # each test trains (the module's fixture two runs, 4 epochs of 8 branches)
 
 
 def _config(data_path, tmp_path, **overrides):
@@ -121,3 +127,16 @@ def test_resuming_weights_of_the_other_layout_says_which_implementation_to_use(d
         lambda result, save: save(states) or True)
     with pytest.raises(ConfigError, match="--implementation reference"):
         fit(_config(demo_data_path, tmp_path, num_epochs=2, run_name="batched"), resume_from=states)
+
+
+def test_a_gpu_out_of_memory_turns_activation_checkpointing_on_once_where_the_plan_allows(demo_data_path, tmp_path):
+    """start_checkpointing_after_oom on a real session given the GPU's plans (the step itself cannot run out of
+    memory on a CPU): only with the option left to auto, only for the batched network, and only once."""
+    session = build_session(resolve(_config(demo_data_path, tmp_path, train=False)))
+    cuda = torch.device("cuda")
+    for refused in (plan_for(cuda, activation_checkpointing=False), plan_for(cuda, "reference"), session.plan):
+        assert not start_checkpointing_after_oom(dataclasses.replace(session, plan=refused))
+    assert not session.model.grad_checkpointing
+    on_gpu = dataclasses.replace(session, plan=plan_for(cuda))
+    assert start_checkpointing_after_oom(on_gpu) and session.model.grad_checkpointing
+    assert not start_checkpointing_after_oom(on_gpu)  # nothing left to turn on: the error is raised

@@ -2,6 +2,8 @@
 import csv
 import io
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,3 +84,27 @@ def test_bad_sources_are_one_line_errors(demo_run, tmp_path, capsys):
         assert main(["evaluate", "--model", str(source)]) == 2
         error = capsys.readouterr().err
         assert error.startswith("error: ") and error.count("\n") == 1 and says in error
+
+
+def test_a_checkpoint_whose_config_says_implementation_auto_loads_as_the_batched_network(demo_run, tmp_path):
+    """Checkpoints written before 2026-11-29 say auto, which was the batched network on every device."""
+    state = torch.load(demo_run / BEST_FILE, weights_only=True)
+    state["config"] = {**state["config"], "implementation": "auto"}
+    torch.save(state, tmp_path / BEST_FILE)
+    old, new = antimetric.load(tmp_path / BEST_FILE, device="cpu"), antimetric.load(demo_run, device="cpu")
+    assert old.config.model.implementation == "batched"
+    images = torch.rand(2, 3, 64, 64)
+    assert torch.equal(old.embed_tensor(images), new.embed_tensor(images))
+
+
+def test_the_readme_python_example_runs_as_written(demo_run, demo_data_path, tmp_path, monkeypatch, capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"In Python, images are.*?```python\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "my-demo").symlink_to(demo_run)
+    (tmp_path / "data").symlink_to(demo_data_path)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    epoch, recall, shape = capsys.readouterr().out.split(" ", 2)
+    assert int(epoch) == torch.load(demo_run / BEST_FILE, weights_only=True)["epoch"]
+    assert 0 <= float(recall) <= 1 and shape.strip() == "torch.Size([1, 16])"

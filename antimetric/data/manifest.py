@@ -25,7 +25,6 @@ from antimetric.atomic import write_json
 from antimetric.data.cache import CacheForm, finish_cache, resized_for_cache, save_cached, start_cache
 from antimetric.data.file_stamps import Stamp, file_stamp
 from antimetric.data.images import open_rgb
-from antimetric.data.layout import index_files, read_dataset
 from antimetric.data.locking import dataset_lock
 from antimetric.data.manifest_file import MANIFEST_FORMAT as MANIFEST_FORMAT
 from antimetric.data.manifest_file import MANIFEST_NAME as MANIFEST_NAME
@@ -37,6 +36,7 @@ from antimetric.data.manifest_file import (
     manifest_path,
     read_manifest,
 )
+from antimetric.data.readers import index_files, read_dataset
 from antimetric.data.records import DatasetIndex, ImageRecord
 from antimetric.errors import DatasetLayoutError
 

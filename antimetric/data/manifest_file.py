@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from antimetric.data.file_stamps import Stamp, file_stamp
-from antimetric.data.index_files import box_problem, path_problem
+from antimetric.data.readers.layout import box_problem, path_problem
 from antimetric.data.records import GALLERY, QUERY, TEST, TRAIN, Box, DatasetIndex, ImageRecord
 from antimetric.errors import DatasetLayoutError
 

@@ -124,13 +124,3 @@ def split_resnet(net: nn.Module, share_type: str) -> tuple[nn.Sequential, nn.Seq
     tail = nn.Sequential(OrderedDict((name, getattr(net, name)) for name in STAGES[cut:]))
     return trunk, tail
 
-
-def trunk_width(net: nn.Module, share_type: str) -> int:
-    """Channels of the trunk's output."""
-    width = net.conv1.out_channels
-    for name in STAGES[: STAGES.index(share_type) + 1]:
-        if name.startswith("layer"):
-            last_block = getattr(net, name)[-1]
-            last_bn = last_block.bn3 if hasattr(last_block, "bn3") else last_block.bn2
-            width = last_bn.num_features
-    return width

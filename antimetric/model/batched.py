@@ -11,12 +11,9 @@ saves copying the trunk feature ensemble_size times.
 Parameter names mirror torchvision's (`layer2.0.conv1.weight`), so a branch's weights are
 a slice along dim 0 of the batched tensor (see `convert.py`).
 
-The order of the computation is a per-device choice that changes neither the weights nor the
-result (`BatchedBranches.branch_major`): layer by layer for all branches at once, one grouped
-kernel per layer (GPUs, narrow networks); or branch by branch through all its layers, on
-slices of the same weights, as the seed's loop does (CPUs, where oneDNN's grouped kernels
-and the all-branch activations' memory traffic are slower at ResNet widths;
-benchmarks/RESULTS.md).
+This is the one batched formulation; reference.py is the loop it is tested against. (A second,
+branch-by-branch order on CPUs, with its own BatchNorm on weight slices, was dropped on 2026-11-29:
+benchmarks/RESULTS.md has what it was worth.)
 """
 from __future__ import annotations
 
@@ -25,7 +22,6 @@ from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -42,30 +38,6 @@ class BranchConv2d(nn.Conv2d):
     def __init__(self, *args, branches: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.branches = branches  # 1 for a dense convolution reading the shared feature
-        self.triton = False  # CUDA: the Triton implicit-GEMM kernels (triton_conv.py) instead of cuDNN
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.triton and self.branches > 1:
-            from antimetric.model import triton_conv
-
-            if triton_conv.runs_on(x) and triton_conv.supports(self):
-                return triton_conv.grouped_conv2d(x, self.weight, self.groups, self.stride[0], self.padding[0])
-        return super().forward(x)
-
-    def forward_branch(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """One branch's convolution, given that branch's slice of the weight."""
-        return F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups // self.branches)
-
-
-def _branch_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, params: dict[str, tuple[torch.Tensor, ...]],
-                       m: int) -> torch.Tensor:
-    """Branch m's BatchNorm on its slices of the batched BatchNorm's weights and running statistics
-    (which it updates in place, as nn.BatchNorm2d does; num_batches_tracked is counted per forward)."""
-    momentum = bn.momentum
-    if momentum is None:  # cumulative moving average, as nn.BatchNorm2d
-        momentum = 1.0 / float(bn.num_batches_tracked) if bn.training else 0.0
-    return F.batch_norm(x, params["running_mean"][m], params["running_var"][m], params["weight"][m],
-                        params["bias"][m], bn.training, momentum, bn.eps)
 
 
 def _batched_conv(conv: nn.Conv2d, ensemble_size: int, dense_input: bool) -> BranchConv2d:
@@ -129,28 +101,6 @@ class BatchedBlock(nn.Module):
             identity = x
         return self.relu(out + identity)  # (b, m*c_out, h', w')
 
-    def forward_branch(self, x: torch.Tensor, m: int, params: dict, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """Branch m alone: x is the shared feature if dense_input, else branch m's (b, c, h, w);
-        params maps each submodule to its tensors split by branch; scale is branch m's (b, 1, 1, 1)."""
-        out = x
-        for i, name in enumerate(self.conv_names, start=1):
-            conv = getattr(self, name)
-            out = conv.forward_branch(out, params[conv]["weight"][m])
-            if i == 1 and scale is not None:
-                out = out * scale
-            out = _branch_batch_norm(getattr(self, f"bn{i}"), out, params[getattr(self, f"bn{i}")], m)
-            if i < len(self.conv_names):
-                out = F.relu(out, inplace=True)
-        if self.downsample is not None:
-            conv, bn = self.downsample
-            identity = conv.forward_branch(x, params[conv]["weight"][m])
-            if scale is not None:
-                identity = identity * scale
-            identity = _branch_batch_norm(bn, identity, params[bn], m)
-        else:
-            identity = x * scale if self.dense_input and scale is not None else x
-        return F.relu(out + identity, inplace=True)  # (b, c_out, h', w')
-
 
 @contextmanager
 def frozen_running_stats(module: nn.Module) -> Iterator[None]:
@@ -170,9 +120,9 @@ def frozen_running_stats(module: nn.Module) -> Iterator[None]:
             bn.num_batches_tracked.copy_(count)
 
 
-def _checkpointed(block: nn.Module, function, *args) -> torch.Tensor:
-    """function(*args), its activations recomputed in the backward pass rather than kept."""
-    return checkpoint(function, *args, use_reentrant=False,
+def _checkpointed(block: BatchedBlock, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """block(x, scale), its activations recomputed in the backward pass rather than kept."""
+    return checkpoint(block, x, scale, use_reentrant=False,
                       context_fn=lambda: (nullcontext(), frozen_running_stats(block)))
 
 
@@ -210,35 +160,22 @@ class BatchedBranches(nn.Module):
                 dense = False
             self.stages[stage_name] = nn.Sequential(*blocks)
         self.head = BranchLinear(ensemble_size, feature_width, meta_class_size) if with_fc else None
-        # Recompute each block's activations in the backward pass instead of keeping them: for
-        # large ensembles of Bottleneck ResNets, whose activations outgrow the GPU.
-        self.checkpoint_blocks = False
-        # Run each branch through all its layers in turn (see the module docstring).
-        self.branch_major = False
+        self.grad_checkpointing = False  # set_grad_checkpointing
         reset_like_torchvision(self)
 
-    @property
-    def triton_convs(self) -> bool:
-        """Whether grouped convolutions on CUDA run the Triton kernels of triton_conv.py (opt-in, experimental)."""
-        return any(conv.triton for conv in self.modules() if isinstance(conv, BranchConv2d))
-
-    @triton_convs.setter
-    def triton_convs(self, value: bool) -> None:
-        for conv in self.modules():
-            if isinstance(conv, BranchConv2d):
-                conv.triton = value
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (training only):
+        for large ensembles of Bottleneck ResNets, whose activations outgrow the GPU."""
+        self.grad_checkpointing = enable
 
     def forward(self, shared: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         b, m = shared.shape[0], self.ensemble_size
-        if self.branch_major and len(self.stages):
-            pooled = self._pooled_branch_major(shared, scale)
-            return self.head(pooled) if self.head is not None else pooled
         x = shared  # (b, c, h, w)
         for stage in self.stages.values():
             for block in stage:
                 block_scale = scale if block.dense_input else None
-                if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
-                    x = _checkpointed(block, block, x, block_scale)
+                if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                    x = _checkpointed(block, x, block_scale)
                 else:
                     x = block(x, block_scale)  # (b, m*c, h, w)
         if len(self.stages):
@@ -248,31 +185,6 @@ class BatchedBranches(nn.Module):
             if scale is not None:
                 pooled = pooled * scale.unsqueeze(-1).to(pooled.dtype)
         return self.head(pooled) if self.head is not None else pooled  # (b, m, d)
-
-    def _pooled_branch_major(self, shared: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-        """The pooled features (b, m, c), one branch at a time through all its blocks."""
-        m = self.ensemble_size
-        # chunk, not indexing: its backward pass writes each weight gradient once, not m times
-        params = {module: {name: t.chunk(m) for name, t in [*module.named_parameters(recurse=False),
-                                                              *module.named_buffers(recurse=False)] if t.dim()}
-                  for module in self.stages.modules() if isinstance(module, (BranchConv2d, nn.BatchNorm2d))}
-        if self.training:
-            for module in params:
-                if isinstance(module, nn.BatchNorm2d) and module.track_running_stats:
-                    module.num_batches_tracked.add_(1)
-        blocks = [block for stage in self.stages.values() for block in stage]
-        pooled = []
-        for branch in range(m):
-            branch_scale = None if scale is None else scale[:, branch, None, None, None].to(shared.dtype)
-            x = shared
-            for block in blocks:
-                block_scale = branch_scale if block.dense_input else None
-                if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
-                    x = _checkpointed(block, block.forward_branch, x, branch, params, block_scale)
-                else:
-                    x = block.forward_branch(x, branch, params, block_scale)
-            pooled.append(x.mean(dim=(2, 3)))
-        return torch.stack(pooled, dim=1)  # (b, m, c)
 
 
 @torch.no_grad()

@@ -5,21 +5,45 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from antimetric.config import ModelConfig
+from antimetric.config import IMPLEMENTATIONS, ModelConfig
 from antimetric.errors import ConfigError
 from antimetric.model.backbones import build_resnet, get_backbone, split_resnet
 from antimetric.model.batched import BatchedBranches
 from antimetric.model.convert import batched_to_reference, replicate_tail
+from antimetric.model.device_plan import DevicePlan
 from antimetric.model.reference import ReferenceBranches
 
 
 class EnsembleNet(nn.Module):
-    def __init__(self, trunk: nn.Sequential, branches: nn.Module, with_random: bool) -> None:
+    def __init__(self, trunk: nn.Sequential, branches: BatchedBranches | ReferenceBranches, with_random: bool) -> None:
         super().__init__()
         self.trunk = trunk
         self.branches = branches
         self.ensemble_size: int = branches.ensemble_size
         self.with_random = with_random
+
+    def configure(self, plan: DevicePlan) -> nn.Module:
+        """Follow `plan` (antimetric.model.device_plan.plan_for): memory format, activation checkpointing,
+        the experimental Triton convolutions. Returns the module to train with: this one, or its
+        torch.compile'd wrapper (which shares its parameters)."""
+        if plan.channels_last:
+            self.to(memory_format=torch.channels_last)
+        self.set_grad_checkpointing(plan.activation_checkpointing)
+        if plan.triton_convs:
+            # imported only when asked: Triton and its kernels stay off the core's import path
+            from antimetric.experimental.triton_convs import use_triton_convs
+
+            use_triton_convs(self)
+        return torch.compile(self, mode=plan.compile) if plan.compile else self
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the branches' activations in the backward pass instead of keeping them (the batched
+        network; the reference loop refuses)."""
+        self.branches.set_grad_checkpointing(enable)
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return self.branches.grad_checkpointing
 
     def branch_weights(self, batch: int, device: torch.device) -> torch.Tensor | None:
         """Per-sample, per-branch scale of the shared feature (b, m), or None for 1.
@@ -53,8 +77,8 @@ def build_model(config: ModelConfig, implementation: str = "batched") -> Ensembl
     draw otherwise. The reference loop gets the very weights the batched network drew, so the
     two implementations of one seed start equal.
     """
-    if implementation not in ("batched", "reference"):
-        raise ConfigError(f"unknown implementation {implementation!r}; choose 'batched' or 'reference'")
+    if implementation not in IMPLEMENTATIONS:
+        raise ConfigError(f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
     backbone = get_backbone(config.backbone)
     net = build_resnet(config.backbone, bool(config.pretrained), config.weights_file)
     trunk, tail = split_resnet(net, config.share_type)
@@ -89,25 +113,3 @@ def check_branch_output(config: ModelConfig, feature_width: int, has_tail: bool)
             "--share-type layer4 shares the whole ResNet, so without --with-fc all branches are identical; "
             "add --with-fc or share less"
         )
-
-
-def default_implementation(backbone: str, device_type: str) -> str:
-    """The batched network, on every device: it trains faster than the loop or as fast
-    (benchmarks/RESULTS.md), and its checkpoints load on any device."""
-    return "batched"
-
-
-def branch_major_pays_off(backbone: str, device_type: str) -> bool:
-    """Measured (benchmarks/RESULTS.md): on CPUs, running each branch through all its layers in turn
-    beats one grouped convolution per layer at ResNet widths, and loses at the narrow `tiny`
-    backbone's; on GPUs one grouped kernel per layer is faster than a launch per branch."""
-    return device_type == "cpu" and backbone != "tiny"
-
-
-def configure_for_device(model: EnsembleNet, backbone: str, device: torch.device) -> EnsembleNet:
-    """The memory format and order of computation that train fastest on `device`."""
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    if isinstance(model.branches, BatchedBranches):
-        model.branches.branch_major = branch_major_pays_off(backbone, device.type)
-    return model

@@ -20,6 +20,11 @@ class ReferenceBranches(nn.Module):
         self.heads = (
             nn.ModuleList(nn.Linear(feature_width, meta_class_size) for _ in range(ensemble_size)) if with_fc else None
         )
+        self.grad_checkpointing = False  # the specification keeps every activation
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        if enable:
+            raise ValueError("activation checkpointing works on the batched network, not the reference loop")
 
     def forward(self, shared: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         outputs = []

@@ -6,6 +6,8 @@ import time
 import traceback
 from pathlib import Path
 
+import pytest
+
 from antimetric.data import demo
 from antimetric.data import manifest as manifest_module
 from antimetric.data.locking import dataset_lock
@@ -28,6 +30,7 @@ def _first_use(data_path: str, barrier, results) -> None:
         results.put(("crash", traceback.format_exc(), 0))
 
 
+@pytest.mark.slow  # two spawned processes, each importing torch and generating the full demo
 def test_two_processes_generate_and_prepare_the_demo_once(tmp_path):
     """Without the lock, one process deleted the folder the other had just made and was preparing: a crash,
     or an exit 0 on part of the test set. The full demo (~20 s here) makes that window wide enough to be hit."""

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from antimetric.data import demo
-from antimetric.data.layout import read_dataset
 from antimetric.data.manifest import prepare
+from antimetric.data.readers import read_dataset
 from antimetric.errors import ConfigError
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from antimetric.data.layout import READERS, read_dataset
+from antimetric.data.readers import READERS, read_dataset
 from antimetric.errors import DatasetLayoutError
 from tests.fixtures.datasets import make_cars, make_cub, make_inshop, make_sop
 
@@ -48,10 +48,6 @@ def test_demo_reads_the_cub_layout_under_its_own_name(tmp_path):
     assert _as_tuples(index) == info["records"]
 
 
-def test_readers_cover_the_documented_names():
-    assert set(READERS) == {"cub", "car", "sop", "isc", "demo"}
-
-
 def test_unknown_dataset_lists_the_valid_names(tmp_path):
     message = _layout_error("mnist", tmp_path)
     assert "mnist" in message
@@ -92,12 +88,6 @@ def test_cars_boxes_are_kept_as_corners(tmp_path):
     boxes = [r.box for r in read_dataset("car", tmp_path).records]
     assert boxes == [record[3] for record in info["records"]]
     assert boxes[0] == (2.0, 2.0, 21.0, 22.0)  # class 1: x1 = 1 + 1 % 4, y2 = 24 - 1 - 1 % 2
-
-
-@pytest.mark.parametrize("name", ["sop", "isc"])
-def test_sop_and_inshop_have_no_boxes(tmp_path, name):
-    MAKERS[name](tmp_path)
-    assert all(r.box is None for r in read_dataset(name, tmp_path).records)
 
 
 def test_inshop_label_is_the_number_in_the_item_id(tmp_path):

@@ -9,6 +9,11 @@ BACKBONES = ["tiny", "resnet18", "resnet34", "resnet50", "resnext50"]
 M, D = 2, 5
 
 
+def _cases(*cases: tuple) -> list:
+    """A real ResNet takes seconds per case on a CPU: those run in `make test`; the tiny ones in `make test-fast` too."""
+    return [pytest.param(*case, marks=() if case[0] == "tiny" else pytest.mark.slow) for case in cases]
+
+
 def _pair(backbone, share_type, with_fc=True, with_random=True, dtype=torch.float32, seed=0):
     config = ModelConfig(backbone=backbone, share_type=share_type, ensemble_size=M, meta_class_size=D,
                          with_fc=with_fc, with_random=with_random, pretrained=False)
@@ -45,10 +50,10 @@ def _compare(batched, reference, size=32, batch=4, dtype=torch.float32, train=Tr
     return out_b, out_r, grads_b, grads_r
 
 
-@pytest.mark.parametrize("backbone,share_type", [
+@pytest.mark.parametrize("backbone,share_type", _cases(
     *((b, s) for b in BACKBONES for s in ("maxpool", "layer1")),
     ("tiny", "layer2"), ("tiny", "layer3"), ("tiny", "layer4"), ("resnet18", "layer3"), ("resnext50", "layer4"),
-])
+))
 def test_same_outputs_and_gradients_in_float64(backbone, share_type):
     """In float64 the two formulations agree to rounding, output and every gradient tensor."""
     batched, reference = _pair(backbone, share_type, dtype=torch.float64)
@@ -59,11 +64,11 @@ def test_same_outputs_and_gradients_in_float64(backbone, share_type):
             assert _rel(grads_b[key], grads_r[key]) < 1e-8, key
 
 
-@pytest.mark.parametrize("backbone,share_type,with_fc", [
+@pytest.mark.parametrize("backbone,share_type,with_fc", _cases(
     ("tiny", "maxpool", False), ("tiny", "layer1", True), ("tiny", "layer2", False), ("resnet18", "layer1", True),
     ("resnet18", "layer2", False), ("resnet34", "layer3", True), ("resnet50", "layer1", True),
     ("resnext50", "layer1", False), ("resnext50", "layer3", True),
-])
+))
 def test_float32_matches_float64_as_closely_as_the_loop(backbone, share_type, with_fc):
     """float32: within 1e-5 (relative) of the float64 result, output and every gradient tensor,
     wherever the seed's loop itself is; never more than 10x further off than the loop.
@@ -124,38 +129,3 @@ def test_embedding_is_unit_length_per_branch():
     embedding = batched.embed(torch.randn(2, 3, 32, 32))
     assert embedding.shape == (2, M * D)
     assert torch.allclose(embedding.view(2, M, D).norm(dim=-1), torch.ones(2, M), atol=1e-6)
-
-
-@pytest.mark.parametrize("backbone,share_type,with_random", [
-    ("tiny", "layer1", True), ("tiny", "maxpool", False), ("resnet18", "layer2", True), ("resnext50", "layer2", False),
-])
-def test_branch_major_order_computes_what_the_layer_major_order_does(backbone, share_type, with_random):
-    """The CPU's order (each branch through all its layers, on slices of the batched weights)
-    changes how the network runs, not what it computes: float64 outputs, gradients and BatchNorm
-    running statistics agree to rounding, in training and in evaluation."""
-    layer_major, _ = _pair(backbone, share_type, with_random=with_random, dtype=torch.float64)
-    branch_major, _ = _pair(backbone, share_type, with_random=with_random, dtype=torch.float64)
-    branch_major.branches.branch_major = True
-    g = torch.Generator().manual_seed(3)
-    images = torch.randn(4, 3, 32, 32, generator=g, dtype=torch.float64)
-    weights = torch.rand(4, M, generator=g, dtype=torch.float64).softmax(1)
-    for train in (True, False):
-        layer_major.train(train)
-        branch_major.train(train)
-        out_l, grads_l = _forward_backward(layer_major, images, weights, seed=4)
-        out_b, grads_b = _forward_backward(branch_major, images, weights, seed=4)
-        assert _rel(out_b, out_l) < 1e-10
-        for key in grads_l:
-            assert _rel(grads_b[key], grads_l[key]) < 1e-10, key
-    buffers_b = dict(branch_major.named_buffers())
-    for key, value in layer_major.named_buffers():
-        assert torch.allclose(buffers_b[key], value, rtol=1e-10, atol=0), key
-
-
-def test_each_device_gets_its_measured_order():
-    from antimetric.model.ensemble import configure_for_device
-
-    for backbone, device_type, branch_major in (("resnet18", "cpu", True), ("tiny", "cpu", False)):
-        model, _ = _pair(backbone, "layer2")
-        model = configure_for_device(model, backbone, torch.device(device_type))
-        assert model.branches.branch_major is branch_major, (backbone, device_type)

@@ -12,7 +12,8 @@ def test_activation_checkpointing_gives_the_same_gradients():
     plain = build_model(config)
     torch.manual_seed(0)
     checkpointed = build_model(config)
-    checkpointed.branches.checkpoint_blocks = True
+    checkpointed.set_grad_checkpointing(True)
+    assert checkpointed.grad_checkpointing and not plain.grad_checkpointing
     images, weights = torch.randn(4, 3, 32, 32), torch.rand(4, 3).softmax(1)
     out_plain, out_ckpt = plain(images, weights), checkpointed(images, weights)
     projection = torch.randn(out_plain.shape)
@@ -23,8 +24,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
         assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7), name
 
 
-@pytest.mark.parametrize("branch_major", [False, True])
-def test_recomputation_does_not_update_batchnorm_statistics_twice(branch_major):
+def test_recomputation_does_not_update_batchnorm_statistics_twice():
     """The backward pass runs checkpointed blocks again; their BatchNorm running statistics must
     come out as after one plain training step."""
     config = ModelConfig(backbone="tiny", share_type="maxpool", ensemble_size=2, meta_class_size=4, with_fc=True,
@@ -33,8 +33,7 @@ def test_recomputation_does_not_update_batchnorm_statistics_twice(branch_major):
     for checkpointed in (False, True):
         torch.manual_seed(0)
         model = build_model(config)
-        model.branches.checkpoint_blocks = checkpointed
-        model.branches.branch_major = branch_major
+        model.set_grad_checkpointing(checkpointed)
         model(torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))).sum().backward()
         models.append(model)
     plain, checkpointed = (dict(m.named_buffers()) for m in models)
@@ -42,3 +41,13 @@ def test_recomputation_does_not_update_batchnorm_statistics_twice(branch_major):
         assert torch.allclose(checkpointed[key].float(), value.float(), rtol=1e-5, atol=1e-6), key
     assert any(key.endswith("running_mean") and not torch.equal(value, torch.zeros_like(value))
                for key, value in plain.items())  # the plain step did update them
+
+
+def test_the_reference_loop_refuses_activation_checkpointing():
+    config = ModelConfig(backbone="tiny", share_type="layer1", ensemble_size=2, meta_class_size=4, with_fc=True,
+                         pretrained=False)
+    reference = build_model(config, "reference")
+    reference.set_grad_checkpointing(False)
+    with pytest.raises(ValueError, match="batched network"):
+        reference.set_grad_checkpointing(True)
+    assert not reference.grad_checkpointing

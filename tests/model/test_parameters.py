@@ -16,7 +16,9 @@ SEED_TABLE = {  # backbone: (CARS196/CUB200 meta 12, SOP meta 512, In-shop meta 
 }
 
 
-@pytest.mark.parametrize("backbone", SEED_TABLE)
+# The deeper backbones take seconds each: they run in `make test`, resnet18 in `make test-fast` too.
+@pytest.mark.parametrize("backbone", [pytest.param(b, marks=() if b == "resnet18" else pytest.mark.slow)
+                                      for b in SEED_TABLE])
 def test_parameter_table(backbone):
     for meta, expected in zip((12, 512, 192), SEED_TABLE[backbone]):
         config = ModelConfig(backbone=backbone, share_type="layer1", ensemble_size=48, meta_class_size=meta,

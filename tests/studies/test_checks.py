@@ -12,7 +12,7 @@ import torch
 from studies.search import main, parse_args
 from studies.settings import available_cpus
 from tests.fixtures.folders import read_only_folder
-from tests.studies.conftest import RAY_ENV, study_command
+from tests.fixtures.studies import RAY_ENV, study_command
 
 
 def _closed_port() -> int:
@@ -65,6 +65,7 @@ def test_a_bad_option_is_one_line(options, named, demo_data_path, study_dirs, tm
     assert not (study_dirs["storage"] / "t").exists()  # nothing of a study started
 
 
+@pytest.mark.slow
 def test_a_usage_error_is_one_line_from_the_command_line(demo_data_path, study_dirs):
     proc = subprocess.run(study_command(demo_data_path, study_dirs, "--num-samples", "-1"), capture_output=True,
                           text=True, timeout=120, env={**os.environ, **RAY_ENV})
@@ -99,6 +100,7 @@ print(json.dumps(listening))
 """
 
 
+@pytest.mark.slow
 def test_a_local_study_listens_on_loopback_only():
     """Run directly, not through make: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is not set."""
     env = {**os.environ, **RAY_ENV}

@@ -7,7 +7,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.studies.conftest import RAY_ENV, run_study, trial_runs
+import pytest
+
+from tests.fixtures.studies import RAY_ENV, run_study, trial_runs
+
+pytestmark = pytest.mark.slow  # a Ray head node and a study subprocess
 
 
 def _free_port() -> int:

@@ -9,7 +9,9 @@ from mlflow.models import get_model_info
 import antimetric
 from antimetric.errors import ConfigError
 from studies.registry import model_name, register_best_trial
-from tests.studies.conftest import trial_runs
+from tests.fixtures.studies import trial_runs
+
+pytestmark = pytest.mark.slow  # the session's smoke study
 
 MODEL = model_name("t")  # the smoke study's experiment is t
 

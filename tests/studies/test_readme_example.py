@@ -2,9 +2,12 @@
 import re
 from pathlib import Path
 
+import pytest
 import ray
 
-from tests.studies.conftest import check_trial_runs, trial_runs
+from tests.fixtures.studies import check_trial_runs, trial_runs
+
+pytestmark = pytest.mark.slow  # Ray
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -10,18 +10,11 @@ import antimetric
 import antimetric.cli as cli
 from antimetric.config import RunConfig
 from antimetric.run_folder import EPOCHS_FILE
-from tests.fixtures.datasets import make_cub
 
 TINY = ["--data-name", "cub", "--backbone", "tiny", "--no-pretrained", "--ensemble-size", "3", "--meta-class-size",
         "4", "--image-size", "32", "--batch-size", "8", "--val-fraction", "0.2", "--quiet"]
 
-
-@pytest.fixture(scope="module")
-def cub_path(tmp_path_factory):
-    """16 classes of 6 images: 6 train, 2 validation and 8 test classes."""
-    data = tmp_path_factory.mktemp("data")
-    make_cub(data / "cub", n_classes=16, per_class=6, size=40)
-    return data
+pytestmark = pytest.mark.slow  # each test trains, and records in MLflow
 
 
 @pytest.fixture

@@ -17,13 +17,14 @@ from studies.search import main
 from studies.settings import SETTINGS_FILE
 from studies.study import cut_short_state_file
 from studies.trainable import SCRATCH
-from tests.studies.conftest import RAY_ENV, check_parent_run, check_trial_runs, run_study, study_command, trial_runs
+from tests.fixtures.studies import RAY_ENV, check_parent_run, check_trial_runs, run_study, study_command, trial_runs
 
 
 def _metric_steps(client, run, key="val_recall_at_1"):
     return [m.step for m in client.get_metric_history(run.info.run_id, key)]
 
 
+@pytest.mark.slow
 def test_smoke_study_records_every_trial(demo_data_path, smoke_study, capsys, monkeypatch):
     """The session's smoke study (conftest.smoke_study: a researcher's own space and fixed training options)."""
     monkeypatch.delenv("TUNE_GLOBAL_CHECKPOINT_S", raising=False)  # main() below sets it
@@ -167,6 +168,7 @@ def _resume_and_interrupt(data_path, dirs: dict, args: tuple[str, ...], tmp_path
     return shlex.split(advice[0].split(": ", 1)[1])
 
 
+@pytest.mark.slow
 def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs, tmp_path):
     """SIGKILL the driver mid-study; --resume keeps finished trials, continues the running ones
     from their checkpoints, and leaves exactly one finished MLflow run per trial. The resumed study is
@@ -174,7 +176,7 @@ def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs, tmp_path)
     args = ("--max-epochs", "12", "--num-samples", "3")
     dirs = study_dirs
     for attempt in range(2):
-        if attempt:  # the kill fell in Ray's copy of a state file (README, Faults): once more, in a new study
+        if attempt:  # the kill fell in Ray's copy of a state file (docs/design.md, Faults): once more, in a new study
             (tmp_path / "again").mkdir()
             dirs = {"tracking_uri": f"sqlite:///{tmp_path / 'again' / 'mlflow.db'}", "storage": tmp_path / "again" / "ray"}
         _start_and_kill(demo_data_path, dirs, args)
@@ -210,6 +212,7 @@ def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs, tmp_path)
         assert steps == list(range(1, len(steps) + 1)), steps  # no epoch logged twice
 
 
+@pytest.mark.slow
 def test_resume_without_a_study_is_a_clear_error(demo_data_path, study_dirs):
     proc = run_study(demo_data_path, study_dirs, "--resume", timeout=120, returncode=2)
     assert proc.stderr.startswith("error: --resume: no study to resume") and len(proc.stderr.splitlines()) == 1

@@ -18,6 +18,8 @@ import pytest
 import antimetric
 from studies.registry import model_name
 
+pytestmark = pytest.mark.slow  # the session's smoke study and an `mlflow models serve` subprocess
+
 STARTUP_TIMEOUT_S = 90  # the server imports MLflow, torch and the model; minutes on a loaded 2-core machine
 
 

@@ -2,8 +2,11 @@
 import optuna
 import pytest
 
+from antimetric.data.table import TABLE
 from antimetric.errors import ConfigError
 from antimetric.meta_classes import check_meta_class_size
+from studies.settings import STUDY_DEFAULTS
+from studies.space_file import check_space
 from studies.spaces import SPACES, SpaceSampler, restrict, smallest_meta_class_size
 
 
@@ -32,3 +35,10 @@ def test_restrict_drops_ensemble_sizes_without_a_valid_meta_class_size():
     assert restrict(space, 20, {})["ensemble_size"]["values"] == [4, 8]  # 3**2 = 9 < 20
     with pytest.raises(ConfigError, match="no ensemble size"):
         restrict(space, 10_000, {})  # 3**8 = 6561
+
+
+@pytest.mark.parametrize("name", TABLE)
+def test_every_dataset_of_the_table_has_a_space_and_defaults_a_study_accepts(name):
+    assert set(SPACES) == set(STUDY_DEFAULTS) == set(TABLE)
+    constants = {"data_name": name, "data_path": "data", "num_epochs": STUDY_DEFAULTS[name]["max_epochs"], "seed": 0}
+    check_space(SPACES[name](), constants, f"the built-in {name} space")  # raises on a value the core rejects

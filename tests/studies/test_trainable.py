@@ -1,10 +1,13 @@
 """The trainable in a user's own Tuner, exactly as the README shows it."""
+import pytest
 import ray
 from ray import tune
 
 from studies.tracking import MLflowTrialCallback, ensure_experiment
 from studies.trainable import train_ensemble
-from tests.studies.conftest import check_trial_runs, trial_runs
+from tests.fixtures.studies import check_trial_runs, trial_runs
+
+pytestmark = pytest.mark.slow  # Ray
 
 
 def test_own_tuner_with_a_failing_trial(demo_data_path, study_dirs):

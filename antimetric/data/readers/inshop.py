@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from antimetric.data.index_files import LayoutSpec, open_layout
+from antimetric.data.readers.layout import LayoutSpec, Reader, open_layout
 from antimetric.data.records import GALLERY, QUERY, TRAIN, DatasetIndex, ImageRecord
 
 PARTITION, IMAGE_DIR = "Eval/list_eval_partition.txt", "Img/"
@@ -61,3 +61,6 @@ def _first_line(path: Path) -> tuple[int, str]:
             if line.strip():
                 return line_no, line.strip()
     return 1, ""
+
+
+READER = Reader(read=read_inshop, spec=INSHOP_LAYOUT)

@@ -7,16 +7,19 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.slow  # Triton's interpreter, in subprocesses
+ROOT = Path(__file__).resolve().parents[2]
 
 CHECK = textwrap.dedent('''
     import json, sys
     import torch
     import torch.nn.functional as F
-    from antimetric.model.triton_conv import grouped_conv2d
+    from antimetric.experimental.triton_kernels import grouped_conv2d
 
     cases = json.loads(sys.argv[1])
     worst = {}
@@ -49,9 +52,8 @@ CHECK = textwrap.dedent('''
 
 def _worst_errors(cases, gpu_tiles=False):
     env = {**os.environ, "TRITON_INTERPRET": "1", "ANTIMETRIC_TRITON_GPU_TILES": "1" if gpu_tiles else "0"}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run([sys.executable, "-c", CHECK, json.dumps(cases)], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=root)
+                          timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -79,7 +81,8 @@ MODEL_CHECK = textwrap.dedent('''
     import json
     import torch
     from antimetric.config import ModelConfig
-    from antimetric.model import build_model
+    from antimetric.experimental.triton_convs import TritonBranchConv2d
+    from antimetric.model import DevicePlan, build_model
 
     config = ModelConfig(backbone="tiny", share_type="layer2", ensemble_size=2, meta_class_size=4, with_fc=True,
                          with_random=True, pretrained=False)
@@ -91,8 +94,10 @@ MODEL_CHECK = textwrap.dedent('''
         torch.manual_seed(0)
         # eval: BatchNorm by running statistics; train-mode BatchNorm over 2 images of 1-2 px
         # would amplify float32 rounding in the gradients of either path
-        model = build_model(config).to(memory_format=torch.channels_last).eval()
-        model.branches.triton_convs = triton
+        model = build_model(config)
+        model.configure(DevicePlan(channels_last=True, triton_convs=triton))
+        model.eval()
+        assert any(isinstance(m, TritonBranchConv2d) for m in model.modules()) is triton
         out = model(images, weights)
         out.pow(2).sum().backward()
         results.append((out.detach(), {k: p.grad for k, p in model.named_parameters()}))
@@ -108,9 +113,8 @@ def test_the_batched_network_trains_the_same_on_the_triton_kernels():
     """The kernels wired into the network (channels-last views, the autograd Function, weight
     layouts): output and every parameter gradient equal the oneDNN path's."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run([sys.executable, "-c", MODEL_CHECK], capture_output=True, text=True, env=env, timeout=300,
-                          cwd=root)
+                          cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     errors = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(errors) > 10

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from antimetric.data.index_files import LayoutFolder, LayoutSpec, open_layout, split_by_class_halves
+from antimetric.data.readers.layout import LayoutFolder, LayoutSpec, Reader, open_layout, split_by_class_halves
 from antimetric.data.records import Box, DatasetIndex, ImageRecord
 
 IMAGES, LABELS, BOXES, IMAGE_DIR = "images.txt", "image_class_labels.txt", "bounding_boxes.txt", "images/"
@@ -67,3 +67,6 @@ def _xywh_box(folder: LayoutFolder, line_no: int, fields: list[str]) -> Box:
     )
     shown = f"x={x:g} y={y:g} width={width:g} height={height:g}"
     return folder.box(BOXES, line_no, (x, y, x + width, y + height), shown)
+
+
+READER = Reader(read=read_cub, spec=CUB_LAYOUT)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from scipy.io import loadmat
 
-from antimetric.data.index_files import LayoutFolder, LayoutSpec, open_layout, split_by_class_halves
+from antimetric.data.readers.layout import LayoutFolder, LayoutSpec, Reader, open_layout, split_by_class_halves
 from antimetric.data.records import DatasetIndex, ImageRecord
 
 ANNOTATIONS, IMAGE_DIR = "cars_annos.mat", "car_ims/"
@@ -87,3 +87,6 @@ def _integer(folder: LayoutFolder, value: object, number: int) -> int:
     if isinstance(value, int):
         return value
     raise folder.malformed(ANNOTATIONS, None, f"annotation {number} has a non-integer class {value!r}")
+
+
+READER = Reader(read=read_cars, spec=CARS_LAYOUT)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from antimetric.data.index_files import LayoutFolder, LayoutSpec, open_layout
+from antimetric.data.readers.layout import LayoutFolder, LayoutSpec, Reader, open_layout
 from antimetric.data.records import TEST, TRAIN, DatasetIndex, ImageRecord
 
 TRAIN_LIST, TEST_LIST = "Ebay_train.txt", "Ebay_test.txt"
@@ -44,3 +44,6 @@ def _read_list(folder: LayoutFolder, relative: str, split: str) -> list[ImageRec
         label = folder.integer(relative, line_no, "class_id", class_id)
         records.append(ImageRecord(path=folder.image_path(relative, line_no, path), label=label, split=split))
     return records
+
+
+READER = Reader(read=read_sop, spec=SOP_LAYOUT)

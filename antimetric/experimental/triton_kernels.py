@@ -16,10 +16,9 @@ Weights are read, and weight gradients written, in the parameter's own layout (s
 in), so no weight is copied into another layout; image sizes, stride and padding are compile-time
 constants, which keeps the index arithmetic out of the inner loop's instruction budget.
 
-Opt-in (`BatchedBranches.triton_convs = True`), CUDA only, for groups whose input and output
-channels are multiples of 16; other convolutions keep cuDNN. Correctness is tested on the CPU with
-Triton's interpreter (TRITON_INTERPRET=1); speed is measured by benchmarks/conv_kernels.py.
-The core imports this module only when the Triton path is chosen.
+Opt-in (`antimetric.experimental.triton_convs.use_triton_convs`), CUDA only, for groups whose input
+and output channels are multiples of 16; other convolutions keep cuDNN. Correctness is tested on the
+CPU with Triton's interpreter (TRITON_INTERPRET=1); speed is measured by benchmarks/conv_kernels.py.
 """
 from __future__ import annotations
 
@@ -249,20 +248,6 @@ class TritonGroupedConv2d(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_w = conv_weight_grad(x_nhwc, dy, w, groups, stride, pad).to(weight_dtype)
         return grad_x, grad_w, None, None, None
-
-
-def runs_on(x: torch.Tensor) -> bool:
-    """CUDA tensors; CPU tensors too under Triton's interpreter (TRITON_INTERPRET=1, for tests)."""
-    return triton is not None and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
-
-
-def supports(conv: torch.nn.Conv2d) -> bool:
-    """Convolutions these kernels cover: grouped, no dilation, square stride and padding, and
-    groups whose input and output channels are multiples of 16 (tl.dot's smallest tile)."""
-    return (conv.groups > 1 and conv.dilation == (1, 1) and conv.stride[0] == conv.stride[1]
-            and not isinstance(conv.padding, str) and conv.padding[0] == conv.padding[1]
-            and (conv.in_channels // conv.groups) % MIN_GROUP_CHANNELS == 0
-            and (conv.out_channels // conv.groups) % MIN_GROUP_CHANNELS == 0)
 
 
 def grouped_conv2d(x: torch.Tensor, weight: torch.Tensor, groups: int, stride: int, pad: int) -> torch.Tensor:

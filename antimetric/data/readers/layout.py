@@ -1,18 +1,17 @@
-"""What the dataset readers share: finding the layout's root, parsing its index files, one-line errors.
-
-The readers (cub, cars, sop, inshop) import this module and antimetric.data.layout imports the readers,
-so these helpers live apart from layout.py to keep the imports free of cycles.
+"""What the dataset readers share: what a reader module exports, finding the layout's root, parsing its
+index files, one-line errors, and the rules an image path and a box must follow (the manifest checks its
+own entries by them too).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from antimetric.data.records import TEST, TRAIN, Box
+from antimetric.data.records import TEST, TRAIN, Box, DatasetIndex
 from antimetric.errors import DatasetLayoutError
 
 _SHOWN_LINE_CHARS = 80
@@ -38,6 +37,14 @@ class LayoutSpec:
             f"expected the {self.title} layout: {', '.join(self.contents)}; "
             f"{self.source.format(dir=dataset_dir)}"
         )
+
+
+@dataclass(frozen=True)
+class Reader:
+    """What a reader module exports as READER, for the rows of antimetric.data.table that name it."""
+
+    read: Callable[[Path, str], DatasetIndex]  # (dataset folder, dataset name) -> its index
+    spec: LayoutSpec  # its index_files are what the manifest watches for edits
 
 
 @dataclass(frozen=True)

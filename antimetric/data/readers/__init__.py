@@ -1,0 +1,46 @@
+"""Reading a dataset folder in its official layout into a DatasetIndex.
+
+One module per layout (cub, cars, sop, inshop), each exporting READER; `layout` holds what they share.
+Which dataset a reader serves is said by its row in antimetric.data.table (the demo reads the CUB
+layout under its own name), and every row's reader module is imported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from importlib import import_module
+from pathlib import Path
+
+from antimetric.data.readers.layout import Reader
+from antimetric.data.records import DatasetIndex
+from antimetric.data.table import TABLE
+from antimetric.errors import DatasetLayoutError
+
+_BY_DATASET: dict[str, Reader] = {
+    row.name: import_module(f"{__name__}.{row.reader}").READER for row in TABLE.values()
+}
+READERS: dict[str, Callable[[Path], DatasetIndex]] = {
+    name: partial(reader.read, name=name) for name, reader in _BY_DATASET.items()
+}
+
+
+def read_dataset(name: str, dataset_dir: Path) -> DatasetIndex:
+    """Parse the index files of `dataset_dir` in the official layout of dataset `name`.
+
+    Only the index files are read: images are neither opened nor checked for existence (see
+    antimetric.data.manifest.prepare for that). A missing or malformed layout raises DatasetLayoutError.
+    """
+    return _reader(name).read(Path(dataset_dir), name)
+
+
+def index_files(name: str) -> tuple[str, ...]:
+    """The files, relative to the layout's root, that read_dataset parses for dataset `name`."""
+    return _reader(name).spec.index_files
+
+
+def _reader(name: str) -> Reader:
+    reader = _BY_DATASET.get(name)
+    if reader is None:
+        raise DatasetLayoutError(f"unknown dataset {name!r}; valid names: {', '.join(_BY_DATASET)}")
+    return reader

@@ -1,0 +1,104 @@
+"""The datasets antimetric knows, one row each: everything else about a dataset is derived from here.
+
+`antimetric.config` (DATASETS, BOXED_DATASETS, DATASET_DEFAULTS), `antimetric.data.transforms`
+(MEAN_STD), `antimetric.data.readers` (READERS) and the studies' spaces and defaults read these rows.
+Adding a dataset is one reader module in antimetric/data/readers/ and one row below.
+
+This module imports nothing but the standard library: the config imports it, and a row names its
+reader module rather than importing it (reading CARS needs scipy, which takes a second to import).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+RGB = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """What a run of the dataset takes for the config fields left as None; the names are config fields."""
+
+    backbone: str
+    ensemble_size: int
+    meta_class_size: int
+    num_epochs: int  # also a study trial's epochs (--max-epochs)
+    image_size: int
+    pretrained: bool
+    with_fc: bool
+    lr: float
+
+
+@dataclass(frozen=True)
+class StudyDefaults:
+    """A study's defaults: its size and resources, and the ranges its built-in search space covers.
+
+    Each searched range becomes one entry of the space (studies.spaces), in the config's own units.
+    """
+
+    num_samples: int  # trials
+    meta_class_sizes: tuple[int, int]  # log-uniform int range, narrowed per trial to the valid sizes
+    max_concurrent: int = 1  # trials at once on a cluster (--address); a local study fits its CPUs and GPUs
+    cpus_per_trial: int = 8  # at most what the machine has; a GPU per trial where there is one
+    ensemble_sizes: tuple[int, ...] = (12, 24, 48)
+    share_types: tuple[str, ...] = ("maxpool", "layer1", "layer2", "layer3")
+    lr: tuple[float, float] = (3e-5, 3e-4)  # log-uniform
+
+
+@dataclass(frozen=True)
+class DatasetRow:
+    name: str  # the --data-name and the dataset's folder under --data-path
+    reader: str  # its reader: the module antimetric/data/readers/<reader>.py, which exports READER
+    mean: RGB  # channel statistics for the input normalisation
+    std: RGB
+    has_boxes: bool  # its reader gives bounding boxes, which --crop-type cropped needs
+    recalls: tuple[int, ...]  # the Recall@K values it reports by default
+    training: TrainingDefaults
+    study: StudyDefaults
+
+    def defaults(self) -> dict[str, Any]:
+        """The config values this dataset gives the fields left as None."""
+        return {**asdict(self.training), "recalls": self.recalls}
+
+
+def _seed_resnet(meta_class_size: int, num_epochs: int) -> TrainingDefaults:
+    """The seed's settings (its README's benchmark section): 48 branches of an ImageNet ResNet-18."""
+    return TrainingDefaults(backbone="resnet18", ensemble_size=48, meta_class_size=meta_class_size,
+                            num_epochs=num_epochs, image_size=256, pretrained=True, with_fc=False, lr=1e-4)
+
+
+_ROWS = (
+    # Generated on first use (antimetric.data.demo) in the CUB layout; CPU-sized: the tiny backbone
+    # on 64 px glyph images. Its mean/std were measured on the generated images.
+    DatasetRow(
+        name="demo", reader="cub", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), has_boxes=True,
+        recalls=(1, 2, 4, 8),
+        training=TrainingDefaults(backbone="tiny", ensemble_size=12, meta_class_size=6, num_epochs=10,
+                                  image_size=64, pretrained=False, with_fc=True, lr=2e-3),
+        study=StudyDefaults(num_samples=12, meta_class_sizes=(2, 12), max_concurrent=2, cpus_per_trial=1,
+                            ensemble_sizes=(4, 8, 12, 16), share_types=("layer1", "layer2", "layer3"),
+                            lr=(3e-4, 5e-3)),
+    ),
+    # The seed's channel statistics from here on.
+    DatasetRow(
+        name="cub", reader="cub", mean=(0.4707, 0.4601, 0.4549), std=(0.2767, 0.2760, 0.2850), has_boxes=True,
+        recalls=(1, 2, 4, 8), training=_seed_resnet(meta_class_size=12, num_epochs=20),
+        study=StudyDefaults(num_samples=24, meta_class_sizes=(4, 48)),
+    ),
+    DatasetRow(
+        name="car", reader="cars", mean=(0.4853, 0.4965, 0.4295), std=(0.2237, 0.2193, 0.2568), has_boxes=True,
+        recalls=(1, 2, 4, 8), training=_seed_resnet(meta_class_size=12, num_epochs=20),
+        study=StudyDefaults(num_samples=24, meta_class_sizes=(4, 48)),
+    ),
+    DatasetRow(
+        name="sop", reader="sop", mean=(0.5807, 0.5396, 0.5044), std=(0.2901, 0.2974, 0.3095), has_boxes=False,
+        recalls=(1, 10, 100, 1000), training=_seed_resnet(meta_class_size=512, num_epochs=40),
+        study=StudyDefaults(num_samples=16, meta_class_sizes=(64, 1024)),
+    ),
+    DatasetRow(
+        name="isc", reader="inshop", mean=(0.8324, 0.8109, 0.8041), std=(0.2206, 0.2378, 0.2444), has_boxes=False,
+        recalls=(1, 10, 20, 30, 40, 50), training=_seed_resnet(meta_class_size=192, num_epochs=40),
+        study=StudyDefaults(num_samples=16, meta_class_sizes=(32, 512)),
+    ),
+)
+TABLE: dict[str, DatasetRow] = {row.name: row for row in _ROWS}

@@ -1,0 +1,4 @@
+"""Experimental code, kept off the core's import path: nothing in `antimetric` imports it until asked.
+
+triton_convs  the batched network's grouped convolutions as Triton kernels (CUDA; unmeasured on a GPU)
+"""

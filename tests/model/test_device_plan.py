@@ -1,0 +1,67 @@
+"""A device plan changes how the ensemble runs, never what it computes."""
+import pytest
+import torch
+
+from antimetric.config import ModelConfig
+from antimetric.model import DevicePlan, build_model, plan_for
+from antimetric.model.batched import BranchConv2d
+
+CONFIG = ModelConfig(backbone="tiny", share_type="layer1", ensemble_size=2, meta_class_size=4, with_fc=True,
+                     with_random=True, pretrained=False)
+
+
+def _model(dtype=torch.float32):
+    torch.manual_seed(0)
+    return build_model(CONFIG).to(dtype)
+
+
+def _output_and_grads(model):
+    g = torch.Generator().manual_seed(1)
+    images, weights = torch.randn(4, 3, 32, 32, generator=g), torch.rand(4, 2, generator=g).softmax(1)
+    dtype = next(model.parameters()).dtype
+    out = model(images.to(dtype), weights.to(dtype))
+    out.pow(2).sum().backward()
+    return out.detach(), {name: p.grad for name, p in model.named_parameters()}
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_the_gpu_plan_runs_channels_last_and_computes_what_the_cpu_plan_does():
+    """In float64, so that the memory format's other order of summation is far below the tolerance."""
+    cpu, gpu = _model(torch.float64), _model(torch.float64)
+    assert cpu.configure(plan_for(torch.device("cpu"))) is cpu
+    assert gpu.configure(plan_for(torch.device("cuda"))) is gpu  # its memory format, applied here on the CPU
+    for model, channels_last in ((cpu, False), (gpu, True)):
+        weight = model.branches.stages.layer2[0].conv2.weight
+        assert weight.is_contiguous(memory_format=torch.channels_last) is channels_last
+        assert not model.grad_checkpointing  # auto: off until a GPU step runs out of memory
+    (out_c, grads_c), (out_g, grads_g) = _output_and_grads(cpu), _output_and_grads(gpu)
+    assert _rel(out_g, out_c) < 1e-12
+    for name, grad in grads_c.items():
+        assert _rel(grads_g[name], grad) < 1e-10, name
+
+
+def test_the_plan_turns_checkpointing_on_and_compiles_when_asked():
+    model = _model()
+    compiled = model.configure(plan_for(torch.device("cpu"), activation_checkpointing=True, compile=True))
+    assert model.grad_checkpointing
+    assert compiled is not model and compiled._orig_mod is model  # compiled lazily, on its first call
+
+
+def test_the_triton_plan_swaps_the_grouped_convolutions_and_keeps_the_weights():
+    """antimetric.experimental.triton_convs, asked for by the plan: the same Parameters, state dict and (on a
+    CPU without Triton's interpreter, where the swapped modules fall back to torch) the same result."""
+    pytest.importorskip("triton")
+    from antimetric.experimental.triton_convs import TritonBranchConv2d
+
+    plain, swapped = _model(), _model()
+    parameters = dict(swapped.named_parameters())
+    swapped.configure(DevicePlan(triton_convs=True))
+    grouped = [name for name, m in plain.named_modules() if isinstance(m, BranchConv2d) and m.branches > 1]
+    assert [name for name, m in swapped.named_modules() if isinstance(m, TritonBranchConv2d)] == grouped
+    assert len(grouped) == 7  # all but the two dense convolutions reading the shared feature
+    assert all(p is parameters[name] for name, p in swapped.named_parameters())
+    assert swapped.state_dict().keys() == plain.state_dict().keys()
+    assert torch.equal(_output_and_grads(swapped)[0], _output_and_grads(plain)[0])

@@ -1,0 +1,122 @@
+"""The core stands alone: `antimetric` and each of its modules import without Ray, MLflow, Optuna, pandas or
+the `studies` package (the core reaches those only through antimetric/extensions.py's entry points)."""
+import ast
+import json
+import os
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import antimetric
+
+FORBIDDEN = ("ray", "mlflow", "optuna", "pandas", "studies")
+CORE = Path(antimetric.__file__).parent
+NOT_IMPORTED = {"antimetric.__main__"}  # runs the command line when imported; the source check below covers it
+
+# Imports each module named in argv[1] in a child of its own, forked from a process that has imported the
+# core's third-party dependencies but no module of antimetric: each module's import graph is loaded afresh
+# (a module imported after another would find the other's imports done), and a child costs ~0.1 s where a
+# fresh interpreter would import torch again (~3 s). Prints, per module, the forbidden packages then loaded.
+PROBE = """
+import json, os, sys
+import numpy, PIL.Image, scipy.io, thop, torch, torchvision, tqdm  # the core's dependencies: once, before the forks
+
+names, forbidden = json.loads(sys.argv[1]), set(json.loads(sys.argv[2]))
+
+
+def loaded():
+    return sorted({name.partition(".")[0] for name in sys.modules} & forbidden)
+
+
+def probe(name):
+    try:
+        __import__(name)
+        return {"loaded": loaded()}
+    except BaseException as error:  # reported to the test, which fails on it
+        return {"loaded": loaded(), "error": f"{type(error).__name__}: {error}", "missing": getattr(error, "name", None)}
+
+
+report = {"before any module": {"loaded": loaded()}}
+for name in names:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        with os.fdopen(write, "w") as out:
+            out.write(json.dumps(probe(name)))
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as answer:
+        report[name] = json.loads(answer.read())
+    os.waitpid(pid, 0)
+print(json.dumps(report))
+"""
+
+
+def core_modules() -> list[str]:
+    found = pkgutil.walk_packages(antimetric.__path__, "antimetric.", onerror=lambda name: None)
+    return ["antimetric", *sorted(m.name for m in found if m.name not in NOT_IMPORTED)]
+
+
+def source_files() -> list[Path]:
+    return sorted(CORE.rglob("*.py"))
+
+
+def test_every_source_file_is_a_module_the_import_check_finds():
+    """A folder without __init__.py would hide its modules from pkgutil, and so from the check below."""
+    named = {".".join(("antimetric", *path.relative_to(CORE).with_suffix("").parts)).removesuffix(".__init__")
+             for path in source_files()}
+    assert named - NOT_IMPORTED == set(core_modules())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the probe forks one child per module")
+def test_no_core_module_loads_the_studies_stack():
+    names = core_modules()
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(names), json.dumps(FORBIDDEN)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(report) == {"before any module", *names}
+    loads = {name: found["loaded"] for name, found in report.items() if found["loaded"]}
+    assert not loads, f"modules that load what the core must not import: {loads}"
+    failed = {name: found["error"] for name, found in report.items() if "error" in found and not _optional(found)}
+    assert not failed, failed
+
+
+def _optional(found: dict) -> bool:
+    """An optional package missing on this machine (triton, for the experimental kernels): no layering fault."""
+    missing = (found["missing"] or "").partition(".")[0]
+    return found["error"].startswith("ModuleNotFoundError") and missing not in ("", "antimetric", *FORBIDDEN)
+
+
+def _imported_names(tree: ast.AST):
+    """(line, module) of every import statement and every import_module/__import__ call with a literal name."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            yield node.lineno, "." * node.level + (node.module or "")
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None))
+              in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant)):
+            yield node.lineno, str(node.args[0].value)
+
+
+def test_no_core_source_imports_the_studies_stack_even_lazily():
+    """Also inside functions, which the import check above does not run: the core calls studies' code only
+    through entry points (antimetric/extensions.py)."""
+    found = [f"{path.relative_to(CORE.parent)}:{line}: {name}" for path in source_files()
+             for line, name in _imported_names(ast.parse(path.read_text(), str(path)))
+             if name.partition(".")[0] in FORBIDDEN]
+    assert not found, found
+
+
+def test_tests_import_shared_code_from_fixtures_never_from_a_conftest_or_a_test_module():
+    """tests/fixtures/ holds what tests share; a conftest.py holds fixtures, which pytest hands out."""
+    tests = Path(__file__).parent
+    found = [f"{path.relative_to(tests.parent)}:{line}: {name}" for path in sorted(tests.rglob("*.py"))
+             for line, name in _imported_names(ast.parse(path.read_text(), str(path)))
+             if any(part == "conftest" or part.startswith("test_") for part in name.split("."))]
+    assert not found, found
