@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from antimetric.config import BACKBONE_NAMES, BOXED_DATASETS, CROP_TYPES, DATASETS, SHARE_TYPES, RunConfig
+from antimetric.config import BACKBONE_NAMES, CROP_TYPES, DATASETS, SHARE_TYPES, RunConfig, check_crop_type
 from antimetric.data.cache import MAX_CACHE_SIZE
 from antimetric.errors import AntimetricError, ConfigError, RunInterrupted
 from antimetric.extensions import RUN_TRACKER, extension
@@ -121,9 +121,7 @@ def _prepare(args: argparse.Namespace) -> int:
     cache = None
     if args.cache_size is not None:
         cache = CacheForm(args.crop_type or "uncropped", args.cache_size)
-        if cache.crop_type == "cropped" and args.data_name not in BOXED_DATASETS:
-            raise ConfigError(f"--crop-type cropped needs bounding boxes, which {args.data_name} does not have; "
-                              "drop --crop-type")
+        check_crop_type(args.data_name, cache.crop_type)
     elif args.crop_type is not None:
         raise ConfigError("prepare --crop-type only says which cache --cache-size writes; add --cache-size "
                           "(e.g. 256) or drop --crop-type")

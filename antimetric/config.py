@@ -182,13 +182,18 @@ def resolve(config: RunConfig) -> RunConfig:
     return resolved
 
 
+def check_crop_type(data_name: str, crop_type: str) -> None:
+    """A known crop type, and `cropped` only for a dataset with bounding boxes."""
+    if crop_type not in CROP_TYPES:
+        raise ConfigError(f"unknown crop type {crop_type!r}; choose one of {', '.join(CROP_TYPES)}")
+    if crop_type == "cropped" and data_name not in BOXED_DATASETS:
+        raise ConfigError(f"--crop-type cropped needs bounding boxes, which {data_name} does not have "
+                          f"(only {', '.join(BOXED_DATASETS)} do); drop --crop-type")
+
+
 def _check(config: RunConfig) -> None:
     data, model, train = config.data, config.model, config.train
-    if data.crop_type not in CROP_TYPES:
-        raise ConfigError(f"unknown crop type {data.crop_type!r}; choose one of {', '.join(CROP_TYPES)}")
-    if data.crop_type == "cropped" and data.data_name not in BOXED_DATASETS:
-        raise ConfigError(f"--crop-type cropped needs bounding boxes, which {data.data_name} does not have "
-                          f"(only {', '.join(BOXED_DATASETS)} do)")
+    check_crop_type(data.data_name, data.crop_type)
     if not 0.0 <= data.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {data.val_fraction}")
     if model.backbone not in BACKBONE_NAMES:

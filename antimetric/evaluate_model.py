@@ -6,7 +6,6 @@ from pathlib import Path
 from antimetric.config import BOXED_DATASETS, DATASET_DEFAULTS, RunConfig, resolve
 from antimetric.data.splits import test_set
 from antimetric.data.transforms import test_transform
-from antimetric.errors import ConfigError
 from antimetric.evaluate import embed, score
 from antimetric.session import eval_loaders, image_source, load_index, num_workers
 from antimetric.trained import TrainedEnsemble
@@ -20,8 +19,6 @@ def evaluation_config(ensemble: TrainedEnsemble, data_path: Path, data_name: str
     name = data_name or trained.data.data_name
     if crop_type is None:
         crop_type = trained.data.crop_type if name in BOXED_DATASETS else "uncropped"
-    if crop_type == "cropped" and name not in BOXED_DATASETS:
-        raise ConfigError(f"--crop-type cropped needs bounding boxes, which {name} does not have; drop --crop-type")
     recalls = trained.eval.recalls if name == trained.data.data_name else DATASET_DEFAULTS[name]["recalls"]
     return resolve(RunConfig.from_flat({**trained.to_flat(), "data_path": str(data_path), "data_name": name,
                                         "crop_type": crop_type, "recalls": recalls}))
