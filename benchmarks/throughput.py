@@ -33,6 +33,7 @@ class Variant(DevicePlan):
 
     implementation: str = "batched"  # or "reference" (the seed's loop)
     batch_size: int | None = None  # None: the benchmark's --batch-size
+    cpu_autocast: bool = False  # with bf16: autocast on a CPU too (--fast-bf16; plans for a GPU stay fp32 on a CPU)
 
 
 REFERENCE = Variant("reference")  # the seed's: fp32, NCHW, unfused Adam (DevicePlan's defaults)
@@ -98,7 +99,8 @@ def build_step(args: argparse.Namespace, variant: Variant, device: torch.device)
     if variant.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, 1e-4, variant)
-    autocast_enabled = variant.bf16 and device.type == "cuda"  # gpu_study --smoke runs the GPU's plans on a CPU
+    # gpu_study --smoke runs the GPU's plans on a CPU, in fp32 there unless the variant asks for CPU autocast
+    autocast_enabled = variant.bf16 and (device.type == "cuda" or variant.cpu_autocast)
 
     def step():
         return training_step(step_model, images, targets, optimizer, bf16=autocast_enabled)[0]
@@ -163,6 +165,8 @@ def compare(args: argparse.Namespace, fast: Variant | None = None, reference: Va
     fast = fast or fast_variant(device)
     if args.fast_implementation:
         fast = dataclasses.replace(fast, implementation=args.fast_implementation)
+    if getattr(args, "fast_bf16", False):
+        fast = dataclasses.replace(fast, bf16=True, cpu_autocast=True)
     peak = measure_peak(device)
     flops_per_image = count_step_flops(args, device) / args.batch_size
     # interleaved repeats, each path's median: a shared machine's drift hits both paths alike
@@ -199,6 +203,8 @@ def parser() -> argparse.ArgumentParser:
     add_device_argument(p)
     p.add_argument("--fast-implementation", choices=("batched", "reference"),
                    help="override the fast path's formulation (default: what training picks for the device)")
+    p.add_argument("--fast-bf16", action="store_true",
+                   help="run the fast path under bf16 autocast, on a CPU too (the loop stays fp32)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 

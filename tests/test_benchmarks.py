@@ -70,13 +70,25 @@ def test_throughput_compares_both_paths_from_the_same_start(fast):
                       "--meta-class-size", "4", "--image-size", "32", "--batch-size", "4", "--steps", "1",
                       "--warmup", "0", "--fast-implementation", fast, "--json")
     ref, fst = result["reference"], result["fast"]
-    assert ref["variant"] == {**asdict(DevicePlan()), "implementation": "reference", "batch_size": None}  # the seed's
-    assert fst["variant"] == {**asdict(plan_for(torch.device("cpu"))), "implementation": fast, "batch_size": None}
+    extra = {"batch_size": None, "cpu_autocast": False}
+    assert ref["variant"] == {**asdict(DevicePlan()), "implementation": "reference", **extra}  # the seed's
+    assert fst["variant"] == {**asdict(plan_for(torch.device("cpu"))), "implementation": fast, **extra}
     assert fst["loss_step0"] == pytest.approx(ref["loss_step0"], rel=1e-5)
     for path in (ref, fst):
         assert path["images_per_s"] > 0 and "peak_memory_bytes" in path
     assert result["speedup"] > 0 and result["step_tflop"] > 0
     assert result["device"] == "cpu" and result["config"]["ensemble_size"] == 3
+
+
+@pytest.mark.slow
+def test_throughput_runs_the_fast_path_in_bf16_on_a_cpu_when_asked():
+    result = run_json("throughput", "--device", "cpu", "--backbone", "tiny", "--ensemble-size", "3",
+                      "--meta-class-size", "4", "--image-size", "32", "--batch-size", "4", "--steps", "1",
+                      "--warmup", "0", "--fast-bf16", "--json")
+    ref, fst = result["reference"], result["fast"]
+    assert fst["variant"]["bf16"] and fst["variant"]["cpu_autocast"] and not ref["variant"]["bf16"]
+    # the same weights and batch: bf16 rounding moves the loss a little, and only a little
+    assert fst["loss_step0"] != ref["loss_step0"] and fst["loss_step0"] == pytest.approx(ref["loss_step0"], rel=2e-2)
 
 
 @pytest.mark.slow
