@@ -9,7 +9,6 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from antimetric.metrics import map_at_r, r_precision, recall_at_k, recall_key, retrieval_metrics
-from antimetric.model.device_plan import plan_for
 from antimetric.model.ensemble import EnsembleNet
 from antimetric.step import to_device_batch
 
@@ -34,8 +33,7 @@ def embed(model: EnsembleNet, loader: DataLoader, device: torch.device, *, progr
     features, labels = [], []
     for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False):
         images = to_device_batch(images, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=plan_for(device).bf16):
-            features.append(model.embed(images).half().cpu())
+        features.append(model.embed(images).half().cpu())
         labels.append(torch.as_tensor(targets))
     model.train(was_training)
     paths = [r.path for r in loader.dataset.records]

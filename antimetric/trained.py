@@ -16,7 +16,6 @@ from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.functional import to_pil_image
 
@@ -84,11 +83,7 @@ class TrainedEnsemble:
     def embed_tensor(self, batch: torch.Tensor, per_branch: bool = False) -> torch.Tensor:
         """Embeddings of preprocessed images (b, 3, h, w): (b, m*d), or (b, m, d) with per_branch; float32
         on the CPU. Each branch's part is L2-normalised (the concatenation has norm sqrt(m))."""
-        images = to_device_batch(batch, self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=plan_for(self.device).bf16):
-            outputs = self.model(images)  # (b, m, d)
-        outputs = F.normalize(outputs.float(), dim=-1).cpu()
-        return outputs if per_branch else outputs.flatten(1)
+        return self.model.embed(to_device_batch(batch, self.device), per_branch).cpu()
 
     def embed(self, images: ImageInput | Iterable[ImageInput], *, batch_size: int = DEFAULT_BATCH_SIZE,
               per_branch: bool = False, progress: bool = False) -> torch.Tensor:

@@ -10,7 +10,7 @@ from antimetric.errors import ConfigError
 from antimetric.model.backbones import build_resnet, get_backbone, split_resnet
 from antimetric.model.batched import BatchedBranches
 from antimetric.model.convert import batched_to_reference, replicate_tail
-from antimetric.model.device_plan import DevicePlan
+from antimetric.model.device_plan import DevicePlan, plan_for
 from antimetric.model.reference import ReferenceBranches
 
 
@@ -65,9 +65,13 @@ class EnsembleNet(nn.Module):
         return self.branches(shared, branch_weights)
 
     @torch.no_grad()
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """The retrieval embedding: L2-normalised branch outputs, concatenated (b, m*d)."""
-        return F.normalize(self(images).float(), dim=-1).flatten(1)
+    def embed(self, images: torch.Tensor, per_branch: bool = False) -> torch.Tensor:
+        """The retrieval embedding: L2-normalised branch outputs, concatenated (b, m*d), or (b, m, d) with
+        per_branch; float32, computed in bf16 where the device's plan trains in it."""
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=plan_for(images.device).bf16):
+            outputs = self(images)  # (b, m, d)
+        outputs = F.normalize(outputs.float(), dim=-1)
+        return outputs if per_branch else outputs.flatten(1)
 
 
 def build_model(config: ModelConfig, implementation: str = "batched") -> EnsembleNet:
