@@ -17,6 +17,16 @@ sizes, forward + backward and forward alone, computed as:
                 (torch.baddbmm) over shifted views of a zero-padded, branch-major activation;
                 no im2col copy. Tells whether a GEMM formulation can beat cuDNN's kernels.
 
+Timed only when named in --strategies (their autotuning compiles for minutes on a GPU):
+  fused-unit    BatchNorm (training mode) + ReLU + this convolution as one unit on the fused Triton
+                kernels (antimetric/experimental/triton_fused.py: BN-apply + ReLU on load, the output's
+                batch statistics in the epilogue, split-K weight gradient), against torch's BatchNorm,
+                ReLU and cuDNN (unfused-unit); with its largest relative error (output, statistics,
+                every gradient). Every grouped convolution is timed as the unit that conv2 of a block is.
+  fused-add     a block's end on this convolution's output, relu(BatchNorm(y) + identity), on one
+                elementwise Triton kernel forward and two backward, against torch (unfused-add).
+                On a CPU the fused rows report their errors under TRITON_INTERPRET=1, and no times.
+
 Needs torch and torchvision only.
 """
 from __future__ import annotations
@@ -96,20 +106,91 @@ def tap_gemm_forward(x_padded: torch.Tensor, weight_taps: torch.Tensor, height: 
 
 
 STRATEGIES = ("grouped-cl", "grouped-nchw", "per-branch", "triton", "tap-gemm")
+FUSED_STRATEGIES = ("fused-unit", "fused-add")  # not in the default list: minutes of autotuning on a GPU
 
 
-def _max_error_against_grouped(grouped, candidate, base: torch.Tensor, weight: torch.Tensor) -> float:
-    """Largest relative difference (norm) of output, input and weight gradient from the grouped-cl result."""
+def _max_error(reference: Callable, candidate: Callable, inputs: list[torch.Tensor],
+               params: list[torch.Tensor]) -> float:
+    """Largest relative difference (norm) of the output and of every input's and parameter's gradient
+    from the reference's (grouped-cl for triton)."""
     results = []
-    for fn in (grouped, candidate):
-        x = base.detach().clone(memory_format=torch.channels_last).requires_grad_(True)
-        weight.grad = None
-        y = fn(x)
-        projection = torch.randn(y.shape, generator=torch.Generator(y.device).manual_seed(0), device=y.device)
-        (y.float() * projection.float()).sum().backward()
-        results.append((y.detach().float(), x.grad.float(), weight.grad.float()))
-    weight.grad = None
+    for fn in (reference, candidate):
+        leaves = [t.detach().clone(memory_format=torch.channels_last).requires_grad_(True) for t in inputs]
+        for p in params:
+            p.grad = None
+        out = fn(*leaves)
+        projection = torch.randn(out.shape, generator=torch.Generator(out.device).manual_seed(0), device=out.device)
+        (out.float() * projection.float()).sum().backward()
+        results.append([out.detach().float(), *(t.grad.float() for t in leaves), *(p.grad.float() for p in params)])
+    for p in params:
+        p.grad = None
     return max(((a - b).norm() / b.norm()).item() for a, b in zip(results[1], results[0]))
+
+
+def _time_training(name: str, fn: Callable, inputs: list[torch.Tensor], params: list[torch.Tensor],
+                   device: torch.device, reps: int) -> dict[str, float]:
+    leaves = [t.detach().clone(memory_format=torch.channels_last).requires_grad_(True) for t in inputs]
+    with torch.no_grad():
+        grad = torch.ones_like(fn(*leaves))
+        forward_ms = _time(lambda: fn(*leaves), device, reps)
+
+    def train_pass():
+        for t in (*leaves, *params):
+            t.grad = None
+        fn(*leaves).backward(grad)
+
+    return {f"{name}_forward_ms": forward_ms, f"{name}_train_ms": _time(train_pass, device, reps)}
+
+
+def measure_fused(conv: dict, batch: int, device: torch.device, dtype: torch.dtype, reps: int,
+                  timed: tuple[str, ...]) -> dict:
+    """The fused-unit and fused-add rows of the module docstring: errors, and times on CUDA only (the
+    interpreter's say nothing of a GPU's)."""
+    from antimetric.experimental import triton_fused  # Triton only where these rows run
+
+    (c_in, h, w), c_out, groups = conv["input_chw"], conv["out_channels"], conv["groups"]
+    stride, pad, k = conv["stride"], conv["padding"], conv["kernel"]
+    gen = torch.Generator(device).manual_seed(0)
+
+    def data(*shape):
+        return torch.randn(*shape, device=device, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+
+    def batch_norm(channels):  # float32 parameters, as under autocast
+        bn = torch.nn.BatchNorm2d(channels).to(device)
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5, generator=gen)
+            bn.bias.uniform_(-0.5, 0.5, generator=gen)
+        return bn
+
+    def sums(t):  # what the unit making t sums in its epilogue
+        t = t.detach().float()
+        return triton_fused.ChannelSums(t.sum((0, 2, 3)), (t * t).sum((0, 2, 3)), t.numel() // t.shape[1])
+
+    def torch_bn(t, bn):  # training mode; neither path updates running statistics
+        return F.batch_norm(t, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+
+    x, bn = data(batch, c_in, h, w), batch_norm(c_in)
+    weight = (torch.randn(c_out, c_in // groups, k, k, device=device, generator=gen) * (groups / c_in / k / k) ** 0.5
+              ).to(dtype).requires_grad_(True)
+    x_sums = sums(x)
+    units = {"unfused-unit": lambda x: F.conv2d(F.relu(torch_bn(x, bn)), weight, None, stride, pad, 1, groups),
+             "fused-unit": lambda x: triton_fused.bn_relu_conv(x, weight, groups, stride, pad, bn, x_sums)[0]}
+    with torch.no_grad():
+        y = units["unfused-unit"](x)
+        fused_sums = triton_fused.bn_relu_conv(x, weight, groups, stride, pad, bn, x_sums)[1]
+    unit_params = [weight, bn.weight, bn.bias]
+    statistics_error = max(((a - b).norm() / b.norm()).item() for a, b in zip(fused_sums[:2], sums(y)[:2]))
+    result = {"fused-unit_max_rel_error": max(statistics_error, _max_error(*units.values(), [x], unit_params))}
+    bn_end, residual, y_sums = batch_norm(c_out), data(*y.shape), sums(y)  # a block's end on this output
+    ends = {"unfused-add": lambda y, r: F.relu(torch_bn(y, bn_end) + r),
+            "fused-add": lambda y, r: triton_fused.bn_add_relu(y, y_sums, bn_end, r)}
+    end_params = [bn_end.weight, bn_end.bias]
+    result["fused-add_max_rel_error"] = _max_error(*ends.values(), [y, residual], end_params)
+    for name, fn in units.items() if device.type == "cuda" and "fused-unit" in timed else ():
+        result.update(_time_training(name, fn, [x], unit_params, device, reps))
+    for name, fn in ends.items() if device.type == "cuda" and "fused-add" in timed else ():
+        result.update(_time_training(name, fn, [y, residual], end_params, device, reps))
+    return result
 
 
 def measure_conv(conv: dict, batch: int, device: torch.device, dtype: torch.dtype, reps: int,
@@ -143,7 +224,7 @@ def measure_conv(conv: dict, batch: int, device: torch.device, dtype: torch.dtyp
     triton_runs = device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"  # the interpreter: CPU checks
     if g > 1 and triton_runs and group_in % 16 == 0 and group_out % 16 == 0:
         try:  # a kernel that fails here must not take the cuDNN rows with it
-            result["triton_max_rel_error"] = _max_error_against_grouped(grouped, triton, base, weight)
+            result["triton_max_rel_error"] = _max_error(grouped, triton, [base], [weight])
             strategies["triton"] = (triton, torch.channels_last)
         except Exception as exc:
             result["triton_failure"] = f"{type(exc).__name__}: {str(exc)[:500]}"
@@ -170,6 +251,14 @@ def measure_conv(conv: dict, batch: int, device: torch.device, dtype: torch.dtyp
             expected = grouped(base).view(batch, g, -1, h, w).permute(1, 0, 3, 4, 2)
             result["tap-gemm_max_rel_error"] = ((out - expected).abs().max() / expected.abs().max()).item()
             result["tap-gemm_forward_ms"] = _time(lambda: tap_gemm_forward(flat, taps, h, w), device, reps)
+    if set(FUSED_STRATEGIES) & set(timed) and g > 1 and group_in % 16 == 0 and group_out % 16 == 0:
+        if not triton_runs:
+            result["fused_skipped"] = "needs CUDA, or Triton's interpreter (TRITON_INTERPRET=1)"
+        else:
+            try:  # as for triton: a failing kernel must not take the other rows with it
+                result.update(measure_fused(conv, batch, device, dtype, reps, timed))
+            except Exception as exc:
+                result["fused_failure"] = f"{type(exc).__name__}: {str(exc)[:500]}"
     out_elems = batch * conv["out_channels"] * ((h + 2 * conv["padding"] - conv["kernel"]) // conv["stride"] + 1) ** 2
     flop_forward = 2 * out_elems * (c_in // conv["groups"]) * conv["kernel"] ** 2
     result["forward_gflop"] = flop_forward / 1e9
@@ -205,6 +294,8 @@ def _print_row(row: dict) -> None:
     timings = " ".join(f"{k[:-3]}={v:.2f}" for k, v in row.items() if k.endswith("_ms"))
     timings += "".join(f" {k}={v:.1e}" for k, v in row.items() if k.endswith("_error"))
     timings += f" TRITON FAILED: {row['triton_failure']}" if "triton_failure" in row else ""
+    timings += f" FUSED FAILED: {row['fused_failure']}" if "fused_failure" in row else ""
+    timings += f" fused rows skipped: {row['fused_skipped']}" if "fused_skipped" in row else ""
     print(f"{row['names'][0]:22s} x{len(row['names'])} {row['in_channels']}->{row['out_channels']} "
           f"k{row['kernel']} s{row['stride']} g{row['groups']} in {row['input_chw'][1]}px b{row['batch']}: "
           f"{timings} ({row['forward_gflop']:.0f} GFLOP fwd)", flush=True)
@@ -215,8 +306,9 @@ def parser() -> argparse.ArgumentParser:
     add_configuration_arguments(p, batch_size=False)
     p.add_argument("--batches", type=int, nargs="+", default=[32, 64])
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES),
-                   help="the ones to time (Triton's error against torch is checked whenever it can run)")
+    p.add_argument("--strategies", nargs="+", choices=STRATEGIES + FUSED_STRATEGIES, default=list(STRATEGIES),
+                   help="the ones to time (Triton's error against torch is checked whenever it can run; the fused "
+                        "rows' only when named)")
     add_device_argument(p)
     p.add_argument("--json", action="store_true")
     return p
