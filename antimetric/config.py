@@ -20,6 +20,7 @@ DATASETS = tuple(TABLE)
 CROP_TYPES = ("uncropped", "cropped")
 BOXED_DATASETS = tuple(name for name, row in TABLE.items() if row.has_boxes)  # what crop_type 'cropped' needs
 IMPLEMENTATIONS = ("batched", "reference")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "resnext50", "tiny")  # antimetric.model.backbones.BACKBONES
@@ -60,6 +61,9 @@ class DataConfig:
     num_workers: int | None = option(None, "data-loader processes (default: none on <= 2 cores, else up to 8)",
                                      parse=int)
     image_cache: bool = option(True, "read the resized images of `prepare --cache-size` when they match")
+    image_memory: int | None = option(None, "MiB of resized images kept decoded in memory after their first "
+                                            "epoch (default: 1024 when loading in the main process, else 0)",
+                                      parse=int, metavar="MIB")
 
 
 @dataclass
@@ -92,6 +96,8 @@ class TrainConfig:
                          aliases=("--with-train",))
     load_ids: str | None = option(None, "reuse meta-class ids: a meta_ids.json, or none for the latest run of "
                                         "this dataset in --output-dir", metavar="PATH", const="latest")
+    precision: str = option("auto", "arithmetic of the forward pass: bf16 autocast or fp32; auto: bf16 on CUDA and "
+                                    "on CPUs with native bf16 (AVX512-BF16, AMX), fp32 elsewhere", choices=PRECISIONS)
     compile: bool = option(False, "torch.compile the network for training (H100: +9 % images/s, ~40 s to compile)")
 
 
@@ -217,10 +223,17 @@ def _check(config: RunConfig) -> None:
         raise ConfigError(f"--seed must be 0 or more, got {train.seed}")
     if data.num_workers is not None and data.num_workers < 0:
         raise ConfigError(f"--num-workers must be 0 or more (0: load in the main process), got {data.num_workers}")
+    if data.image_memory is not None and data.image_memory < 0:
+        raise ConfigError(f"--image-memory must be 0 or more MiB (0: decode every epoch), got {data.image_memory}")
+    if data.image_memory and data.num_workers:
+        raise ConfigError(f"--image-memory keeps images in the process that loads them, and the {data.num_workers} "
+                          "--num-workers processes restart every epoch; add --num-workers 0 or drop --image-memory")
     for name, value in (("eval_batch_size", config.eval.eval_batch_size), ("chunk_size", config.eval.chunk_size)):
         if value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     _check_device(train.device)
+    if train.precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {train.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if not config.run_name and config.run_name is not None:
         raise ConfigError("--run-name must not be empty")
     if config.run_name and (Path(config.run_name).name != config.run_name or config.run_name in (".", "..")):

@@ -13,11 +13,12 @@ from torch.utils.data import DataLoader
 from antimetric.config import RunConfig
 from antimetric.data.cache import CacheForm, find_cache
 from antimetric.data.dataset import ImageDataset
+from antimetric.data.decoded_images import DecodedImages
 from antimetric.data.demo import ensure_demo
 from antimetric.data.manifest import load_or_prepare
 from antimetric.data.records import DatasetIndex
 from antimetric.data.splits import EvalSet, Splits, make_splits
-from antimetric.data.transforms import test_transform, train_transform
+from antimetric.data.transforms import ImageTransform, test_transform, train_transform
 from antimetric.errors import ConfigError
 from antimetric.meta_classes import assign_meta_classes, check_meta_class_size, load_meta_ids
 from antimetric.model.device_plan import DevicePlan, plan_for
@@ -76,8 +77,8 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
     index = load_index(config, progress)
     splits = make_splits(index, data.val_fraction, data.max_per_class, train.seed)
     meta_ids = _meta_ids(config, splits.train_classes)
-    plan = plan_for(device, model_cfg.implementation, activation_checkpointing=model_cfg.activation_checkpointing,
-                    compile=train.compile)
+    plan = plan_for(device, model_cfg.implementation, precision=train.precision,
+                    activation_checkpointing=model_cfg.activation_checkpointing, compile=train.compile)
     prepare_device(plan)
     with device:  # initialise the weights where they will live
         model = build_model(model_cfg, model_cfg.implementation)
@@ -88,24 +89,26 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
     image_root, crop = image_source(config, index, progress)
+    workers = num_workers(data.num_workers)
+    memory = DecodedImages(image_memory_mib(data.image_memory, workers) * 2**20)
     targets = {label: torch.as_tensor(meta_ids[:, col]) for col, label in enumerate(splits.train_classes)}
     train_set = ImageDataset(splits.train, image_root, train_transform(data.data_name, data.crop_type, data.image_size),
-                             crop, targets)
+                             crop, targets, memory)
     if len(train_set) < train.batch_size and train.train:
         raise ConfigError(f"{len(train_set)} training images are fewer than --batch-size {train.batch_size}")
     # Seeded again at the start of every epoch (training_state.seed_epoch). Workers are started anew
     # each epoch, so that their seeds come from that epoch's seed: a resumed run repeats exactly.
     generator = torch.Generator().manual_seed(train.seed)
-    workers = num_workers(data.num_workers)
     # The run records what it chose where the config said auto (config.json, a study's params).
-    train.device, data.num_workers = str(device), workers
+    train.device, data.num_workers, train.precision = str(device), workers, "bf16" if plan.bf16 else "fp32"
+    data.image_memory = memory.budget_bytes // 2**20
     train_loader = DataLoader(train_set, batch_size=train.batch_size, shuffle=True, drop_last=True,
                               num_workers=workers, pin_memory=device.type == "cuda", generator=generator)
 
     transform = test_transform(data.data_name, data.crop_type, data.image_size)
 
     def loaders(eval_set: EvalSet) -> EvalLoaders:
-        return eval_loaders(eval_set, image_root, transform, crop, config.eval.eval_batch_size, workers, device)
+        return eval_loaders(eval_set, image_root, transform, crop, config.eval.eval_batch_size, workers, device, memory)
 
     return TrainingSession(
         config, device, plan, index, splits, meta_ids, model, train_model, optimizer, scheduler, train_loader,
@@ -113,11 +116,11 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
     )
 
 
-def eval_loaders(eval_set: EvalSet, image_root: Path, transform, crop: bool, batch_size: int, workers: int,
-                 device: torch.device) -> EvalLoaders:
+def eval_loaders(eval_set: EvalSet, image_root: Path, transform: ImageTransform, crop: bool, batch_size: int,
+                 workers: int, device: torch.device, memory: DecodedImages | None = None) -> EvalLoaders:
     """Loaders of an evaluation set's queries (and gallery), in record order, unshuffled."""
     def loader(records):
-        return DataLoader(ImageDataset(records, image_root, transform, crop), batch_size=batch_size,
+        return DataLoader(ImageDataset(records, image_root, transform, crop, memory=memory), batch_size=batch_size,
                           num_workers=workers, pin_memory=device.type == "cuda")
     return EvalLoaders(loader(eval_set.query), loader(eval_set.gallery) if eval_set.gallery is not None else None)
 
@@ -144,6 +147,17 @@ def _meta_ids(config: RunConfig, train_classes: list[int]) -> np.ndarray:
     if config.train.load_ids:
         return load_meta_ids(Path(config.train.load_ids), train_classes, d, m)
     return assign_meta_classes(len(train_classes), d, m, config.train.seed)
+
+
+DEFAULT_IMAGE_MEMORY_MIB = 1024
+
+
+def image_memory_mib(requested: int | None, workers: int) -> int:
+    """MiB of decoded images to keep between epochs: what --image-memory asks, else 1024 MiB when the
+    images load in this process (a worker process's store would end with its epoch)."""
+    if requested is not None:
+        return requested
+    return DEFAULT_IMAGE_MEMORY_MIB if workers == 0 else 0
 
 
 def num_workers(requested: int | None) -> int:

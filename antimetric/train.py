@@ -48,7 +48,7 @@ _NONFINITE_CHECK_STEPS = 20  # how often the loss is checked within an epoch (a 
 
 
 # Config values a run settles when it starts where the config may say auto (config.json records them).
-RESOLVED_AT_START = ("device", "num_workers")
+RESOLVED_AT_START = ("device", "num_workers", "image_memory", "precision")
 
 
 @dataclass
@@ -97,6 +97,8 @@ def resume_run(run_dir: Path, on_epoch_end: EpochCallback | None = None, *, prog
             raise ConfigError(f"--resume: no {name} in {run_dir}; pass the folder of a run that finished an epoch")
     try:
         values = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        if "num_workers" in (overrides or {}) and "image_memory" not in overrides:
+            values["image_memory"] = None  # recorded for the old worker count; decided anew for the new one
         values.update(overrides or {}, output_dir=str(run_dir.parent), run_name=run_dir.name)
         config = resolve(RunConfig.from_flat(values))
     except (OSError, ValueError, AttributeError) as error:
@@ -106,7 +108,7 @@ def resume_run(run_dir: Path, on_epoch_end: EpochCallback | None = None, *, prog
     return _run(session, run_dir, on_epoch_end, run_dir / LAST_FILE, progress, write_last=True)
 
 
-RESUME_OVERRIDES = ("device", "num_workers")
+RESUME_OVERRIDES = ("device", "num_workers", "image_memory")
 
 
 def _run(session: TrainingSession, run_dir: Path, on_epoch_end: EpochCallback | None, resume_from: Path | None,

@@ -121,7 +121,7 @@ def load(source: str | Path, *, device: str = "auto", tracking_uri: str | None =
     with torch_device:
         model = build_model(config.model, layout)
     model.load_state_dict(state["model"])
-    model.configure(plan_for(torch_device, layout))
+    model.configure(plan_for(torch_device, layout, precision=config.train.precision))
     model.eval()
     config.train.device, config.model.implementation = str(torch_device), layout
     epoch = int(state.get("epoch", 0))

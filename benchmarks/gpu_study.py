@@ -1,8 +1,9 @@
 """Every throughput figure of benchmarks/RESULTS.md in one run (made for a short GPU lease).
 
-    python -m benchmarks.gpu_study --out DIR               # on a CUDA machine, ~6 minutes
+    python -m benchmarks.gpu_study --out DIR               # on a CUDA machine: every section
     python -m benchmarks.gpu_study --out DIR --smoke       # tiny sizes on a CPU, to check the script
-    python -m benchmarks.gpu_study --out DIR --sections convs levers --quick   # the next lease's run
+    python -m benchmarks.gpu_study --out DIR --sections levers convs --quick   # the next lease's run
+    python -m benchmarks.gpu_study --out DIR --sections levers --rows "loop fp32 (seed)" "+ fused Adam"
 
 Sections, each written to DIR/study.json as soon as it ends (a section that fails or runs out
 of time is recorded as such and the next one starts):
@@ -15,11 +16,21 @@ of time is recorded as such and the next one starts):
   eval     - Recall@K + MAP@R over 60,502 x 24,576 features (SOP scale)
   loader   - decode + augment images/s of the input pipeline alone, by worker count
   embed    - inference images/s of the seed configuration (what embedding a test set costs)
+
+Each row of `levers` and `memory` runs in a fresh Python process, one at a time (benchmarks/study_rows.py:
+the rows, and why): nothing an earlier row set or cached, cuDNN's algorithm choices above all, reaches
+it. A row records its images/s, TFLOP/s, peak memory, step-0 loss, variant, `settings` (what torch
+held when it ran, read back from torch, with the pid) and `seconds` (its process's wall time, start-up
+included: ~5 s of imports on a 2-core CPU, plus CUDA's initialisation on a GPU). The parent measures
+the matmul peak once, and computes `vs_loop` from the loop row of the same run. A row's process that
+crashes, is killed or outlives the rest of --budget-s becomes its row's error, and the next row
+starts. The other sections run in the parent.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
+import os
+import signal
 import sys
 import time
 import traceback
@@ -31,55 +42,8 @@ from antimetric.model import build_model, plan_for
 from antimetric.step import to_device_batch
 from benchmarks import conv_kernels, evaluation, loader
 from benchmarks.common import SEED, environment, model_config, sync, write_result
-from benchmarks.throughput import (
-    REFERENCE,
-    Measurement,
-    Variant,
-    count_step_flops,
-    fast_variant,
-    measure_peak,
-    parser,
-    release_memory,
-    safe_measure,
-)
-
-GPU = fast_variant(torch.device("cuda"))  # what `antimetric train` runs on a GPU
-
-
-def gpu(**levers) -> Variant:
-    """The GPU's default variant with some levers changed."""
-    return dataclasses.replace(GPU, **levers)
-
-
-EAGER = gpu(cudnn_benchmark=False, fused_adam=False)
-LEVERS = [  # (name, variant): each row adds one lever to the row before, unless it says otherwise
-    ("loop fp32 (seed)", REFERENCE),
-    ("loop bf16+CL", dataclasses.replace(EAGER, implementation="reference")),
-    ("batched bf16+CL", EAGER),
-    ("+ cudnn.benchmark", dataclasses.replace(EAGER, cudnn_benchmark=True)),
-    ("+ fused Adam", GPU),
-    ("  same, NCHW", gpu(channels_last=False)),
-    ("  same, Triton grouped convs", gpu(triton_convs=True)),
-    ("  same, Triton grouped convs, batch 64", gpu(triton_convs=True, batch_size=64)),
-    ("  same, act. checkpointing", gpu(activation_checkpointing=True)),
-    ("  same, batch 64", gpu(batch_size=64)),
-    ("  same, batch 128", gpu(batch_size=128)),
-    ("+ torch.compile", gpu(compile="default")),
-    ("+ compile reduce-overhead (CUDA graphs)", gpu(compile="reduce-overhead")),
-]
-# --quick: the rows that are new since the 2026-11-26 run, with the loop and the default beside them
-QUICK_LEVERS = ["loop fp32 (seed)", "+ fused Adam", "  same, Triton grouped convs",
-                "  same, Triton grouped convs, batch 64"]
-BACKBONES = ["resnet18", "resnet34", "resnet50", "resnext50"]
-
-
-def _measure(args, variant, device, flops, peak) -> Measurement:
-    """safe_measure, with any error (a kernel that fails to compile, say) recorded as the row's result."""
-    try:
-        return safe_measure(args, variant, device, flops, peak)
-    except Exception as exc:  # one lease, one run: keep the other rows
-        release_memory(device)
-        return Measurement(0.0, 0.0, 0.0, 0.0, 0, float("nan"), error=f"{type(exc).__name__}: {str(exc)[:300]}")
+from benchmarks.study_rows import LOOP, run_row, selected_rows, unknown_row
+from benchmarks.throughput import count_step_flops, measure_peak, parser, release_memory
 
 
 def levers(args, device, peak) -> dict:
@@ -87,39 +51,22 @@ def levers(args, device, peak) -> dict:
     # filled in place, so that _checkpoint writes each row as soon as it is measured
     section = RESULT["levers"] = {"step_tflop": flops * args.batch_size / 1e12, "rows": {}}
     rows = section["rows"]
-    for name, variant in LEVERS:
-        if args.smoke and variant.compile not in (None, "default"):
-            continue
-        if args.quick and name not in QUICK_LEVERS:
-            continue
-        steps = args.steps
-        if variant.implementation == "reference":
-            args.steps = max(3, steps // 2)  # the loop is slow; fewer steps give the same precision
-        try:
-            m = _measure(args, variant, device, flops, peak)
-        finally:
-            args.steps = steps
-        rows[name] = {**dataclasses.asdict(m), "variant": dataclasses.asdict(variant)}
-        _print_row(name, m)
+    for name in selected_rows(args, "levers"):
+        rows[name] = run_row(args, "levers", name, flops, peak, args.deadline)
+        loop = rows.get(LOOP, {}).get("images_per_s")
+        for row in rows.values():  # against the loop of this run, measured in its own process too
+            row["vs_loop"] = row["images_per_s"] / loop if loop and row["images_per_s"] else None
+        _print_row(name, rows[name])
         _checkpoint(args)
     return section
 
 
 def memory(args, device, peak) -> dict:
     rows = RESULT["memory"] = {}
-    base_steps, base_warmup = args.steps, args.warmup
-    args.steps, args.warmup = 3, 1
-    backbone = args.backbone
-    try:
-        for name in (["tiny"] if args.smoke else BACKBONES):
-            args.backbone = name
-            for ckpt in (False, True):
-                m = _measure(args, gpu(activation_checkpointing=ckpt), device, 0.0, peak)
-                rows[f"{name}{' +ckpt' if ckpt else ''}"] = dataclasses.asdict(m)
-                _print_row(f"{name}{' +ckpt' if ckpt else ''}", m)
-                _checkpoint(args)
-    finally:
-        args.backbone, args.steps, args.warmup = backbone, base_steps, base_warmup
+    for name in selected_rows(args, "memory"):
+        rows[name] = run_row(args, "memory", name, 0.0, peak, args.deadline)
+        _print_row(name, rows[name])
+        _checkpoint(args)
     return rows
 
 
@@ -173,36 +120,51 @@ SECTIONS = {"convs": convs_section, "levers": levers, "memory": memory, "eval": 
 RESULT: dict = {}
 
 
-def _print_row(name: str, m) -> None:
-    extra = f" compile {m.compile_s:.0f}s" if m.compile_s else ""
-    error = f"  {m.error}" if m.error else ""
-    print(f"{name:42s} {m.images_per_s:8.1f} img/s {m.tflops_per_s:7.1f} TFLOP/s {m.peak_fraction:6.1%} "
-          f"{m.peak_memory_bytes / 2**30:6.1f} GiB loss0 {m.loss_step0:.4f}{extra}{error}", flush=True)
+def _print_row(name: str, row: dict) -> None:
+    vs_loop = f" {row['vs_loop']:5.2f}x" if row.get("vs_loop") is not None else ""
+    settings = row["settings"] or {}
+    ran = (f"pid {settings['pid']}, cudnn.benchmark {settings['cudnn_benchmark']} limit "
+           f"{settings['cudnn_benchmark_limit']}, " if settings else "")
+    compiled = f" compile {row['compile_s']:.0f}s" if row["compile_s"] else ""
+    error = f"  {row['error']}" if row["error"] else ""
+    print(f"{name:54s} {row['images_per_s']:8.1f} img/s{vs_loop} {row['tflops_per_s']:7.1f} TFLOP/s "
+          f"{row['peak_fraction']:6.1%} {row['peak_memory_bytes'] / 2**30:6.1f} GiB loss0 {row['loss_step0']:.4f} "
+          f"[{ran}{row['seconds']:.0f} s]{compiled}{error}", flush=True)
 
 
 def _checkpoint(args) -> None:
     write_result(Path(args.out) / "study.json", RESULT)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = parser()
     p.add_argument("--out", required=True)
     p.add_argument("--smoke", action="store_true")
-    p.add_argument("--quick", action="store_true", help="levers: only the rows named in QUICK_LEVERS")
-    p.add_argument("--budget-s", type=float, default=480, help="skip sections that would start after this")
-    p.add_argument("--sections", nargs="+", default=list(SECTIONS))
-    args = p.parse_args()
+    p.add_argument("--quick", action="store_true", help="levers: only the rows of QUICK_LEVERS (benchmarks/study_rows.py)")
+    p.add_argument("--rows", nargs="+", metavar="NAME",
+                   help="levers and memory: only these rows, in this order (their names as printed, quoted)")
+    p.add_argument("--budget-s", type=float, default=480,
+                   help="no section or row starts after this many seconds, and a row still running then is stopped")
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    args = p.parse_args(argv)
+    if unknown_row(args.rows or []):
+        p.error(f"--rows: no row is named {unknown_row(args.rows)!r}; see LEVERS and MEMORY_ROWS in "
+                "benchmarks/study_rows.py (quote a name, leading spaces included)")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # run_child then ends the row's process
     if args.smoke:
         args.backbone, args.ensemble_size, args.image_size, args.batch_size, args.steps = "tiny", 4, 32, 8, 2
     Path(args.out).mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
-    start = time.perf_counter()
-    RESULT.update(**environment(device), date=time.strftime("%Y-%m-%d"), command=" ".join(sys.argv))
+    args.deadline = time.monotonic() + args.budget_s
+    RESULT.update(**environment(device), pid=os.getpid(), date=time.strftime("%Y-%m-%d"), command=" ".join(sys.argv))
+    print(" | ".join(f"{key} {RESULT[key]}" for key in ("device", "torch", "cuda", "cudnn", "driver", "triton",
+                                                        "python", "cpu")), flush=True)
     peak = measure_peak(device)
+    release_memory(device)  # the rows' processes get the whole GPU
     RESULT["peak_tflops_per_s"] = peak / 1e12
-    print(f"{RESULT['device']} torch {torch.__version__}: matmul peak {peak / 1e12:.0f} TFLOP/s", flush=True)
+    print(f"matmul peak {peak / 1e12:.1f} TFLOP/s", flush=True)
     for name in args.sections:
-        if time.perf_counter() - start > args.budget_s:
+        if time.monotonic() > args.deadline:
             RESULT[name] = {"skipped": "time budget spent"}
             continue
         section_start = time.perf_counter()
@@ -212,6 +174,7 @@ def main() -> int:
             partial = RESULT.get(name)
             RESULT[name] = {**(partial if isinstance(partial, dict) else {}), "error": traceback.format_exc()[-2000:]}
             print(RESULT[name]["error"], flush=True)
+        release_memory(device)
         RESULT[name + "_seconds"] = time.perf_counter() - section_start
         _checkpoint(args)
     print(json.dumps({k: v for k, v in RESULT.items() if k.endswith("_seconds")}))

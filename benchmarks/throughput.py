@@ -33,7 +33,10 @@ class Variant(DevicePlan):
 
     implementation: str = "batched"  # or "reference" (the seed's loop)
     batch_size: int | None = None  # None: the benchmark's --batch-size
-    cpu_autocast: bool = False  # with bf16: autocast on a CPU too (--fast-bf16; plans for a GPU stay fp32 on a CPU)
+    cpu_autocast: bool = False  # with bf16: autocast on a CPU too (a CPU's own plan; plans for a GPU stay fp32 there)
+    # how many algorithms cudnn.benchmark times per convolution (0: all of them); None leaves torch's
+    # setting as it is, its default (10) in the fresh process gpu_study runs each variant in
+    cudnn_benchmark_limit: int | None = None
 
 
 REFERENCE = Variant("reference")  # the seed's: fp32, NCHW, unfused Adam (DevicePlan's defaults)
@@ -41,7 +44,13 @@ REFERENCE = Variant("reference")  # the seed's: fp32, NCHW, unfused Adam (Device
 
 def fast_variant(device: torch.device) -> Variant:
     """What `antimetric train` does by default on this device: the batched network and plan_for's plan."""
-    return Variant("batched", **dataclasses.asdict(plan_for(device)))
+    return with_precision(Variant("batched", **dataclasses.asdict(plan_for(device))), "auto", device)
+
+
+def with_precision(variant: Variant, precision: str, device: torch.device) -> Variant:
+    """`variant` computing in `precision` (auto, fp32, bf16) on `device`, as --precision would train it."""
+    bf16 = plan_for(device, precision=precision).bf16
+    return dataclasses.replace(variant, bf16=bf16, cpu_autocast=bf16 and device.type == "cpu")
 
 
 @dataclass
@@ -91,6 +100,8 @@ def build_step(args: argparse.Namespace, variant: Variant, device: torch.device)
     """One call = one antimetric.step.training_step of `variant` on a fixed random batch; returns the loss."""
     batch = variant.batch_size or args.batch_size
     prepare_device(variant)
+    if variant.cudnn_benchmark_limit is not None:  # process-wide, like prepare_device's cudnn.benchmark
+        torch.backends.cudnn.benchmark_limit = variant.cudnn_benchmark_limit
     torch.manual_seed(0)  # the same weights for every variant
     with device:
         model = build_model(model_config(args), variant.implementation)
@@ -165,8 +176,8 @@ def compare(args: argparse.Namespace, fast: Variant | None = None, reference: Va
     fast = fast or fast_variant(device)
     if args.fast_implementation:
         fast = dataclasses.replace(fast, implementation=args.fast_implementation)
-    if getattr(args, "fast_bf16", False):
-        fast = dataclasses.replace(fast, bf16=True, cpu_autocast=True)
+    if getattr(args, "fast_precision", None):
+        fast = with_precision(fast, args.fast_precision, device)
     peak = measure_peak(device)
     flops_per_image = count_step_flops(args, device) / args.batch_size
     # interleaved repeats, each path's median: a shared machine's drift hits both paths alike
@@ -203,8 +214,8 @@ def parser() -> argparse.ArgumentParser:
     add_device_argument(p)
     p.add_argument("--fast-implementation", choices=("batched", "reference"),
                    help="override the fast path's formulation (default: what training picks for the device)")
-    p.add_argument("--fast-bf16", action="store_true",
-                   help="run the fast path under bf16 autocast, on a CPU too (the loop stays fp32)")
+    p.add_argument("--fast-precision", choices=("fp32", "bf16"),
+                   help="the fast path's arithmetic (default: what training picks for the device; the loop stays fp32)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 

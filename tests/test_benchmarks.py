@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from antimetric.model import DevicePlan, plan_for
+from antimetric.model.device_plan import resolve_precision
 from benchmarks.common import SEED
+from benchmarks.throughput import fast_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 # Not installed on the GPU benchmark host: no benchmark may import them, not even through the core.
@@ -68,11 +70,12 @@ def test_the_seed_configuration_is_the_one_results_md_measured():
 def test_throughput_compares_both_paths_from_the_same_start(fast):
     result = run_json("throughput", "--device", "cpu", "--backbone", "tiny", "--ensemble-size", "3",
                       "--meta-class-size", "4", "--image-size", "32", "--batch-size", "4", "--steps", "1",
-                      "--warmup", "0", "--fast-implementation", fast, "--json")
+                      "--warmup", "0", "--fast-implementation", fast, "--fast-precision", "fp32", "--json")
     ref, fst = result["reference"], result["fast"]
-    extra = {"batch_size": None, "cpu_autocast": False}
+    extra = {"batch_size": None, "cpu_autocast": False, "cudnn_benchmark_limit": None}
     assert ref["variant"] == {**asdict(DevicePlan()), "implementation": "reference", **extra}  # the seed's
-    assert fst["variant"] == {**asdict(plan_for(torch.device("cpu"))), "implementation": fast, **extra}
+    plan = {**asdict(plan_for(torch.device("cpu"))), "bf16": False}  # training's CPU plan, in fp32 as asked
+    assert fst["variant"] == {**plan, "implementation": fast, **extra}
     assert fst["loss_step0"] == pytest.approx(ref["loss_step0"], rel=1e-5)
     for path in (ref, fst):
         assert path["images_per_s"] > 0 and "peak_memory_bytes" in path
@@ -84,11 +87,18 @@ def test_throughput_compares_both_paths_from_the_same_start(fast):
 def test_throughput_runs_the_fast_path_in_bf16_on_a_cpu_when_asked():
     result = run_json("throughput", "--device", "cpu", "--backbone", "tiny", "--ensemble-size", "3",
                       "--meta-class-size", "4", "--image-size", "32", "--batch-size", "4", "--steps", "1",
-                      "--warmup", "0", "--fast-bf16", "--json")
+                      "--warmup", "0", "--fast-precision", "bf16", "--json")
     ref, fst = result["reference"], result["fast"]
     assert fst["variant"]["bf16"] and fst["variant"]["cpu_autocast"] and not ref["variant"]["bf16"]
     # the same weights and batch: bf16 rounding moves the loss a little, and only a little
     assert fst["loss_step0"] != ref["loss_step0"] and fst["loss_step0"] == pytest.approx(ref["loss_step0"], rel=2e-2)
+
+
+def test_the_fast_variant_is_what_training_runs_on_this_cpu():
+    cpu = torch.device("cpu")
+    fast = fast_variant(cpu)
+    assert fast.bf16 is plan_for(cpu).bf16 is (resolve_precision("auto", cpu) == "bf16")
+    assert fast.cpu_autocast is fast.bf16  # autocast where the CPU's plan asks for it
 
 
 @pytest.mark.slow
@@ -133,3 +143,14 @@ def test_conv_benchmark_checks_the_triton_kernels_against_torch():
     checked = [row for row in rows if "triton_max_rel_error" in row]
     assert checked and all(row["triton_max_rel_error"] < 1e-4 for row in checked)
     assert all(row.get("tap-gemm_max_rel_error", 0.0) < 1e-4 for row in rows)
+
+
+@pytest.mark.slow
+def test_demo_epoch_times_a_trial_before_and_after(demo_data_path):
+    result = run_json("demo_epoch", "--data-path", str(demo_data_path), "--epochs", "2", "--variants", "before",
+                      "after", "--json")
+    before, after = result["variants"]["before"], result["variants"]["after"]
+    for variant in (before, after):
+        assert len(variant["train_s"]) == len(variant["eval_s"]) == 2 and variant["fit_s"] > sum(variant["train_s"])
+        assert 0 <= variant["test_recall_at_1"] <= 1
+    assert result["threads"] == 1 and result["trial"]["ensemble_size"] == 8

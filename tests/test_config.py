@@ -42,6 +42,7 @@ def test_dataset_defaults_fill_only_unset_fields():
     ({"run_name": "a/b"}, "--run-name must be a folder name"),
     ({"run_name": ".."}, "--run-name must be a folder name"),
     ({"implementation": "fast"}, "unknown implementation"),
+    ({"precision": "fp16"}, "unknown precision 'fp16'; choose one of auto, fp32, bf16"),
 ])
 def test_bad_values_are_rejected_with_the_option_name(values, needle):
     with pytest.raises(ConfigError, match=needle):

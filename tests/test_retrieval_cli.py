@@ -63,7 +63,10 @@ def test_retrieve_prints_each_query_and_marks_the_query_itself(demo_index, capsy
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"query {index.file(5)} (label {index.labels[5]}; in the index as #5)"
     assert lines[1].split()[:5] == ["rank", "cosine", "same", "label", "path"]
-    assert len(lines) == 5 and lines[2].split()[:3] == ["1", "1.0000", "yes"] and lines[2].endswith("(the query)")
+    rank, cosine, same = lines[2].split()[:3]
+    # itself at cosine 1, up to bf16 arithmetic (the index embedded it in a larger batch)
+    assert len(lines) == 5 and (rank, same) == ("1", "yes") and float(cosine) > 0.999
+    assert lines[2].endswith("(the query)")
     assert "(the query)" not in "".join(lines[3:])
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 from antimetric.config import RunConfig, resolve
 from antimetric.evaluate import Embeddings
 from antimetric.model import plan_for
+from antimetric.model.device_plan import resolve_precision
 from antimetric.retrieval_grid import CORRECT_COLOUR, INCORRECT_COLOUR, GridLayout, grid_rows_from_embeddings
 from antimetric.session import build_session
 from antimetric.train import (
@@ -69,6 +70,7 @@ def test_run_folder(trained):
     assert config["ensemble_size"] == 8 and config["backbone"] == "tiny"
     # what ran, not "auto"
     assert config["device"] == "cpu" and config["implementation"] == "batched" and config["num_workers"] >= 0
+    assert config["precision"] == resolve_precision("auto", torch.device("cpu"))
     assert len(json.loads((run / META_IDS_FILE).read_text())["ids"]) == 8
     rows = list(csv.DictReader((run / EPOCHS_FILE).open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
@@ -140,3 +142,11 @@ def test_a_gpu_out_of_memory_turns_activation_checkpointing_on_once_where_the_pl
     on_gpu = dataclasses.replace(session, plan=plan_for(cuda))
     assert start_checkpointing_after_oom(on_gpu) and session.model.grad_checkpointing
     assert not start_checkpointing_after_oom(on_gpu)  # nothing left to turn on: the error is raised
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_an_explicit_precision_is_what_the_session_trains_and_embeds_in(demo_data_path, tmp_path, precision):
+    config = resolve(_config(demo_data_path, tmp_path, train=False, precision=precision))
+    session = build_session(config)
+    assert session.plan.bf16 is (precision == "bf16") and session.model.plan is session.plan
+    assert session.config.train.precision == precision

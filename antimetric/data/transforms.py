@@ -1,7 +1,18 @@
-"""The seed's preprocessing, with the image size as a parameter (the seed used 256)."""
+"""The seed's preprocessing, with the image size as a parameter (the seed used 256).
+
+Each transform runs in two steps, so that the first can be kept (antimetric.data.decoded_images):
+`decoded` resizes a PIL image (deterministic) and turns it into a uint8 tensor; `finish` crops,
+flips and normalises that tensor, randomly in training. Together they compute what the seed's
+PIL pipeline (Resize, RandomCrop or CenterCrop, RandomHorizontalFlip, ToTensor, Normalize)
+computes, bit for bit and with the same draws from torch's random generator."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
 from torchvision import transforms
+from torchvision.transforms import functional as F
 
 from antimetric.data.table import RGB, TABLE
 
@@ -9,19 +20,34 @@ from antimetric.data.table import RGB, TABLE
 MEAN_STD: dict[str, tuple[RGB, RGB]] = {name: (row.mean, row.std) for name, row in TABLE.items()}
 
 
-def train_transform(data_name: str, crop_type: str, image_size: int) -> transforms.Compose:
+@dataclass(frozen=True)
+class ImageTransform:
+    """PIL image -> normalised float tensor (3, image_size, image_size), in two steps."""
+
+    resize: transforms.Resize  # deterministic: what the resized cache and the in-memory images hold
+    finish: transforms.Compose  # uint8 tensor (3, h, w) -> float tensor: crop, flip, scale, normalise
+
+    def decoded(self, image: Image.Image) -> torch.Tensor:
+        """The resized image as a uint8 tensor (3, h, w): the step a transform always takes the same way."""
+        return F.pil_to_tensor(self.resize(image))
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.finish(self.decoded(image))
+
+
+def train_transform(data_name: str, crop_type: str, image_size: int) -> ImageTransform:
     """Uncropped: resize the short side, random square crop; cropped (box already applied):
     resize to a square. Both with a random horizontal flip."""
     crop = [] if crop_type == "cropped" else [transforms.RandomCrop(image_size)]
-    return transforms.Compose([
-        resize_transform(crop_type, image_size), *crop, transforms.RandomHorizontalFlip(),
-        *_to_normalized_tensor(data_name),
-    ])
+    return ImageTransform(resize_transform(crop_type, image_size), transforms.Compose([
+        *crop, transforms.RandomHorizontalFlip(), *_to_normalized_float(data_name),
+    ]))
 
 
-def test_transform(data_name: str, crop_type: str, image_size: int) -> transforms.Compose:
+def test_transform(data_name: str, crop_type: str, image_size: int) -> ImageTransform:
     crop = [] if crop_type == "cropped" else [transforms.CenterCrop(image_size)]
-    return transforms.Compose([resize_transform(crop_type, image_size), *crop, *_to_normalized_tensor(data_name)])
+    return ImageTransform(resize_transform(crop_type, image_size),
+                          transforms.Compose([*crop, *_to_normalized_float(data_name)]))
 
 
 def resize_transform(crop_type: str, image_size: int) -> transforms.Resize:
@@ -34,6 +60,7 @@ def resize_transform(crop_type: str, image_size: int) -> transforms.Resize:
     return transforms.Resize(image_size)
 
 
-def _to_normalized_tensor(data_name: str) -> list:
+def _to_normalized_float(data_name: str) -> list:
+    """uint8 0..255 -> float 0..1 (as ToTensor divides), then the dataset's normalisation."""
     mean, std = MEAN_STD[data_name]
-    return [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    return [transforms.ConvertImageDtype(torch.float32), transforms.Normalize(mean, std)]

@@ -10,7 +10,7 @@ from antimetric.errors import ConfigError
 from antimetric.model.backbones import build_resnet, get_backbone, split_resnet
 from antimetric.model.batched import BatchedBranches
 from antimetric.model.convert import batched_to_reference, replicate_tail
-from antimetric.model.device_plan import DevicePlan, plan_for
+from antimetric.model.device_plan import DevicePlan
 from antimetric.model.reference import ReferenceBranches
 
 
@@ -21,11 +21,13 @@ class EnsembleNet(nn.Module):
         self.branches = branches
         self.ensemble_size: int = branches.ensemble_size
         self.with_random = with_random
+        self.plan = DevicePlan()  # how configure() set it up: plain fp32 until then
 
     def configure(self, plan: DevicePlan) -> nn.Module:
         """Follow `plan` (antimetric.model.device_plan.plan_for): memory format, activation checkpointing,
         the experimental Triton convolutions. Returns the module to train with: this one, or its
         torch.compile'd wrapper (which shares its parameters)."""
+        self.plan = plan
         if plan.channels_last:
             self.to(memory_format=torch.channels_last)
         self.set_grad_checkpointing(plan.activation_checkpointing)
@@ -67,8 +69,8 @@ class EnsembleNet(nn.Module):
     @torch.no_grad()
     def embed(self, images: torch.Tensor, per_branch: bool = False) -> torch.Tensor:
         """The retrieval embedding: L2-normalised branch outputs, concatenated (b, m*d), or (b, m, d) with
-        per_branch; float32, computed in bf16 where the device's plan trains in it."""
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=plan_for(images.device).bf16):
+        per_branch; float32, computed in bf16 where the plan it was configured with trains in it."""
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.plan.bf16):
             outputs = self(images)  # (b, m, d)
         outputs = F.normalize(outputs.float(), dim=-1)
         return outputs if per_branch else outputs.flatten(1)

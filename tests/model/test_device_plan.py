@@ -5,6 +5,7 @@ import torch
 from antimetric.config import ModelConfig
 from antimetric.model import DevicePlan, build_model, plan_for
 from antimetric.model.batched import BranchConv2d
+from antimetric.model.device_plan import cpu_has_native_bf16, resolve_precision
 
 CONFIG = ModelConfig(backbone="tiny", share_type="layer1", ensemble_size=2, meta_class_size=4, with_fc=True,
                      with_random=True, pretrained=False)
@@ -65,3 +66,36 @@ def test_the_triton_plan_swaps_the_grouped_convolutions_and_keeps_the_weights():
     assert all(p is parameters[name] for name, p in swapped.named_parameters())
     assert swapped.state_dict().keys() == plain.state_dict().keys()
     assert torch.equal(_output_and_grads(swapped)[0], _output_and_grads(plain)[0])
+
+
+@pytest.mark.parametrize("flags, native", [("fpu avx2 avx512f avx512_bf16 sse", True), ("fpu amx_bf16 amx_tile", True),
+                                           ("fpu avx2 avx512f avx512bw", False)])
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert cpu_has_native_bf16(cpuinfo) is native
+    assert cpu_has_native_bf16(tmp_path / "missing") is False
+
+
+def test_precision_auto_is_bf16_on_cuda_and_on_native_bf16_cpus_and_explicit_values_win():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    native = cpu_has_native_bf16()
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert plan_for(cpu).bf16 is native
+    assert resolve_precision("auto", cuda) == "bf16" and plan_for(cuda).bf16
+    assert not plan_for(cuda, precision="fp32").bf16 and plan_for(cpu, precision="bf16").bf16
+    assert not plan_for(cpu, precision="fp32").bf16
+
+
+def test_embed_computes_in_the_precision_of_the_plan_it_was_configured_with():
+    """Unconfigured: fp32, the equality tests' arithmetic; configured for bf16: bf16 rounding, and
+    L2-normalised float32 either way."""
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    model = _model().eval()
+    plain = model.embed(images)
+    model.configure(plan_for(torch.device("cpu"), precision="fp32"))
+    assert torch.equal(model.embed(images), plain)
+    model.configure(plan_for(torch.device("cpu"), precision="bf16"))
+    rounded = model.embed(images)
+    assert rounded.dtype == torch.float32 and not torch.equal(rounded, plain)
+    assert (rounded - plain).abs().max() < 0.05
