@@ -32,7 +32,7 @@ def embed(model: EnsembleNet, loader: DataLoader, device: torch.device, *, progr
     model.eval()
     features, labels = [], []
     for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        images = to_device_batch(images, device)
+        images = to_device_batch(images, device, model.plan.channels_last)
         features.append(model.embed(images).half().cpu())
         labels.append(torch.as_tensor(targets))
     model.train(was_training)

@@ -77,7 +77,7 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
     index = load_index(config, progress)
     splits = make_splits(index, data.val_fraction, data.max_per_class, train.seed)
     meta_ids = _meta_ids(config, splits.train_classes)
-    plan = plan_for(device, model_cfg.implementation, precision=train.precision,
+    plan = plan_for(device, model_cfg.implementation, precision=train.precision, backbone=model_cfg.backbone,
                     activation_checkpointing=model_cfg.activation_checkpointing, compile=train.compile)
     prepare_device(plan)
     with device:  # initialise the weights where they will live

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from antimetric.model.device_plan import DevicePlan, plan_for
+from antimetric.model.device_plan import DevicePlan
 
 
 def make_optimizer(model: nn.Module, lr: float, plan: DevicePlan) -> torch.optim.Adam:
@@ -19,10 +19,10 @@ def prepare_device(plan: DevicePlan) -> None:
     torch.backends.cudnn.benchmark = plan.cudnn_benchmark
 
 
-def to_device_batch(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch on `device`, in the memory format the plan for that device gives the network."""
+def to_device_batch(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """A batch on `device`, in the memory format of the network's plan (DevicePlan.channels_last)."""
     images = images.to(device, non_blocking=True)
-    if plan_for(device).channels_last:
+    if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images
 

@@ -174,7 +174,7 @@ def train_one_epoch(session: TrainingSession, epoch: int, progress: bool) -> dic
     start = time.perf_counter()
     batches = tqdm(session.train_loader, desc=f"epoch {epoch}", disable=not progress, leave=False)
     for step, (images, targets) in enumerate(batches, start=1):
-        images = to_device_batch(images, device)
+        images = to_device_batch(images, device, session.plan.channels_last)
         targets = targets.to(device, non_blocking=True)  # (b, m) meta-class of each image per branch
         try:
             loss, logits = training_step(session.train_model, images, targets, opt, session.plan.bf16)

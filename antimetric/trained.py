@@ -83,7 +83,7 @@ class TrainedEnsemble:
     def embed_tensor(self, batch: torch.Tensor, per_branch: bool = False) -> torch.Tensor:
         """Embeddings of preprocessed images (b, 3, h, w): (b, m*d), or (b, m, d) with per_branch; float32
         on the CPU. Each branch's part is L2-normalised (the concatenation has norm sqrt(m))."""
-        return self.model.embed(to_device_batch(batch, self.device), per_branch).cpu()
+        return self.model.embed(to_device_batch(batch, self.device, self.model.plan.channels_last), per_branch).cpu()
 
     def embed(self, images: ImageInput | Iterable[ImageInput], *, batch_size: int = DEFAULT_BATCH_SIZE,
               per_branch: bool = False, progress: bool = False) -> torch.Tensor:
@@ -121,7 +121,7 @@ def load(source: str | Path, *, device: str = "auto", tracking_uri: str | None =
     with torch_device:
         model = build_model(config.model, layout)
     model.load_state_dict(state["model"])
-    model.configure(plan_for(torch_device, layout, precision=config.train.precision))
+    model.configure(plan_for(torch_device, layout, precision=config.train.precision, backbone=config.model.backbone))
     model.eval()
     config.train.device, config.model.implementation = str(torch_device), layout
     epoch = int(state.get("epoch", 0))

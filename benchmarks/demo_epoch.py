@@ -5,12 +5,14 @@
 Trains the demo's best-found ensemble shape (tiny ResNet x 8, meta 12, share layer1, with_random,
 fc head, 64 px, batch 32, the 20 % validation split a study uses) as `antimetric.train.fit` runs a
 study trial: one thread (what Ray gives a trial of `cpus_per_trial=1`), images loaded in the main
-process. Each variant is a whole run from the same seed; they run interleaved in one process:
+process. Each variant is a whole run from the same seed, and adds one lever to the one before;
+they run interleaved in one process:
 
-  before   fp32, every image decoded and resized every epoch (antimetric before 2026-11-29)
-  memory   fp32, resized images kept decoded in memory after the first epoch (--image-memory)
-  bf16     bf16 autocast (--precision bf16), decoded every epoch
-  after    bf16 and images kept in memory (the default on a CPU with native bf16)
+  before   fp32, NCHW, every image decoded and resized every epoch (antimetric before 2026-11-29)
+  memory   + resized images kept decoded in memory after the first epoch (--image-memory)
+  bf16     + bf16 autocast (--precision bf16)
+  after    + channels-last (what plan_for picks for the tiny backbone on a CPU): today's default on
+           a CPU with native bf16
 
 Reported per variant: the first epoch and the later ones (train seconds, evaluation seconds), the
 whole fit, and the final test Recall@1. Needs torch and torchvision only.
@@ -18,6 +20,8 @@ whole fit, and the final test Recall@1. Needs torch and torchvision only.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import statistics
 import sys
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from antimetric import session
 from antimetric.config import RunConfig
 from antimetric.data.demo import ensure_demo
 from antimetric.train import fit
@@ -36,15 +41,33 @@ from benchmarks.common import environment
 TRIAL = {"data_name": "demo", "ensemble_size": 8, "meta_class_size": 12, "share_type": "layer1",
          "with_random": True, "with_fc": True, "lr": 4.137e-3, "val_fraction": 0.2, "num_workers": 0}
 VARIANTS = {"before": {"precision": "fp32", "image_memory": 0}, "memory": {"precision": "fp32"},
-            "bf16": {"precision": "bf16", "image_memory": 0}, "after": {"precision": "bf16"}}
+            "bf16": {"precision": "bf16"}, "after": {"precision": "bf16"}}
+NCHW = ("before", "memory", "bf16")  # the layout of CPU plans before 2026-11-29, which no option selects
+
+
+@contextlib.contextmanager
+def nchw_plans(active: bool):
+    """Training's device plans without channels-last while active (the earlier CPU layout)."""
+    if not active:
+        yield
+        return
+    chosen = session.plan_for
+    session.plan_for = lambda *args, **kwargs: dataclasses.replace(chosen(*args, **kwargs), channels_last=False)
+    try:
+        yield
+    finally:
+        session.plan_for = chosen
 
 
 def run_variant(name: str, data_path: Path, epochs: int, output: Path) -> dict:
     config = RunConfig.from_flat({**TRIAL, **VARIANTS[name], "data_path": str(data_path), "num_epochs": epochs,
                                   "output_dir": str(output), "run_name": name})
     epochs_seen: list[dict[str, float]] = []
+    resolved: dict = {}
     start = time.perf_counter()
-    result = fit(config, lambda r, save: epochs_seen.append(r.metrics), write_last=False)
+    with nchw_plans(name in NCHW):
+        result = fit(config, lambda r, save: epochs_seen.append(r.metrics) or resolved.update(r.resolved),
+                     write_last=False)
     total = time.perf_counter() - start
     train = [m["epoch_seconds"] for m in epochs_seen]
     evaluation = [m["eval_seconds"] for m in epochs_seen]
@@ -52,7 +75,8 @@ def run_variant(name: str, data_path: Path, epochs: int, output: Path) -> dict:
             "later_epoch_train_s": statistics.median(train[1:]) if len(train) > 1 else None,
             "later_epoch_eval_s": statistics.median(evaluation[1:]) if len(evaluation) > 1 else None,
             "train_s": train, "eval_s": evaluation,
-            "test_recall_at_1": epochs_seen[-1]["test_recall_at_1"], "best_epoch": result.best_epoch}
+            "test_recall_at_1": epochs_seen[-1]["test_recall_at_1"], "best_epoch": result.best_epoch,
+            "precision": resolved["precision"], "image_memory_mib": resolved["image_memory"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,12 +71,12 @@ def memory(args, device, peak) -> dict:
 
 
 def embed(args, device, peak) -> dict:
-    plan = plan_for(device)
+    plan = plan_for(device, backbone=args.backbone)
     with device:
         model = build_model(model_config(args)).eval()
     model.configure(plan)
     batch = 8 if args.smoke else 256
-    images = to_device_batch(torch.randn(batch, 3, args.image_size, args.image_size), device)
+    images = to_device_batch(torch.randn(batch, 3, args.image_size, args.image_size), device, plan.channels_last)
     with torch.no_grad():  # embed() runs in the plan's precision itself
         for _ in range(2):
             model.embed(images)

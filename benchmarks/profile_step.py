@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     device = torch.device(args.device)
-    variant = fast_variant(device)
+    variant = fast_variant(device, args.backbone)
     if args.nchw:
         variant = dataclasses.replace(variant, channels_last=False)
     step = build_step(args, variant, device)

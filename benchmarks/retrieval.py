@@ -173,7 +173,7 @@ def untrained_ensemble(overrides: dict) -> TrainedEnsemble:
     device = pick_device("auto")
     with device:
         model = build_model(config.model, "batched")
-    model.configure(plan_for(device))
+    model.configure(plan_for(device, backbone=config.model.backbone))
     model.eval()
     meta_ids = np.zeros((config.model.ensemble_size, 1), dtype=np.int64)
     return TrainedEnsemble(model, config, meta_ids, device, Path("untrained"), "untrained")

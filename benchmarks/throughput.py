@@ -42,9 +42,10 @@ class Variant(DevicePlan):
 REFERENCE = Variant("reference")  # the seed's: fp32, NCHW, unfused Adam (DevicePlan's defaults)
 
 
-def fast_variant(device: torch.device) -> Variant:
+def fast_variant(device: torch.device, backbone: str | None = None) -> Variant:
     """What `antimetric train` does by default on this device: the batched network and plan_for's plan."""
-    return with_precision(Variant("batched", **dataclasses.asdict(plan_for(device))), "auto", device)
+    plan = plan_for(device, backbone=backbone)
+    return with_precision(Variant("batched", **dataclasses.asdict(plan)), "auto", device)
 
 
 def with_precision(variant: Variant, precision: str, device: torch.device) -> Variant:
@@ -173,11 +174,13 @@ def safe_measure(args, variant, device, flops_per_image, peak) -> Measurement:
 
 def compare(args: argparse.Namespace, fast: Variant | None = None, reference: Variant = REFERENCE) -> dict:
     device = torch.device(args.device)
-    fast = fast or fast_variant(device)
+    fast = fast or fast_variant(device, args.backbone)
     if args.fast_implementation:
         fast = dataclasses.replace(fast, implementation=args.fast_implementation)
     if getattr(args, "fast_precision", None):
         fast = with_precision(fast, args.fast_precision, device)
+    if getattr(args, "fast_layout", None):
+        fast = dataclasses.replace(fast, channels_last=args.fast_layout == "channels-last")
     peak = measure_peak(device)
     flops_per_image = count_step_flops(args, device) / args.batch_size
     # interleaved repeats, each path's median: a shared machine's drift hits both paths alike
@@ -216,6 +219,8 @@ def parser() -> argparse.ArgumentParser:
                    help="override the fast path's formulation (default: what training picks for the device)")
     p.add_argument("--fast-precision", choices=("fp32", "bf16"),
                    help="the fast path's arithmetic (default: what training picks for the device; the loop stays fp32)")
+    p.add_argument("--fast-layout", choices=("nchw", "channels-last"),
+                   help="the fast path's memory format (default: what training picks for the device and backbone)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 

@@ -8,6 +8,7 @@ import pickletools
 import shutil
 import signal
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -84,9 +85,11 @@ def run_study(settings: StudySettings) -> None:
     check_resume(settings)
     check_resources(settings)
     experiment_id = open_experiment(settings, _artifact_root(settings))
-    n_classes = count_training_classes(settings)
+    # The dataset is read (the demo generated, on first use: 5 s on 2 cores) while Ray starts (4 s).
+    counting = _in_background(count_training_classes, settings)
     session_dir = start_ray(settings)
     try:
+        n_classes = counting.result()
         check_nodes(settings)
         if settings.resume:
             tuner = tune.Tuner.restore(str(settings.experiment_path), trainable(settings), resume_unfinished=True,
@@ -108,6 +111,14 @@ def run_study(settings: StudySettings) -> None:
         if session_dir is not None:  # Ray's local copies of trial folders and state files (all in storage
             for folder in ("artifacts", SCRATCH):  # now), and what trials stopped at once left
                 shutil.rmtree(Path(session_dir) / folder, ignore_errors=True)
+
+
+def _in_background(function, *args) -> Future:
+    """`function(*args)` in a thread of its own; its Future's result() waits for it, or raises what it raised."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(function, *args)
+    pool.shutdown(wait=False)  # the call runs to its end; the thread ends with it
+    return future
 
 
 def open_parent_run(settings: StudySettings, experiment_id: str) -> str:

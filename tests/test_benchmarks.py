@@ -74,7 +74,7 @@ def test_throughput_compares_both_paths_from_the_same_start(fast):
     ref, fst = result["reference"], result["fast"]
     extra = {"batch_size": None, "cpu_autocast": False, "cudnn_benchmark_limit": None}
     assert ref["variant"] == {**asdict(DevicePlan()), "implementation": "reference", **extra}  # the seed's
-    plan = {**asdict(plan_for(torch.device("cpu"))), "bf16": False}  # training's CPU plan, in fp32 as asked
+    plan = {**asdict(plan_for(torch.device("cpu"), backbone="tiny")), "bf16": False}  # training's, in fp32 as asked
     assert fst["variant"] == {**plan, "implementation": fast, **extra}
     assert fst["loss_step0"] == pytest.approx(ref["loss_step0"], rel=1e-5)
     for path in (ref, fst):
@@ -87,17 +87,19 @@ def test_throughput_compares_both_paths_from_the_same_start(fast):
 def test_throughput_runs_the_fast_path_in_bf16_on_a_cpu_when_asked():
     result = run_json("throughput", "--device", "cpu", "--backbone", "tiny", "--ensemble-size", "3",
                       "--meta-class-size", "4", "--image-size", "32", "--batch-size", "4", "--steps", "1",
-                      "--warmup", "0", "--fast-precision", "bf16", "--json")
+                      "--warmup", "0", "--fast-precision", "bf16", "--fast-layout", "nchw", "--json")
     ref, fst = result["reference"], result["fast"]
     assert fst["variant"]["bf16"] and fst["variant"]["cpu_autocast"] and not ref["variant"]["bf16"]
+    assert not fst["variant"]["channels_last"]  # asked for, over the tiny backbone's channels-last
     # the same weights and batch: bf16 rounding moves the loss a little, and only a little
     assert fst["loss_step0"] != ref["loss_step0"] and fst["loss_step0"] == pytest.approx(ref["loss_step0"], rel=2e-2)
 
 
 def test_the_fast_variant_is_what_training_runs_on_this_cpu():
     cpu = torch.device("cpu")
-    fast = fast_variant(cpu)
+    fast = fast_variant(cpu, "tiny")
     assert fast.bf16 is plan_for(cpu).bf16 is (resolve_precision("auto", cpu) == "bf16")
+    assert fast.channels_last and not fast_variant(cpu, "resnet18").channels_last
     assert fast.cpu_autocast is fast.bf16  # autocast where the CPU's plan asks for it
 
 
@@ -154,3 +156,5 @@ def test_demo_epoch_times_a_trial_before_and_after(demo_data_path):
         assert len(variant["train_s"]) == len(variant["eval_s"]) == 2 and variant["fit_s"] > sum(variant["train_s"])
         assert 0 <= variant["test_recall_at_1"] <= 1
     assert result["threads"] == 1 and result["trial"]["ensemble_size"] == 8
+    assert (before["precision"], before["image_memory_mib"]) == ("fp32", 0)
+    assert after["image_memory_mib"] > 0 and after["precision"] == "bf16"

@@ -149,4 +149,6 @@ def test_an_explicit_precision_is_what_the_session_trains_and_embeds_in(demo_dat
     config = resolve(_config(demo_data_path, tmp_path, train=False, precision=precision))
     session = build_session(config)
     assert session.plan.bf16 is (precision == "bf16") and session.model.plan is session.plan
+    conv = session.model.branches.stages.layer2[0].conv2.weight  # the tiny backbone: channels-last on a CPU
+    assert session.plan.channels_last and conv.is_contiguous(memory_format=torch.channels_last)
     assert session.config.train.precision == precision

@@ -144,10 +144,11 @@ def render(top: str, bottom: str, rng: np.random.Generator) -> tuple[Image.Image
 
 def _background(rng: np.random.Generator, s: int) -> Image.Image:
     """A random colour with a smooth random texture."""
-    base = np.array(_random_colour(rng, dark=rng.random() < 0.5), dtype=np.float64)
+    base = np.array(_random_colour(rng, dark=rng.random() < 0.5), dtype=np.int16)
     coarse = rng.normal(0, 28, (6, 6, 3))
     texture = np.asarray(Image.fromarray(np.clip(coarse + 128, 0, 255).astype(np.uint8)).resize((s, s), Image.BICUBIC))
-    pixels = np.clip(base + texture.astype(np.float64) - 128, 0, 255).astype(np.uint8)
+    # integers throughout (the same pixels as float arithmetic, at a quarter of its cost)
+    pixels = np.clip(texture.astype(np.int16) + (base - 128), 0, 255).astype(np.uint8)
     return Image.fromarray(pixels)
 
 

@@ -16,6 +16,11 @@ import torch
 # CPU flags (Linux /proc/cpuinfo) of native bf16 arithmetic, which oneDNN's bf16 convolutions and
 # matmuls use: without them torch emulates bf16 in fp32 units, slower than plain fp32.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# Backbones whose grouped convolutions oneDNN runs faster channels-last on a CPU. Measured on the 2-core
+# AVX512-BF16 CPU (benchmarks/RESULTS.md, 2026-11-29), bf16: tiny x 12 trains at 2.68x the fp32 loop
+# channels-last against 2.43x NCHW, and a demo trial takes 10 % less time; ResNet18 x 8 at 0.90x
+# against 1.10x.
+CPU_CHANNELS_LAST_BACKBONES = frozenset({"tiny"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,19 +38,19 @@ class DevicePlan:
 
 
 def plan_for(device: torch.device, implementation: str = "batched", *, precision: str = "auto",
-             activation_checkpointing: bool | None = None, compile: bool = False,
+             backbone: str | None = None, activation_checkpointing: bool | None = None, compile: bool = False,
              triton_convs: bool = False) -> DevicePlan:
     """What trains fastest on `device` (benchmarks/RESULTS.md), given the run's options.
 
     CUDA: bf16 autocast, channels-last and cudnn.benchmark (H100: 2.0x the seed's loop with fused Adam).
-    CPUs: NCHW, and bf16 autocast where the CPU computes bf16 natively (2-core AVX512-BF16: 1.5x fp32 for
-    the demo's tiny ensemble, 1.9x for ResNet18 x 8), else fp32. Fused Adam on both (on CPUs 8x less
-    optimiser time). The order of work is the same everywhere: layer by layer, all branches at once.
-    activation_checkpointing None (auto): off, turned on when a step of the batched network runs out of
-    GPU memory."""
+    CPUs: bf16 autocast where the CPU computes bf16 natively (2-core AVX512-BF16: 1.5x fp32 for the demo's
+    tiny ensemble, 1.9x for ResNet18 x 8), else fp32; NCHW, but channels-last for the backbones of
+    CPU_CHANNELS_LAST_BACKBONES. Fused Adam on both (on CPUs 8x less optimiser time). The order of work
+    is the same everywhere: layer by layer, all branches at once. activation_checkpointing None (auto):
+    off, turned on when a step of the batched network runs out of GPU memory."""
     cuda = device.type == "cuda"
     return DevicePlan(
-        channels_last=cuda,
+        channels_last=cuda or (device.type == "cpu" and backbone in CPU_CHANNELS_LAST_BACKBONES),
         bf16=resolve_precision(precision, device) == "bf16",
         cudnn_benchmark=cuda,
         fused_adam=device.type in ("cuda", "cpu"),

@@ -5,7 +5,7 @@ import torch
 from antimetric.config import ModelConfig
 from antimetric.model import DevicePlan, build_model, plan_for
 from antimetric.model.batched import BranchConv2d
-from antimetric.model.device_plan import cpu_has_native_bf16, resolve_precision
+from antimetric.model.device_plan import CPU_CHANNELS_LAST_BACKBONES, cpu_has_native_bf16, resolve_precision
 
 CONFIG = ModelConfig(backbone="tiny", share_type="layer1", ensemble_size=2, meta_class_size=4, with_fc=True,
                      with_random=True, pretrained=False)
@@ -99,3 +99,10 @@ def test_embed_computes_in_the_precision_of_the_plan_it_was_configured_with():
     rounded = model.embed(images)
     assert rounded.dtype == torch.float32 and not torch.equal(rounded, plain)
     assert (rounded - plain).abs().max() < 0.05
+
+
+def test_channels_last_on_a_cpu_is_for_the_backbones_measured_faster_so():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert plan_for(cpu, backbone="tiny").channels_last and "tiny" in CPU_CHANNELS_LAST_BACKBONES
+    assert not plan_for(cpu, backbone="resnet18").channels_last and not plan_for(cpu).channels_last
+    assert plan_for(cuda, backbone="resnet18").channels_last and plan_for(cuda, backbone="tiny").channels_last
