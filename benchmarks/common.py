@@ -19,6 +19,7 @@ import torch
 
 from antimetric.atomic import atomic_open
 from antimetric.config import DATASET_DEFAULTS, ModelConfig, TrainConfig
+from antimetric.model.device_plan import cpuinfo_value
 
 
 @dataclass(frozen=True)
@@ -110,13 +111,7 @@ def _installed_version(*distributions: str) -> str | None:
 
 def cpu_model() -> str | None:
     """The CPU's model name (Linux's /proc/cpuinfo, else what the platform module knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
+    return cpuinfo_value("model name") or platform.processor() or None
 
 
 def torch_settings() -> dict[str, bool | int | None]:

@@ -16,6 +16,7 @@ import torch
 # CPU flags (Linux /proc/cpuinfo) of native bf16 arithmetic, which oneDNN's bf16 convolutions and
 # matmuls use: without them torch emulates bf16 in fp32 units, slower than plain fp32.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+CPUINFO = Path("/proc/cpuinfo")
 # Backbones whose grouped convolutions oneDNN runs faster channels-last on a CPU. Measured on the 2-core
 # AVX512-BF16 CPU (benchmarks/RESULTS.md, 2026-11-29), bf16: tiny x 12 trains at 2.68x the fp32 loop
 # channels-last against 2.43x NCHW, and a demo trial takes 10 % less time; ResNet18 x 8 at 0.90x
@@ -69,11 +70,20 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 @functools.cache
-def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+def cpu_has_native_bf16(cpuinfo: Path = CPUINFO) -> bool:
     """Whether this CPU multiplies bf16 natively (read from Linux's CPU flags; False where they are not)."""
+    flags = (cpuinfo_value("flags", cpuinfo) or "").split()
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def cpuinfo_value(key: str, cpuinfo: Path = CPUINFO) -> str | None:
+    """The value of the first `key : value` line of Linux's /proc/cpuinfo (`flags`, `model name`), or None."""
     try:
         text = cpuinfo.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+        return None
+    for line in text.splitlines():
+        name, colon, value = line.partition(":")
+        if colon and name.strip() == key:
+            return value.strip()
+    return None

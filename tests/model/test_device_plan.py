@@ -5,7 +5,12 @@ import torch
 from antimetric.config import ModelConfig
 from antimetric.model import DevicePlan, build_model, plan_for
 from antimetric.model.batched import BranchConv2d
-from antimetric.model.device_plan import CPU_CHANNELS_LAST_BACKBONES, cpu_has_native_bf16, resolve_precision
+from antimetric.model.device_plan import (
+    CPU_CHANNELS_LAST_BACKBONES,
+    cpu_has_native_bf16,
+    cpuinfo_value,
+    resolve_precision,
+)
 
 CONFIG = ModelConfig(backbone="tiny", share_type="layer1", ensemble_size=2, meta_class_size=4, with_fc=True,
                      with_random=True, pretrained=False)
@@ -74,6 +79,7 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
     assert cpu_has_native_bf16(cpuinfo) is native
+    assert cpuinfo_value("model name", cpuinfo) == "X" and cpuinfo_value("model", cpuinfo) is None
     assert cpu_has_native_bf16(tmp_path / "missing") is False
 
 
