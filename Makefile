@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install demo test test-fast ui clean
+.PHONY: install demo test test-fast ui clean clean-results
 
 install: $(STAMP)
 
@@ -33,5 +33,23 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
+# What can be rebuilt: test and Python caches, and the demo data when antimetric generated it (its
+# demo-version.txt says so; a data/demo of your own is kept). Results are never removed here.
 clean:
-	rm -rf runs indexes data/demo .pytest_cache mlruns/mlflow.db mlruns/optuna.db mlruns/artifacts
+	rm -rf .pytest_cache build *.egg-info
+	for folder in antimetric studies tests benchmarks; do [ ! -d $$folder ] || find $$folder -name __pycache__ -type d -prune -exec rm -rf {} +; done
+	if [ -f data/demo/demo-version.txt ]; then rm -rf data/demo; fi
+
+# Results: trained runs, gallery indexes, the studies' Ray folders, MLflow store and artifacts (registered
+# models too) and Optuna record. Lists them and asks first; `make clean-results YES=1` does not ask.
+RESULTS := runs indexes mlruns/mlflow.db mlruns/optuna.db mlruns/artifacts
+clean-results:
+	@found=$$(for path in $(RESULTS); do [ -e "$$path" ] && echo "$$path"; done; true); \
+	if [ -z "$$found" ]; then echo "no results to delete"; exit 0; fi; \
+	echo "clean-results deletes these results (trained runs, indexes, studies, MLflow and Optuna records):"; \
+	du -sh $$found; \
+	if [ "$(YES)" != 1 ]; then \
+		printf 'delete them? [y/N] '; read answer; \
+		case "$$answer" in y|Y|yes) ;; *) echo "nothing deleted"; exit 1;; esac; \
+	fi; \
+	rm -rf $$found; echo "deleted"
