@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_retrieval_commands(commands)
 
-    profile = commands.add_parser("profile", help="parameters and FLOPs (thop) of an ensemble")
+    profile = commands.add_parser("profile", help="parameters, FLOPs (thop MACs and torch GFLOPs per image) and embedding size of an ensemble")
     _add(profile, "--backbone", "--backbone-type", default="resnet18", choices=BACKBONE_NAMES)
     _add(profile, "--ensemble-size", type=int, default=48)
     _add(profile, "--meta-class-size", type=int, default=12)
@@ -237,6 +237,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _profile(args: argparse.Namespace) -> int:
     from antimetric.config import ModelConfig
+    from antimetric.cost import ensemble_cost
     from antimetric.profile import profile
 
     config = ModelConfig(backbone=args.backbone, share_type=args.share_type, ensemble_size=args.ensemble_size,
@@ -244,8 +245,11 @@ def _profile(args: argparse.Namespace) -> int:
     if config.ensemble_size < 1 or config.meta_class_size < 2 or args.image_size < 32:
         raise ConfigError("--ensemble-size must be >= 1, --meta-class-size >= 2 and --image-size >= 32")
     counts = profile(config, args.image_size)
+    cost = ensemble_cost(config, args.image_size)
+    counts.update(embedding_dims=cost.embedding_dims, gflops_per_image=cost.gflops_per_image)
     if args.json:
         print(json.dumps(counts))
     else:
-        print(f"params {counts['params']:,}  flops {counts['flops']:,} (thop, one 3x{args.image_size}x{args.image_size} image)")
+        print(f"params {counts['params']:,}  flops {counts['flops']:,} (thop, one 3x{args.image_size}x{args.image_size} image)"
+              f"  embedding dims {cost.embedding_dims:,}  GFLOPs/image {cost.gflops_per_image:.2f} (torch, multiply-add = 2)")
     return 0

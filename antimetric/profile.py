@@ -10,22 +10,25 @@ from thop.vision.basic_hooks import count_convNd
 
 from antimetric.config import ModelConfig
 from antimetric.model.batched import BranchConv2d, BranchLinear
-from antimetric.model.ensemble import build_model
+from antimetric.model.ensemble import EnsembleNet, build_model
+
+
+def meta_model(config: ModelConfig, implementation: str = "batched") -> EnsembleNet:
+    """The network of `config` on the meta device, in eval mode: shapes only (no memory, no weights download)."""
+    with torch.device("meta"):
+        return build_model(_random_init(config), implementation).eval()
 
 
 def count_params(config: ModelConfig, implementation: str = "batched") -> int:
-    """Trainable parameters, counted on the meta device (no memory, no weights download)."""
-    with torch.device("meta"):
-        model = build_model(_random_init(config), implementation)
-    return sum(p.numel() for p in model.parameters())
+    """Trainable parameters, counted on the meta device."""
+    return sum(p.numel() for p in meta_model(config, implementation).parameters())
 
 
 def profile(config: ModelConfig, image_size: int = 256, implementation: str = "batched") -> dict[str, int]:
     """{"params", "flops"} for one 3 x image_size x image_size image; flops is thop's count
     (multiply-accumulates), the figure the seed reported."""
-    with torch.device("meta"):
-        model = build_model(_random_init(config), implementation).eval()
-        image = torch.empty(1, 3, image_size, image_size)
+    model = meta_model(config, implementation)
+    image = torch.empty(1, 3, image_size, image_size, device="meta")
     # thop leaves buffers in the model it measures: measure a copy.
     macs, _ = thop.profile(copy.deepcopy(model), inputs=(image,), custom_ops={BranchLinear: _count_branch_linear, BranchConv2d: count_convNd},
                            verbose=False)

@@ -19,12 +19,12 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import to_pil_image
 
+from antimetric import cost
 from antimetric.config import RunConfig
 from antimetric.data.images import open_rgb, to_rgb
 from antimetric.data.transforms import test_transform
 from antimetric.errors import ConfigError
 from antimetric.extensions import MODEL_SOURCE, extension
-from antimetric.model.backbones import get_backbone
 from antimetric.model.device_plan import plan_for
 from antimetric.model.ensemble import EnsembleNet, build_model
 from antimetric.run_folder import BEST_FILE
@@ -67,8 +67,7 @@ class TrainedEnsemble:
     @property
     def branch_dim(self) -> int:
         """Each branch's output width: the meta-class count with a head, else the pooled feature's."""
-        model = self.config.model
-        return model.meta_class_size if model.with_fc else get_backbone(model.backbone).feature_width
+        return cost.branch_dim(self.config.model)
 
     @property
     def embedding_dim(self) -> int:

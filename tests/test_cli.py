@@ -30,6 +30,8 @@ def test_profile_json():
     assert proc.returncode == 0, proc.stderr
     counts = json.loads(proc.stdout)
     assert counts["params"] == 529_365_376 and counts["flops"] > 0
+    assert counts["embedding_dims"] == 48 * 12
+    assert counts["gflops_per_image"] == pytest.approx(2 * counts["flops"] / 1e9, rel=0.01)  # thop adds BatchNorm
 
 
 @pytest.mark.parametrize("args,needles", [
