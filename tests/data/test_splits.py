@@ -1,7 +1,7 @@
 import pytest
 
 from antimetric.data.records import DatasetIndex, ImageRecord
-from antimetric.data.splits import make_splits
+from antimetric.data.splits import class_folds, make_splits
 from antimetric.errors import ConfigError
 
 
@@ -43,3 +43,63 @@ def test_inshop_uses_query_and_gallery():
 def test_validation_fraction_that_leaves_too_few_classes():
     with pytest.raises(ConfigError, match="--val-fraction"):
         make_splits(_index(n_train=4), val_fraction=0.9, max_per_class=300, seed=0)
+
+
+# What make_splits drew on 2026-11-29 (commit 98f36cb), before val_fold existed: seed 7, 12 classes of 6 images,
+# 0.25 held out, at most 4 images per class. Kept image numbers per training class.
+RECORDED_TRAIN = {0: [0, 1, 2, 3], 1: [0, 2, 4, 5], 2: [1, 2, 3, 4], 3: [1, 2, 3, 4], 4: [2, 3, 4, 5],
+                  5: [0, 1, 4, 5], 7: [0, 1, 4, 5], 10: [2, 3, 4, 5], 11: [1, 3, 4, 5]}
+
+
+@pytest.mark.parametrize("val_fold", [None, 0])
+def test_without_val_fold_the_split_is_as_recorded_and_fold_0_is_it(val_fold):
+    splits = make_splits(_index(n_train=12, per_class=6), 0.25, 4, seed=7, val_fold=val_fold)
+    assert sorted({r.label for r in splits.val.query}) == [6, 8, 9]
+    assert splits.train_classes == sorted(RECORDED_TRAIN)
+    assert [r.path for r in splits.train] == [f"tr/{c}_{i}.jpg" for c, kept in RECORDED_TRAIN.items() for i in kept]
+
+
+def test_class_folds_are_disjoint_equal_and_seeded():
+    folds = class_folds(list(range(30)), 0.2, seed=3)
+    assert [len(f) for f in folds] == [6] * 5
+    assert sorted(c for f in folds for c in f) == list(range(30))
+    assert folds == class_folds(list(range(30)), 0.2, seed=3)
+    assert folds != class_folds(list(range(30)), 0.2, seed=4)
+    assert all(f == sorted(f) for f in folds)
+
+
+def test_classes_left_over_by_the_folds_always_train():
+    folds = class_folds(list(range(10)), 0.3, seed=0)
+    assert [len(f) for f in folds] == [3, 3, 3]
+    assert len(set(range(10)) - {c for f in folds for c in f}) == 1
+    assert class_folds(list(range(10)), 0.0, seed=0) == []
+
+
+def test_repeats_over_folds_validate_on_disjoint_classes():
+    index = _index(n_train=10, per_class=6)
+    seen = set()
+    for fold in range(3):
+        splits = make_splits(index, 0.3, 4, seed=5, val_fold=fold)
+        val_classes = {r.label for r in splits.val.query}
+        assert val_classes == set(class_folds(list(range(10)), 0.3, seed=5)[fold])
+        assert not val_classes & seen and not val_classes & {r.label for r in splits.train}
+        assert splits.train_classes == sorted(set(range(10)) - val_classes)
+        assert len(splits.train) == 7 * 4  # the cap still applies
+        seen |= val_classes
+
+
+@pytest.mark.parametrize("n_train,fraction,fold,message", [
+    (30, 0.2, 5, "--repeats 6 needs 6 validation folds but --val-fraction 0.2 of 30 training classes gives 5; "
+                 "lower --repeats or --val-fraction"),
+    (10, 0.0, 0, "--repeats 1 needs 1 validation fold but --val-fraction 0.0 of 10 training classes gives 0; "
+                 "choose a --val-fraction above 0"),
+])
+def test_more_folds_than_the_fraction_allows(n_train, fraction, fold, message):
+    with pytest.raises(ConfigError) as error:
+        make_splits(_index(n_train=n_train), fraction, 300, seed=0, val_fold=fold)
+    assert str(error.value) == message
+
+
+def test_folds_leave_two_classes_on_each_side():
+    with pytest.raises(ConfigError, match="--val-fraction 0.9 holds out 4 of 4"):
+        class_folds(list(range(4)), 0.9, seed=0)
