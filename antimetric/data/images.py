@@ -19,6 +19,7 @@ from PIL import Image
 # up to twice that, and its global can be changed by any library, so the bound is checked here.
 MAX_PIXELS = 89_478_485
 MAX_BYTES = 64 * 1024 * 1024  # an encoded image; photographs are a few MB
+_BOMB = f"{MAX_PIXELS:,} pixels an image may have (a decompression bomb?); resize it"
 
 # Modes whose samples exceed 8 bits; PIL's own convert("RGB") clips them at 255 instead of scaling.
 _HIGH_DEPTH_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
@@ -41,7 +42,7 @@ def open_rgb(path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES) -> Ima
     try:
         info = os.fstat(descriptor)
         if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{os.fspath(path)} is not a regular file")
+            raise ValueError("not a regular file")  # callers name the path
         _check_bytes(info.st_size, max_bytes)
         file = os.fdopen(descriptor, "rb")  # owns the descriptor from here
     except BaseException:
@@ -67,12 +68,11 @@ def _decode(file: BinaryIO) -> Image.Image:
         with Image.open(file) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:
-                raise ValueError(f"{width} x {height} pixels is more than the {MAX_PIXELS:,} an image may have "
-                                 "(a decompression bomb?); resize it")
+                raise ValueError(f"{width} x {height} is more than the {_BOMB}")
             image.load()
             return to_rgb(image)
-    except Image.DecompressionBombError as error:  # PIL's check, at over twice its bound, comes first
-        raise ValueError(f"more than the {MAX_PIXELS:,} pixels an image may have ({error}); resize it") from None
+    except Image.DecompressionBombError:  # PIL's check, at over twice its bound, comes first
+        raise ValueError(f"more than the {_BOMB}") from None
     except Image.UnidentifiedImageError:  # its message names the file object, not the file
         raise Image.UnidentifiedImageError("not an image file Pillow can read") from None
 

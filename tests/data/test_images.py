@@ -111,7 +111,8 @@ def test_a_float_image_in_0_to_1_is_scaled_not_black(tmp_path):
 def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path, width, height):
     path = tmp_path / "bomb.png"
     path.write_bytes(bomb_png(width, height))
-    with pytest.raises(ValueError, match=r"more than the 89,478,485 (pixels )?an image may have.*; resize it$"):
+    with pytest.raises(ValueError, match=r"more than the 89,478,485 pixels an image may have \(a decompression bomb\?\); "
+                                         r"resize it$"):
         open_rgb(path)
 
 
@@ -131,7 +132,7 @@ def test_what_is_not_a_regular_file_is_refused_without_blocking(tmp_path, kind):
         reader.start()
         reader.join(timeout=10)
         assert not reader.is_alive(), "open_rgb blocked on a FIFO"
-    assert len(outcome) == 1 and "is not a regular file" in str(outcome[0]), outcome
+    assert len(outcome) == 1 and str(outcome[0]) == "not a regular file", outcome
 
 
 def test_a_file_or_bytes_over_the_byte_limit_are_refused_before_decoding(tmp_path):
