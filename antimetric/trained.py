@@ -7,7 +7,6 @@ go through the run's own test transform.
 """
 from __future__ import annotations
 
-import io
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from torchvision.transforms.functional import to_pil_image
 
 from antimetric import cost
 from antimetric.config import RunConfig
-from antimetric.data.images import open_rgb, to_rgb
+from antimetric.data.images import decode_rgb, open_rgb, to_rgb
 from antimetric.data.transforms import test_transform
 from antimetric.errors import ConfigError
 from antimetric.extensions import MODEL_SOURCE, extension
@@ -34,8 +33,8 @@ from antimetric.training_state import STATE_FILE, weight_layout
 
 __all__ = ["ImageInput", "TrainedEnsemble", "checkpoint_file", "load"]
 
-# An image: a file path, encoded file bytes, a PIL image, or a tensor (c, h, w) of uint8 0..255 or
-# floats 0..1, not yet normalised; a tensor (b, c, h, w) is b images.
+# An image: a file path, encoded file bytes, a PIL image, or a tensor (c, h, w) of uint8 (or other integers)
+# 0..255 or floats 0..1, not yet normalised; a tensor (b, c, h, w) is b images.
 ImageInput = Union[str, Path, bytes, Image.Image, torch.Tensor]
 _MLFLOW_SOURCE = re.compile(r"^(models:/|runs:/|[0-9a-f]{32}$)")
 _CHECKPOINT_KEYS = ("model", "meta_ids", "config")
@@ -168,30 +167,50 @@ def _checkpoint_metrics(state: dict[str, Any], epoch: int) -> dict[str, float]:
 
 
 def as_rgb(image: ImageInput) -> Image.Image:
-    """An RGB PIL image from any ImageInput."""
+    """An RGB PIL image from any ImageInput; files and bytes within data.images' bounds on bytes and pixels."""
     if isinstance(image, (str, Path)):
         try:
             return open_rgb(image)
         except (OSError, ValueError) as error:
-            raise ConfigError(f"cannot read the image {image} ({error})") from None
+            raise ConfigError(f"cannot read the image {image} ({_one_line(error)})") from None
     if isinstance(image, (bytes, bytearray, memoryview)):
         try:
-            with Image.open(io.BytesIO(bytes(image))) as decoded:
-                decoded.load()
-                return to_rgb(decoded)
+            return decode_rgb(bytes(image))
         except (OSError, ValueError) as error:
-            raise ConfigError(f"cannot decode the image bytes ({error})") from None
+            raise ConfigError(f"cannot decode the image bytes ({_one_line(error)})") from None
     if isinstance(image, Image.Image):
         return to_rgb(image)
     if isinstance(image, torch.Tensor):
-        if image.dim() != 3 or image.shape[0] not in (1, 3):
-            raise ConfigError(f"an image tensor must be (c, h, w) with 1 or 3 channels, not {tuple(image.shape)}")
-        return to_rgb(to_pil_image(image.cpu()))
+        return to_rgb(to_pil_image(_uint8_image(image.detach().cpu())))
     raise ConfigError(f"cannot embed a {type(image).__name__}: give paths, bytes, PIL images or tensors")
 
 
+def _uint8_image(tensor: torch.Tensor) -> torch.Tensor:
+    """An image tensor (c, h, w) as uint8: floats must be 0..1 (torchvision's convention: to_tensor gives them,
+    to_pil_image reads them so) and are rounded, other integers must be 0..255. Floats are not guessed to be
+    0..255 from their range: a dark image would be misread."""
+    if tensor.dim() != 3 or tensor.shape[0] not in (1, 3):
+        raise ConfigError(f"an image tensor must be (c, h, w) with 1 or 3 channels, not {tuple(tensor.shape)}")
+    if tensor.dtype == torch.uint8:
+        return tensor
+    if tensor.is_floating_point():
+        kind, high, fix = "a float", 1, "divide 0..255 values by 255, or give a uint8 tensor"
+    elif tensor.dtype != torch.bool and not tensor.is_complex():
+        kind, high, fix = "an integer", 255, "give 8-bit values"
+    else:
+        raise ConfigError(f"an image tensor must hold uint8, integers or floats, not {tensor.dtype}")
+    low_seen, high_seen = tensor.min().item(), tensor.max().item()
+    if not 0 <= low_seen <= high_seen <= high:  # False for NaN too
+        raise ConfigError(f"{kind} image tensor must hold values in 0..{high}, not {low_seen:g}..{high_seen:g}; {fix}")
+    return (tensor.double() * (255 / high)).round().to(torch.uint8)
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def _image_list(images: ImageInput | Iterable[ImageInput]) -> Sequence[ImageInput]:
-    if isinstance(images, (str, Path, bytes, bytearray, Image.Image)):
+    if isinstance(images, (str, Path, bytes, bytearray, memoryview, Image.Image)):
         return [images]
     if isinstance(images, torch.Tensor):
         return list(images) if images.dim() == 4 else [images]

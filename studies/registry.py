@@ -14,7 +14,6 @@ import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import mlflow.pyfunc
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
@@ -23,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from antimetric.errors import AntimetricError
 from antimetric.trained import load
 from studies.model_source import checkpoint_from_mlflow
-from studies.pyfunc_model import CHECKPOINT, EnsembleModel, input_example, signature
+from studies.pyfunc_model import save
 from studies.study_run import BEST, STUDY_TAG
 from studies.tracking import NUMBER_TAG, TRIAL_TAG, runs_by_trial
 
@@ -71,9 +70,7 @@ def register_run(client: MlflowClient, tracking_uri: str, name: str, run, study:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / MODEL_ARTIFACT
         with _quiet("mlflow.pyfunc", "mlflow.models"):  # its notes on cloudpickle and on validating the example
-            mlflow.pyfunc.save_model(path, python_model=EnsembleModel(), artifacts={CHECKPOINT: str(checkpoint)},
-                                     signature=signature(ensemble.embedding_dim), input_example=input_example(),
-                                     pip_requirements=requirements())
+            save(path, checkpoint, ensemble.embedding_dim, requirements())
         client.log_artifacts(run_id, str(path), MODEL_ARTIFACT)
     try:
         client.create_registered_model(name, tags={STUDY_TAG: study},

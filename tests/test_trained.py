@@ -15,6 +15,7 @@ from antimetric.cli import main
 from antimetric.errors import ConfigError
 from antimetric.evaluate_model import evaluate_model
 from antimetric.train import BEST_FILE, EPOCHS_FILE, FEATURES_FILE, LAST_FILE
+from tests.fixtures.images import bomb_png
 
 
 def _epoch_row(run_dir, epoch):
@@ -56,10 +57,35 @@ def test_every_image_input_kind_embeds_the_same(demo_run, demo_data_path):
     encoded = io.BytesIO()
     image.save(encoded, format="PNG")
     as_uint8 = torch.as_tensor(np.array(image)).permute(2, 0, 1)
-    inputs = [path, str(path), encoded.getvalue(), image, as_uint8, as_uint8.float() / 255]
+    inputs = [path, str(path), encoded.getvalue(), image, as_uint8, as_uint8.float() / 255, as_uint8.long(),
+              as_uint8.double() / 255]
     features = ensemble.embed(inputs)
     assert torch.allclose(features, features[0].expand_as(features), atol=1e-5)
     assert ensemble.embed(as_uint8[None]).shape == (1, ensemble.embedding_dim)  # a (b, c, h, w) batch
+
+
+@pytest.mark.parametrize("tensor, says", [
+    (torch.full((3, 8, 8), 200.0), "a float image tensor must hold values in 0..1, not 200..200"),
+    (torch.full((3, 8, 8), float("nan")), "a float image tensor must hold values in 0..1, not nan..nan"),
+    (torch.full((3, 8, 8), 300), "an integer image tensor must hold values in 0..255, not 300..300"),
+], ids=["floats in 0..255", "NaN", "integers over 255"])
+def test_an_image_tensor_out_of_its_range_is_a_one_line_error(demo_run, tensor, says):
+    """Floats are 0..1, as torchvision's to_tensor gives them; 0..255 floats once embedded silently wrong."""
+    ensemble = antimetric.load(demo_run, device="cpu")
+    with pytest.raises(ConfigError) as error:
+        ensemble.embed(tensor)
+    assert says in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_decompression_bomb_is_a_one_line_error(demo_run, tmp_path):
+    ensemble = antimetric.load(demo_run, device="cpu")
+    bomb = bomb_png(14000, 14000)
+    (tmp_path / "bomb.png").write_bytes(bomb)
+    for image in (bomb, tmp_path / "bomb.png"):
+        with pytest.raises(ConfigError) as error:
+            ensemble.embed([image])
+        assert "more than the 89,478,485 pixels an image may have" in str(error.value), str(error.value)
+        assert "\n" not in str(error.value)
 
 
 def test_evaluate_equals_the_metrics_training_reported(demo_run, demo_data_path, capsys):

@@ -1,11 +1,25 @@
-"""Decoding image files into RGB, whatever mode they were stored in."""
+"""Decoding image files into RGB, whatever mode they were stored in, within bounds on bytes and pixels.
+
+Every decode checks the input's size in bytes, then the image's size in pixels from its header, before any
+pixel is decoded: a small file cannot expand into gigabytes (a decompression bomb). A path is opened without
+waiting (a FIFO would block a reader until someone writes to it) and must be a regular file.
+"""
 
 from __future__ import annotations
 
+import io
 import os
+import stat
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
+
+# PIL's own bound (Image.MAX_IMAGE_PIXELS by default) where it suspects a decompression bomb; PIL only warns
+# up to twice that, and its global can be changed by any library, so the bound is checked here.
+MAX_PIXELS = 89_478_485
+MAX_BYTES = 64 * 1024 * 1024  # an encoded image; photographs are a few MB
+_BOMB = f"{MAX_PIXELS:,} pixels an image may have (a decompression bomb?); resize it"
 
 # Modes whose samples exceed 8 bits; PIL's own convert("RGB") clips them at 255 instead of scaling.
 _HIGH_DEPTH_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
@@ -14,16 +28,53 @@ _HIGH_DEPTH_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 # PIL neither warns nor loses the palette colours of transparent entries.
 _VIA_MODE = {"P": "RGBA", "PA": "RGBA"}
 
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
-def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
+
+def open_rgb(path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES) -> Image.Image:
     """Open and fully decode an image file as an RGB image.
 
     Decoding happens here rather than lazily, so a truncated or corrupt file raises at this call
-    (OSError or ValueError from PIL). Grayscale, CMYK, palette, alpha and 16-bit images come back as RGB.
+    (OSError or ValueError from PIL; ValueError for what is not a regular file or is over the bounds).
+    Grayscale, CMYK, palette, alpha and 16-bit images come back as RGB.
     """
-    with Image.open(path) as image:
-        image.load()
-        return to_rgb(image)
+    descriptor = os.open(path, _OPEN_FLAGS)
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")  # callers name the path
+        _check_bytes(info.st_size, max_bytes)
+        file = os.fdopen(descriptor, "rb")  # owns the descriptor from here
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with file:
+        return _decode(file)
+
+
+def decode_rgb(data: bytes, *, max_bytes: int = MAX_BYTES) -> Image.Image:
+    """Decode an encoded image (a file's bytes) as an RGB image, as open_rgb decodes a file."""
+    _check_bytes(len(data), max_bytes)
+    return _decode(io.BytesIO(data))
+
+
+def _check_bytes(size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise ValueError(f"{size:,} bytes is more than the {max_bytes:,} an image may have")
+
+
+def _decode(file: BinaryIO) -> Image.Image:
+    try:
+        with Image.open(file) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ValueError(f"{width} x {height} is more than the {_BOMB}")
+            image.load()
+            return to_rgb(image)
+    except Image.DecompressionBombError:  # PIL's check, at over twice its bound, comes first
+        raise ValueError(f"more than the {_BOMB}") from None
+    except Image.UnidentifiedImageError:  # its message names the file object, not the file
+        raise Image.UnidentifiedImageError("not an image file Pillow can read") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -40,10 +91,14 @@ def _high_depth_to_gray(image: Image.Image) -> Image.Image:
     """Scale a single-channel image of more than 8 bits to 8-bit grayscale.
 
     Values that already fit 0..255 are kept (PIL opens some 8-bit data as mode I); anything larger is
-    taken as 16-bit data and scaled from 0..65535.
+    taken as 16-bit data and scaled from 0..65535. Floats (mode F) of at most 1 are taken as 0..1, as
+    float TIFFs store them.
     """
     values = np.asarray(image, dtype=np.float64)
-    if values.size and np.nanmax(values) > 255:
+    peak = np.nanmax(values) if values.size and not np.isnan(values).all() else 0.0
+    if peak > 255:
         values = values * (255.0 / 65535.0)
+    elif image.mode == "F" and peak <= 1:
+        values = values * 255.0
     gray = np.clip(np.nan_to_num(values), 0, 255).round().astype(np.uint8)
     return Image.fromarray(gray)  # a 2-D uint8 array gives mode L

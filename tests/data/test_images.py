@@ -1,3 +1,5 @@
+import contextlib
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -6,6 +8,7 @@ from PIL import Image
 
 from antimetric.data.images import open_rgb
 from tests.fixtures.datasets import make_cars, make_cub
+from tests.fixtures.images import bomb_png, fifo
 
 
 def _save(path: Path, image: Image.Image, **options) -> Path:
@@ -92,3 +95,54 @@ def test_not_an_image_raises(tmp_path):
     path.write_text("not an image")
     with pytest.raises(OSError):
         open_rgb(path)
+
+
+def test_a_float_image_in_0_to_1_is_scaled_not_black(tmp_path):
+    ramp = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    path = _save(tmp_path / "float.tiff", Image.fromarray(ramp))
+    with Image.open(path) as raw:
+        assert raw.mode == "F"
+    values = np.asarray(open_rgb(path))[..., 0]
+    assert values.min() == 0 and values.max() == 255
+    assert len(np.unique(values)) == 64
+
+
+@pytest.mark.parametrize("width, height", [(14000, 14000), (10000, 9000)], ids=["over PIL's error", "over its warning"])
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path, width, height):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb_png(width, height))
+    with pytest.raises(ValueError, match=r"more than the 89,478,485 pixels an image may have \(a decompression bomb\?\); "
+                                         r"resize it$"):
+        open_rgb(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_what_is_not_a_regular_file_is_refused_without_blocking(tmp_path, kind):
+    outcome = []
+
+    def read(path):
+        try:
+            open_rgb(path)
+        except (OSError, ValueError) as error:
+            outcome.append(error)
+
+    path = tmp_path / kind
+    with fifo(path) if kind == "fifo" else contextlib.nullcontext(path.mkdir()):
+        reader = threading.Thread(target=read, args=(path,), daemon=True)
+        reader.start()
+        reader.join(timeout=10)
+        assert not reader.is_alive(), "open_rgb blocked on a FIFO"
+    assert len(outcome) == 1 and str(outcome[0]) == "not a regular file", outcome
+
+
+def test_a_file_or_bytes_over_the_byte_limit_are_refused_before_decoding(tmp_path):
+    from antimetric.data.images import decode_rgb
+
+    path = _save(tmp_path / "a.png", Image.new("RGB", (16, 16), (1, 2, 3)))
+    size = path.stat().st_size
+    assert open_rgb(path, max_bytes=size).size == (16, 16)
+    assert decode_rgb(path.read_bytes(), max_bytes=size).size == (16, 16)
+    with pytest.raises(ValueError, match=f"{size:,} bytes is more than the {size - 1:,} an image may have"):
+        open_rgb(path, max_bytes=size - 1)
+    with pytest.raises(ValueError, match=f"{size:,} bytes is more than the {size - 1:,}"):
+        decode_rgb(path.read_bytes(), max_bytes=size - 1)

@@ -8,6 +8,7 @@ from mlflow.models import get_model_info
 
 import antimetric
 from antimetric.errors import ConfigError
+from studies.pyfunc_model import MODEL_CONFIG
 from studies.registry import model_name, register_best_trial
 from tests.fixtures.studies import trial_runs
 
@@ -48,6 +49,7 @@ def test_a_smoke_study_registers_its_best_trial(study, smoke_study, monkeypatch)
     ensemble = antimetric.load(best.info.run_id, tracking_uri=uri)
     assert list(info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, ensemble.embedding_dim]
     assert info.saved_input_example_info["type"] == "dataframe"
+    assert info.flavors["python_function"]["config"] == MODEL_CONFIG  # what a load or a server may set
     assert f"mlflow models serve -m models:/{MODEL}/1 --env-manager local --host 127.0.0.1" in smoke_study.proc.stdout
 
 
@@ -60,12 +62,12 @@ def test_a_study_summarized_again_registers_no_new_version(study):
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
 
 
-def test_pyfunc_predict_equals_antimetric_load(study, monkeypatch):
+def test_pyfunc_predict_equals_antimetric_load(study, demo_data_path, monkeypatch):
     import mlflow.pyfunc
 
     uri, _, _, _, images = study
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL}/1")
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}/1", model_config={"image_root": str(demo_data_path)})
     expected = antimetric.load(f"models:/{MODEL}/1").embed(images).numpy()  # its store from the environment
     assert expected.shape[1] == antimetric.load(f"models:/{MODEL}/1").embedding_dim
     by_path = model.predict(pd.DataFrame({"path": [str(p) for p in images]}))
