@@ -138,8 +138,9 @@ def _fit_and_summarize(settings: StudySettings, tuner: tune.Tuner, experiment_id
             results, interrupted = fit_until_interrupted(tuner)
         except KeyboardInterrupt:  # a second Ctrl-C: Tune stopped without saving its state once more
             results, interrupted = None, True
-        if storage_lost() is not None:
-            raise storage_lost()
+        lost = storage_lost()
+        if lost is not None:
+            raise lost
         if interrupted or results.num_terminated + results.num_errors < len(results):
             raise StudyInterrupted
         summarize(settings, results, experiment_id, n_classes)

@@ -50,7 +50,7 @@ def test_a_study_refuses_a_store_before_ray_starts(file, spoil, named, demo_data
 
 
 TRAIN = ["train", "--data-name", "demo", "--backbone", "tiny", "--no-pretrained", "--image-size", "32",
-         "--num-epochs", "1", "--ensemble-size", "2", "--meta-class-size", "4", "--quiet"]
+         "--num-epochs", "1", "--ensemble-size", "4", "--meta-class-size", "4", "--quiet"]
 
 
 def test_train_and_evaluate_refuse_a_corrupt_store(demo_data_path, tmp_path, capsys):
