@@ -2,20 +2,33 @@
 resources: right after Ray starts), so that a study never waits for ever. Each failure is one line."""
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
 import socket
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import optuna
 import ray
 import torch
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from sqlalchemy.exc import SQLAlchemyError
 
 from antimetric.errors import ConfigError
 from antimetric.run_folder import probe, writing
+from studies.optuna_record import optuna_storage_uri
 from studies.settings import StudySettings, available_cpus
+from studies.study_run import KIND, KIND_TAG
 from studies.tracking import ensure_experiment
 
 CONNECT_TIMEOUT_S = 5
+LOCKED_WAIT_S = 2  # how long the Optuna record may stay locked by another process before the study is refused
+# How a tracking or Optuna store fails: MLflow's own errors, and its SQL layer's (a corrupt or read-only file).
+STORE_ERRORS = (MlflowException, SQLAlchemyError, sqlite3.Error, OSError)
 
 
 def check_storage(path: Path) -> None:
@@ -62,10 +75,55 @@ def open_tracking_experiment(uri: str, name: str, artifact_root: Path | None) ->
     """The id of MLflow experiment `name` at --tracking-uri `uri`, made if new; one line if the store fails."""
     check_tracking_server(uri, f"--tracking-uri {uri}")
     try:
-        return ensure_experiment(uri, name, artifact_root)
-    except (MlflowException, OSError) as exc:
-        message = " ".join(str(exc).split())[:300]
-        raise ConfigError(f"--tracking-uri {uri}: {message}") from None
+        with quiet_store_errors():
+            experiment_id = ensure_experiment(uri, name, artifact_root)
+            # a write the study makes anyway: a read-only store fails here, not after the first epoch
+            MlflowClient(uri).set_experiment_tag(experiment_id, KIND_TAG, KIND)
+        return experiment_id
+    except STORE_ERRORS as exc:
+        raise ConfigError(f"--tracking-uri {uri}: the MLflow store cannot be read and written ({store_failure(exc)}); "
+                          "make it writable, repair or move it, or pass another --tracking-uri") from None
+
+
+def store_failure(error: BaseException) -> str:
+    """What went wrong in a store, in one short line: the database's own words where there are some (the
+    first line of SQLAlchemy's message is the driver's; the rest is the SQL), else MLflow's first line."""
+    text = str(getattr(error, "orig", None) or getattr(error, "message", None) or error).strip()
+    first = (text.splitlines() or [type(error).__name__])[0]
+    return re.sub(r"^\([\w.]+\) ", "", first)[:300]  # "(sqlite3.OperationalError) unable to open ..."
+
+
+@contextlib.contextmanager
+def quiet_store_errors() -> Iterator[None]:
+    """MLflow's SQL store logs each error it re-raises with its whole traceback (80 lines); the caller says
+    it in one."""
+    logger = logging.getLogger("mlflow.store.db.utils")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def check_optuna_storage(settings: StudySettings) -> None:
+    """The SQLite file the Optuna record goes to at the study's end (optuna_record.py) can be read and
+    written now: a corrupt, read-only or locked one would otherwise fail the summary after every trial ran."""
+    uri = optuna_storage_uri(settings)
+    path = Path(uri[len("sqlite:///"):])
+    if not path.exists():
+        if path.parent.is_dir():
+            probe(path.parent, "the folder of the Optuna record")
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=LOCKED_WAIT_S)) as database:
+            database.execute("SELECT count(*) FROM sqlite_master").fetchall()  # a corrupt file fails here
+            database.execute("BEGIN IMMEDIATE")  # a write lock: a read-only or locked file fails here
+            database.rollback()
+        optuna.storages.RDBStorage(uri)  # Optuna's schema, of a version this Optuna reads
+    except (*STORE_ERRORS, RuntimeError) as exc:
+        raise ConfigError(f"the Optuna record {path} cannot be used ({store_failure(exc)}); move it away, or end "
+                          "what holds it locked") from None
 
 
 def check_tracking_server(uri: str, what: str) -> None:

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from antimetric.errors import ConfigError
 from antimetric.run_folder import BEST_FILE
 from antimetric.training_state import STATE_FILE
-from studies.checks import check_tracking_server
+from studies.checks import STORE_ERRORS, check_tracking_server, quiet_store_errors, store_failure
 from studies.tracking import CHECKPOINT_ARTIFACT, default_tracking_uri
 
 RUN_CHECKPOINT = f"{CHECKPOINT_ARTIFACT}/{BEST_FILE}"
@@ -57,11 +57,17 @@ def checkpoint_from_mlflow(source: str, tracking_uri: str | None = None) -> Path
 
 def check_store(uri: str) -> None:
     """A store that can answer: a server that accepts connections, a SQLite file that exists (MLflow would
-    make an empty one)."""
+    make an empty one) and that MLflow can read (not corrupt, of a schema this MLflow knows)."""
     check_tracking_server(uri, f"tracking URI {uri}")
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise ConfigError(f"no MLflow store at {uri}; pass the tracking URI of the store that holds the model "
                           "(--tracking-uri or $MLFLOW_TRACKING_URI)")
+    try:
+        with quiet_store_errors():
+            MlflowClient(uri).search_experiments(max_results=1)
+    except STORE_ERRORS as error:
+        raise ConfigError(f"the MLflow store at {uri} cannot be read ({store_failure(error)}); repair it, or pass "
+                          "the tracking URI of another store") from None
 
 
 def model_version(client: MlflowClient, name: str, version: str | None, alias: str | None, uri: str) -> ModelVersion:

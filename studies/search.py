@@ -1,6 +1,7 @@
 """`python -m studies.search NAME`: a Ray Tune study of the ensemble with Optuna (TPE) and ASHA,
 every trial recorded in MLflow. Bad input: one line on stderr, exit code 2; Ctrl-C: exit code 130
-and the command that resumes the study."""
+and the command that resumes the study (SIGTERM: the same, exit code 143); a store that fails while the
+study runs, or a study without a trial that succeeded: one line, exit code 1."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +32,7 @@ from studies.settings import (
 from studies.space_file import check_space, load_space
 from studies.spaces import SPACES
 from studies.study import run_study, study_exists
+from studies.study_end import StudyFailed, sigterm_as_ctrl_c, sigterm_received
 from studies.tracking import default_tracking_uri
 from studies.trainable import TRIAL_DEFAULTS
 
@@ -228,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     # driver leaves a state whose checkpoints still exist (Ray prunes old ones as trials go).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     settings = None
+    previous_sigterm = sigterm_as_ctrl_c(fresh=True)
     try:
         settings = parse_args(argv)
         run_study(settings)
@@ -235,12 +239,19 @@ def main(argv: list[str] | None = None) -> int:
     except AntimetricError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StudyFailed as exc:
+        then = f"; then continue it with: {resume_command(settings)}" if exc.resumable and settings else ""
+        print(f"error: {exc}{then}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C; run_study saved what Tune had (StudyInterrupted) or was stopped at once
+        how = " (SIGTERM)" if sigterm_received() else ""
         if settings is not None and study_exists(settings):
-            print(f"study interrupted; continue it with: {resume_command(settings)}", file=sys.stderr)
+            print(f"study interrupted{how}; continue it with: {resume_command(settings)}", file=sys.stderr)
         else:
-            print("interrupted before the study started", file=sys.stderr)
-        return 130
+            print(f"interrupted{how} before the study started", file=sys.stderr)
+        return 143 if sigterm_received() else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import pickletools
 import shutil
-import signal
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -22,12 +20,29 @@ from ray.tune.search.optuna import OptunaSearch
 from antimetric.data.splits import make_splits
 from antimetric.errors import ConfigError
 from antimetric.session import load_index
-from studies.checks import check_nodes, check_resources, check_storage, open_experiment
+from studies.checks import (
+    STORE_ERRORS,
+    check_nodes,
+    check_optuna_storage,
+    check_resources,
+    check_storage,
+    open_experiment,
+    store_failure,
+)
 from studies.report import summarize
-from studies.settings import StudySettings, save_settings, trial_constants
+from studies.settings import SETTINGS_FILE, StudySettings, save_settings, trial_constants
 from studies.spaces import SpaceSampler
+from studies.study_end import (
+    StudyFailed,
+    StudyInterrupted,
+    check_some_trial_succeeded,
+    fit_until_interrupted,
+    sigterm_as_ctrl_c,
+    stop_runs,
+)
+from studies.study_lock import study_lock
 from studies.study_run import open_study_run
-from studies.tracking import MLflowTrialCallback, local_artifact_root, stop_interrupted_runs
+from studies.tracking import MLflowTrialCallback, local_artifact_root
 from studies.trainable import EPOCH, OBJECTIVE, SCRATCH, train_ensemble, trial_config
 
 # Checkpoints kept per trial: the two most recent. Each holds the training state to resume from
@@ -74,43 +89,72 @@ def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> 
     )
 
 
-class StudyInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped the study: Tune saved its state, and --resume continues it."""
-
-
 def run_study(settings: StudySettings) -> None:
-    """Check everything that can be checked, then run the study and summarize it. Raises AntimetricError
-    for bad input, StudyInterrupted after Ctrl-C."""
+    """Check everything that can be checked, then run the study and summarize it, holding the study's lock.
+    Raises AntimetricError for bad input, StudyInterrupted after Ctrl-C or SIGTERM, StudyFailed when a store
+    failed while it ran or no trial succeeded."""
     check_storage(settings.storage_path)
-    check_resume(settings)
-    check_resources(settings)
-    experiment_id = open_experiment(settings, _artifact_root(settings))
-    # The dataset is read (the demo generated, on first use: 5 s on 2 cores) while Ray starts (4 s).
-    counting = _in_background(count_training_classes, settings)
-    session_dir = start_ray(settings)
+    with study_lock(settings):
+        check_resume(settings)
+        check_resources(settings)
+        experiment_id = open_experiment(settings, _artifact_root(settings))
+        check_optuna_storage(settings)
+        # The dataset is read (the demo generated, on first use: 5 s on 2 cores) while Ray starts (4 s).
+        counting = _in_background(count_training_classes, settings)
+        session_dir = start_ray(settings)
+        try:
+            n_classes = counting.result()
+            check_nodes(settings)
+            if settings.resume:
+                tuner = tune.Tuner.restore(str(settings.experiment_path), trainable(settings),
+                                           resume_unfinished=True, resume_errored=False)
+            else:
+                tuner = build_tuner(settings, experiment_id, n_classes)
+                save_settings(settings)
+            open_parent_run(settings, experiment_id)
+            results = _fit_and_summarize(settings, tuner, experiment_id, n_classes)
+        finally:
+            ray.shutdown()
+            if session_dir is not None:  # Ray's local copies of trial folders and state files (all in storage
+                for folder in ("artifacts", SCRATCH):  # now), and what trials stopped at once left
+                    shutil.rmtree(Path(session_dir) / folder, ignore_errors=True)
+        check_some_trial_succeeded(settings, results, experiment_id)
+
+
+def _fit_and_summarize(settings: StudySettings, tuner: tune.Tuner, experiment_id: str, n_classes: int):
+    """Tuner.fit, then the summary; what stops them ends the runs KILLED and raises StudyInterrupted or
+    StudyFailed."""
+    settings_file = settings.experiment_path / SETTINGS_FILE
+    had_settings = settings_file.exists()
+
+    def storage_lost() -> StudyFailed | None:  # Ray makes the study's folder again; it has no settings file
+        if not had_settings or settings_file.exists():
+            return None
+        return StudyFailed(f"--storage-path {settings.storage_path} lost the study's folder while it ran (deleted or "
+                           "emptied): its saved state and checkpoints are gone, so --resume cannot continue it; start "
+                           "the study again with --experiment NEW_NAME", resumable=False)
     try:
-        n_classes = counting.result()
-        check_nodes(settings)
-        if settings.resume:
-            tuner = tune.Tuner.restore(str(settings.experiment_path), trainable(settings), resume_unfinished=True,
-                                       resume_errored=False)
-        else:
-            tuner = build_tuner(settings, experiment_id, n_classes)
-            save_settings(settings)
-        open_parent_run(settings, experiment_id)
         try:
             results, interrupted = fit_until_interrupted(tuner)
         except KeyboardInterrupt:  # a second Ctrl-C: Tune stopped without saving its state once more
             results, interrupted = None, True
+        lost = storage_lost()
+        if lost is not None:
+            raise lost
         if interrupted or results.num_terminated + results.num_errors < len(results):
-            stop_interrupted_runs(settings.tracking_uri, experiment_id, settings.experiment)
             raise StudyInterrupted
         summarize(settings, results, experiment_id, n_classes)
-    finally:
-        ray.shutdown()
-        if session_dir is not None:  # Ray's local copies of trial folders and state files (all in storage
-            for folder in ("artifacts", SCRATCH):  # now), and what trials stopped at once left
-                shutil.rmtree(Path(session_dir) / folder, ignore_errors=True)
+        return results
+    except (KeyboardInterrupt, StudyFailed):
+        stop_runs(settings, experiment_id)
+        raise
+    except Exception as error:  # Ray's own, when its storage went; a store's
+        lost = storage_lost()
+        if lost is None and not isinstance(error, STORE_ERRORS):
+            raise
+        stop_runs(settings, experiment_id)
+        raise lost or StudyFailed(f"a store failed while the study ran ({type(error).__name__}: "
+                                  f"{store_failure(error)}); fix it", resumable=True) from None
 
 
 def _in_background(function, *args) -> Future:
@@ -169,40 +213,15 @@ def start_ray(settings: StudySettings) -> str | None:
             ray.init(address=settings.address, log_to_driver=False)
         except ConnectionError as exc:
             raise ConfigError(f"--address {settings.address}: {exc}") from None
+        sigterm_as_ctrl_c()
         return None
     # Ray binds its ports and registers the node on the machine's IP unless this is off; it reads the
     # variable once, when imported, so both it (for Ray's own processes) and the constant are set.
     os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     context = ray.init(include_dashboard=False, log_to_driver=False)
+    sigterm_as_ctrl_c()
     return context.address_info["session_dir"]
-
-
-def fit_until_interrupted(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
-    """(results, interrupted): Tuner.fit, and whether Ctrl-C (SIGINT) stopped it. On SIGINT Tune stops
-    its trials, saves the experiment state and returns as if the study had ended; it tells no one but
-    puts back the handler it had replaced, which is how we know. A second Ctrl-C raises at once."""
-    os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-
-    def second_interrupt(signum, frame):
-        raise StudyInterrupted
-
-    previous = signal.signal(signal.SIGINT, second_interrupt)
-    quiet = _HideTuneResumeAdvice()
-    logging.getLogger("ray.tune.tune").addFilter(quiet)
-    try:
-        results = tuner.fit()
-        return results, signal.getsignal(signal.SIGINT) is second_interrupt
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        logging.getLogger("ray.tune.tune").removeFilter(quiet)
-
-
-class _HideTuneResumeAdvice(logging.Filter):
-    """Tune's advice on Ctrl-C is Python's Tuner.restore(...); the study prints its own --resume command."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tuner.restore(" not in record.getMessage()
 
 
 def cut_short_state_file(experiment_path: Path) -> Path | None:

@@ -1,4 +1,5 @@
-"""One process at a time writes what antimetric generates in a dataset folder (the demo, the manifest, the cache).
+"""One process at a time writes what antimetric generates in a dataset folder (the demo, the manifest, the cache);
+and holding_lock, the same kind of lock that refuses at once instead of waiting (a study's, studies/study_lock.py).
 
 Two first uses at once (two `train` processes, two Ray trials) would otherwise both generate or prepare,
 and one would replace files the other is reading. Each dataset has an advisory lock file beside its
@@ -52,3 +53,30 @@ def dataset_lock(data_path: Path, name: str) -> Iterator[None]:
         yield
     finally:
         os.close(descriptor)  # releases the lock
+
+
+class LockHeld(Exception):
+    """Another process holds the lock; `holder` is the note it wrote in the lock file ("" if none yet)."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path} is held by {holder or 'another process'}")
+        self.path, self.holder = path, holder
+
+
+@contextlib.contextmanager
+def holding_lock(path: Path, note: str) -> Iterator[None]:
+    """Hold the exclusive lock of file `path` (made if missing) without waiting, with `note` (who holds it)
+    written in it for the process it refuses; LockHeld if another process holds it, OSError if the file
+    cannot be made. As dataset_lock's, it ends with the process that holds it: a crashed holder blocks no one."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LockHeld(path, os.pread(descriptor, 4096, 0).decode("utf-8", "replace").strip()) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, note.encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 import optuna
 import pytest
@@ -17,11 +16,16 @@ from studies.search import main
 from studies.settings import SETTINGS_FILE
 from studies.study import cut_short_state_file
 from studies.trainable import SCRATCH
-from tests.fixtures.studies import RAY_ENV, check_parent_run, check_trial_runs, run_study, study_command, trial_runs
-
-
-def _metric_steps(client, run, key="val_recall_at_1"):
-    return [m.step for m in client.get_metric_history(run.info.run_id, key)]
+from tests.fixtures.studies import (
+    RAY_ENV,
+    check_parent_run,
+    check_trial_runs,
+    metric_steps,
+    run_study,
+    study_command,
+    trial_runs,
+    wait_for_epochs,
+)
 
 
 @pytest.mark.slow
@@ -47,7 +51,7 @@ def test_smoke_study_records_every_trial(demo_data_path, smoke_study, capsys, mo
         assert run.data.params["device"] in ("cpu", "cuda") and run.data.params["implementation"] == "batched"
         assert run.data.params["num_workers"] == "0"
         assert run.data.params["ensemble_size"] in ("3", "4") and run.data.params["share_type"] == "layer1"
-        steps = _metric_steps(client, run)
+        steps = metric_steps(client, run)
         assert steps == list(range(1, len(steps) + 1)) and steps
         for key in ("test_recall_at_1", "test_map_at_r", "loss", "branch_accuracy", "images_per_s", "epoch_seconds"):
             assert key in run.data.metrics, key
@@ -113,28 +117,12 @@ def test_a_cut_short_state_file_is_found(tmp_path):
     assert cut_short_state_file(tmp_path) == state
 
 
-def _wait_for_epochs(driver: subprocess.Popen, dirs: dict, ready) -> dict[str, int]:
-    """Poll MLflow until ready(epochs logged per trial id) holds while the driver still runs."""
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        time.sleep(1)
-        try:
-            client, runs, _ = trial_runs(dirs["tracking_uri"])
-            epochs = {r.data.tags["trial_id"]: len(_metric_steps(client, r)) for r in runs}
-        except Exception:  # the store or experiment is not there yet
-            continue
-        if ready(epochs):
-            break
-    assert driver.poll() is None, "the study ended before it could be interrupted"
-    return epochs
-
-
 def _start_and_kill(data_path, dirs: dict, args: tuple[str, ...]) -> None:
     """Start a study and SIGKILL its driver once some trial has reported a few epochs."""
     driver = subprocess.Popen(study_command(data_path, dirs, *args), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env={**os.environ, **RAY_ENV})
     try:
-        _wait_for_epochs(driver, dirs, lambda epochs: any(n >= 3 for n in epochs.values()))
+        wait_for_epochs(driver, dirs, lambda epochs: any(n >= 3 for n in epochs.values()))
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
@@ -144,13 +132,13 @@ def _resume_and_interrupt(data_path, dirs: dict, args: tuple[str, ...], tmp_path
     """--resume, then Ctrl-C (SIGINT) once a trial went on: exit 130, no summary, the trials' runs KILLED
     (not FINISHED), and one line with the command that continues the study, which is returned."""
     client, runs, _ = trial_runs(dirs["tracking_uri"])
-    before = {r.data.tags["trial_id"]: len(_metric_steps(client, r)) for r in runs}
+    before = {r.data.tags["trial_id"]: len(metric_steps(client, r)) for r in runs}
     stderr_path = tmp_path / "interrupted.err"
     with stderr_path.open("w") as stderr:
         driver = subprocess.Popen(study_command(data_path, dirs, *args, "--resume"), stdout=subprocess.DEVNULL,
                                   stderr=stderr, env={**os.environ, **RAY_ENV})
         try:
-            _wait_for_epochs(driver, dirs, lambda epochs: any(n > before.get(t, 0) for t, n in epochs.items()))
+            wait_for_epochs(driver, dirs, lambda epochs: any(n > before.get(t, 0) for t, n in epochs.items()))
             driver.send_signal(signal.SIGINT)
             assert driver.wait(timeout=120) == 130
         finally:
@@ -185,7 +173,7 @@ def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs, tmp_path)
     else:
         pytest.fail("both killed drivers left a Ray state file cut short")
     client, before, parent = trial_runs(dirs["tracking_uri"])
-    running = {r.data.tags["trial_id"]: len(_metric_steps(client, r)) for r in before if r.info.status == "RUNNING"}
+    running = {r.data.tags["trial_id"]: len(metric_steps(client, r)) for r in before if r.info.status == "RUNNING"}
     assert any(epochs >= 3 for epochs in running.values())
 
     command = _resume_and_interrupt(demo_data_path, dirs, args, tmp_path)
@@ -208,7 +196,7 @@ def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs, tmp_path)
             # it went on from a checkpoint, not from epoch 1
             assert int(by_trial[trial_id].data.tags["resumed_at_epoch"]) > 1
     for run in runs:
-        steps = _metric_steps(client, run)
+        steps = metric_steps(client, run)
         assert steps == list(range(1, len(steps) + 1)), steps  # no epoch logged twice
 
 
