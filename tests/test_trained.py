@@ -108,3 +108,79 @@ def test_the_readme_python_example_runs_as_written(demo_run, demo_data_path, tmp
     epoch, recall, shape = capsys.readouterr().out.split(" ", 2)
     assert int(epoch) == torch.load(demo_run / BEST_FILE, weights_only=True)["epoch"]
     assert 0 <= float(recall) <= 1 and shape.strip() == "torch.Size([1, 16])"
+
+
+class _NotAllowed:
+    """A class torch.load(weights_only=True) refuses to unpickle."""
+
+
+def _damaged(state: dict, kind: str):
+    """A copy of a best.pt state damaged one way, or bytes for a file that is no checkpoint at all."""
+    state = dict(state)
+    weights = dict(state["model"])
+    first = next(iter(weights))
+    if kind == "empty file":
+        return b""
+    if kind == "text file":
+        return b"epoch,loss\n1,0.5\n"
+    if kind == "cut short":
+        return None
+    if kind == "pickled object":
+        state["extra"] = _NotAllowed()
+    elif kind == "wrong-shape weight":
+        weights[first] = torch.zeros(3)
+    elif kind == "missing weight":
+        weights.pop(first)
+    elif kind == "extra weight":
+        weights["branches.spare"] = torch.zeros(1)
+    elif kind == "weights not a dict":
+        weights = "weights"
+    elif kind == "config not a dict":
+        state["config"] = [1, 2]
+    elif kind == "config with a wrong type":
+        state["config"] = {**state["config"], "ensemble_size": "four"}
+    elif kind == "config with an unknown key":
+        state["config"] = {**state["config"], "bogus": 1}
+    elif kind == "meta_ids a list":
+        state["meta_ids"] = state["meta_ids"].tolist()
+    elif kind == "meta_ids of another shape":
+        state["meta_ids"] = state["meta_ids"][:1]
+    elif kind == "epoch not a number":
+        state["epoch"] = "abc"
+    elif kind == "metrics not a dict":
+        state["metrics"] = "abc"
+    elif kind == "not a dict":
+        return [state]
+    state["model"] = weights
+    return state
+
+
+DAMAGES = ("empty file", "text file", "cut short", "pickled object", "wrong-shape weight", "missing weight",
+           "extra weight", "weights not a dict", "config not a dict", "config with a wrong type",
+           "config with an unknown key", "meta_ids a list", "meta_ids of another shape", "epoch not a number",
+           "metrics not a dict", "not a dict")
+
+
+@pytest.mark.parametrize("kind", DAMAGES)
+def test_every_damaged_checkpoint_is_one_line_naming_the_file(demo_run, tmp_path, capsys, kind):
+    damaged = _damaged(torch.load(demo_run / BEST_FILE, weights_only=True), kind)
+    path = tmp_path / BEST_FILE
+    if kind == "cut short":
+        path.write_bytes((demo_run / BEST_FILE).read_bytes()[:1000])
+    elif isinstance(damaged, bytes):
+        path.write_bytes(damaged)
+    else:
+        torch.save(damaged, path)
+    for source in (path, tmp_path):  # the file, and the run folder holding it
+        with pytest.raises(ConfigError, match=re.escape(str(path))):
+            antimetric.load(source, device="cpu")
+        assert main(["evaluate", "--model", str(source), "--device", "cpu"]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and error.count("\n") == 1, error
+        assert str(path) in error and "weights_only" not in error and "can still be loaded" not in error, error
+
+
+def test_a_file_of_the_run_folder_that_is_no_checkpoint_is_one_line(demo_run, capsys):
+    assert main(["evaluate", "--model", str(demo_run / EPOCHS_FILE), "--device", "cpu"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "not a PyTorch checkpoint" in error and str(demo_run / EPOCHS_FILE) in error
