@@ -6,7 +6,15 @@ import json
 import sys
 from pathlib import Path
 
-from antimetric.config import BACKBONE_NAMES, CROP_TYPES, DATASETS, SHARE_TYPES, RunConfig, check_crop_type
+from antimetric.config import (
+    BACKBONE_NAMES,
+    CROP_TYPES,
+    DATASETS,
+    SHARE_TYPES,
+    RunConfig,
+    check_crop_type,
+    check_device,
+)
 from antimetric.data.cache import MAX_CACHE_SIZE
 from antimetric.errors import AntimetricError, ConfigError, RunInterrupted
 from antimetric.extensions import RUN_TRACKER, extension
@@ -224,6 +232,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from antimetric.evaluate_model import evaluate_model
     from antimetric.trained import load
 
+    check_device(args.device)
     ensemble = load(args.model, device=args.device, tracking_uri=args.tracking_uri)
     data_path = Path(args.data_path or ensemble.config.data.data_path)
     metrics = evaluate_model(ensemble, data_path, args.data_name, args.crop_type,
