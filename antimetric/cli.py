@@ -229,12 +229,12 @@ def _run_dataset(run_dir: Path) -> str | None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from antimetric.evaluate_model import evaluate_model
+    from antimetric.evaluate_model import evaluate_model, trained_data_path
     from antimetric.trained import load
 
     check_device(args.device)
     ensemble = load(args.model, device=args.device, tracking_uri=args.tracking_uri)
-    data_path = Path(args.data_path or ensemble.config.data.data_path)
+    data_path = Path(args.data_path) if args.data_path else trained_data_path(ensemble)
     metrics = evaluate_model(ensemble, data_path, args.data_name, args.crop_type,
                              progress=sys.stderr.isatty())
     if args.json:

@@ -184,3 +184,25 @@ def test_a_file_of_the_run_folder_that_is_no_checkpoint_is_one_line(demo_run, ca
     assert main(["evaluate", "--model", str(demo_run / EPOCHS_FILE), "--device", "cpu"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "not a PyTorch checkpoint" in error and str(demo_run / EPOCHS_FILE) in error
+
+
+def test_evaluate_finds_a_relative_data_path_from_another_folder(demo_run, demo_data_path, tmp_path, monkeypatch,
+                                                                  capsys):
+    """A run trained with --data-path data --output-dir runs, evaluated from another folder: its data is
+    <the folder train ran in>/data, which the run folder's place gives."""
+    project = tmp_path / "project"
+    (project / "runs" / "r").mkdir(parents=True)
+    (project / "data").symlink_to(demo_data_path)
+    state = torch.load(demo_run / BEST_FILE, weights_only=True)
+    state["config"] = {**state["config"], "data_path": "data", "output_dir": "runs", "run_name": "r"}
+    torch.save(state, project / "runs" / "r" / BEST_FILE)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["evaluate", "--model", str(project / "runs" / "r"), "--device", "cpu", "--json"]) == 0
+    reported = {k: float(v) for k, v in _epoch_row(demo_run, state["epoch"]).items() if k.startswith("test_")}
+    assert json.loads(capsys.readouterr().out) == pytest.approx(reported, abs=1e-9)
+    assert list(elsewhere.iterdir()) == []  # no demo generated here
+    (project / "runs" / "r" / BEST_FILE).rename(elsewhere / "moved.pt")  # no longer in its run folder
+    assert main(["evaluate", "--model", str(elsewhere / "moved.pt"), "--device", "cpu"]) == 2
+    assert "--data-path" in capsys.readouterr().err and sorted(p.name for p in elsewhere.iterdir()) == ["moved.pt"]
