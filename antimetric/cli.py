@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from antimetric.config import (
@@ -16,7 +17,7 @@ from antimetric.config import (
     check_device,
 )
 from antimetric.data.cache import MAX_CACHE_SIZE
-from antimetric.errors import AntimetricError, ConfigError, RunInterrupted
+from antimetric.errors import AntimetricError, AntimetricWarning, ConfigError, RunInterrupted
 from antimetric.extensions import RUN_TRACKER, extension
 from antimetric.options import add_config_arguments, given_options
 from antimetric.retrieval_cli import add_retrieval_commands
@@ -26,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return args.command(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.command(args)
     except AntimetricError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -41,6 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+_show_default = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """antimetric's own warnings as one line, `warning: ...`; any other as Python shows it."""
+    if issubclass(category, AntimetricWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _show_default(message, category, filename, lineno, file, line)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -15,6 +15,7 @@ from antimetric.cli import main
 from antimetric.errors import ConfigError
 from antimetric.evaluate_model import evaluate_model
 from antimetric.train import BEST_FILE, EPOCHS_FILE, FEATURES_FILE, LAST_FILE
+from tests.fixtures.datasets import make_cub
 
 
 def _epoch_row(run_dir, epoch):
@@ -206,3 +207,17 @@ def test_evaluate_finds_a_relative_data_path_from_another_folder(demo_run, demo_
     (project / "runs" / "r" / BEST_FILE).rename(elsewhere / "moved.pt")  # no longer in its run folder
     assert main(["evaluate", "--model", str(elsewhere / "moved.pt"), "--device", "cpu"]) == 2
     assert "--data-path" in capsys.readouterr().err and sorted(p.name for p in elsewhere.iterdir()) == ["moved.pt"]
+
+
+def test_evaluate_says_in_one_line_how_many_queries_it_left_out(demo_run, tmp_path, capsys):
+    """Test classes of one image have nothing to find: left out of every metric, and a warning says so."""
+    make_cub(tmp_path / "cub", n_classes=6, per_class=3, size=40)
+    images = tmp_path / "cub" / "images.txt"
+    rows = [row for row in images.read_text().splitlines() if row.strip()]
+    images.write_text("\n".join(row for row in rows if int(row.split()[0]) <= 16) + "\n")  # class 6 keeps 1
+    assert main(["evaluate", "--model", str(demo_run), "--data-path", str(tmp_path), "--data-name", "cub",
+                 "--device", "cpu", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "warning: 1 of 7 queries have no other item of their class; they are left out of " \
+                           "Recall@K, MAP@R and R-precision\n"
+    assert all(0 <= value <= 1 for value in json.loads(captured.out).values())
