@@ -15,6 +15,7 @@ from antimetric.gallery_images import NO_LABEL, find_images, folder_images
 from antimetric.gallery_index import EMBEDDINGS_FILE, INFO_FILE, ITEMS_FILE, check_model, read_index
 from antimetric.trained import load
 from tests.fixtures.datasets import make_cub
+from tests.fixtures.folders import make_fifo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -217,26 +218,7 @@ def test_a_stale_building_folder_is_removed_and_a_live_one_kept(ensemble, class_
 
 
 def test_a_fifo_in_the_gallery_is_skipped_with_a_reason(ensemble, class_folder, tmp_path):
-    import os
-    import threading
-    import time
-
-    fifo = class_folder / "dogs" / "pipe.png"
-    os.mkfifo(fifo)
-
-    def feed() -> None:  # unblocks a reader that opened the pipe (the bug), so that the test fails, not hangs
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                descriptor = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:
-                time.sleep(0.05)
-                continue
-            os.write(descriptor, b"not an image")
-            os.close(descriptor)
-            return
-
-    threading.Thread(target=feed, daemon=True).start()
+    fifo = make_fifo(class_folder / "dogs" / "pipe.png")
     summary = build_index(ensemble, folder_images(class_folder), tmp_path / "index", model_source="m")
     reasons = dict(summary.skipped.examples)
     assert summary.images == 5 and "not a regular file" in reasons[str(fifo)]

@@ -10,6 +10,7 @@ from PIL import Image
 from antimetric.cli import main
 from antimetric.gallery_index import read_index
 from antimetric.trained import load
+from tests.fixtures.folders import make_fifo
 
 
 def run_json(capsys, *argv) -> dict:
@@ -178,29 +179,10 @@ def test_index_force_keeps_files_an_index_does_not_write(demo_run, tmp_path, cap
 
 
 def test_a_fifo_among_the_queries_is_skipped_with_a_reason(demo_index, tmp_path, capsys):
-    import os
-    import threading
-    import time
-
     queries = tmp_path / "queries"
     queries.mkdir()
     shutil.copy(read_index(demo_index).file(0), queries / "a.jpg")
-    fifo = queries / "b.jpg"
-    os.mkfifo(fifo)
-
-    def feed() -> None:  # unblocks a reader that opened the pipe (the bug) so that the test fails, not hangs
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                descriptor = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:
-                time.sleep(0.05)
-                continue
-            os.write(descriptor, b"not an image")
-            os.close(descriptor)
-            return
-
-    threading.Thread(target=feed, daemon=True).start()
+    make_fifo(queries / "b.jpg")
     result = run_json(capsys, "retrieve", "--index", str(demo_index), "--query", str(queries), "--top-k", "2")
     assert [Path(answer["query"]).name for answer in result["queries"]] == ["a.jpg"]
     assert result["skipped_count"] == 1 and "not a regular file" in result["skipped"][0]["reason"]
