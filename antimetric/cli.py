@@ -4,11 +4,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
-from antimetric.config import BACKBONE_NAMES, CROP_TYPES, DATASETS, SHARE_TYPES, RunConfig, check_crop_type
+from antimetric.config import (
+    BACKBONE_NAMES,
+    CROP_TYPES,
+    DATASETS,
+    SHARE_TYPES,
+    RunConfig,
+    check_crop_type,
+    check_device,
+)
 from antimetric.data.cache import MAX_CACHE_SIZE
-from antimetric.errors import AntimetricError, ConfigError, RunInterrupted
+from antimetric.errors import AntimetricError, AntimetricWarning, ConfigError, RunInterrupted
 from antimetric.extensions import RUN_TRACKER, extension
 from antimetric.options import add_config_arguments, given_options
 from antimetric.retrieval_cli import add_retrieval_commands
@@ -18,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return args.command(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.command(args)
     except AntimetricError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -33,6 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+_show_default = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """antimetric's own warnings as one line, `warning: ...`; any other as Python shows it."""
+    if issubclass(category, AntimetricWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _show_default(message, category, filename, lineno, file, line)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -221,11 +243,12 @@ def _run_dataset(run_dir: Path) -> str | None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from antimetric.evaluate_model import evaluate_model
+    from antimetric.evaluate_model import evaluate_model, trained_data_path
     from antimetric.trained import load
 
+    check_device(args.device)
     ensemble = load(args.model, device=args.device, tracking_uri=args.tracking_uri)
-    data_path = Path(args.data_path or ensemble.config.data.data_path)
+    data_path = Path(args.data_path) if args.data_path else trained_data_path(ensemble)
     metrics = evaluate_model(ensemble, data_path, args.data_name, args.crop_type,
                              progress=sys.stderr.isatty())
     if args.json:

@@ -231,7 +231,7 @@ def _check(config: RunConfig) -> None:
     for name, value in (("eval_batch_size", config.eval.eval_batch_size), ("chunk_size", config.eval.chunk_size)):
         if value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    _check_device(train.device)
+    check_device(train.device)
     if train.precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {train.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if not config.run_name and config.run_name is not None:
@@ -243,7 +243,7 @@ def _check(config: RunConfig) -> None:
         raise ConfigError("--batch-size must be at least 2 to train (BatchNorm needs two samples)")
 
 
-def _check_device(name: str) -> None:
+def check_device(name: str) -> None:
     """'auto', 'cpu', 'cuda' or 'cuda:N' (whether CUDA is present is checked when the run starts)."""
     if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
         return

@@ -17,6 +17,10 @@ class NonFiniteLossError(AntimetricError):
     """Training diverged: the loss became NaN or infinite."""
 
 
+class AntimetricWarning(UserWarning):
+    """Something the user should know of a result; the CLI prints it as one line, `warning: ...`."""
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run; says where it can be resumed from (last_epoch 0: nothing to resume)."""
 

@@ -6,9 +6,30 @@ from pathlib import Path
 from antimetric.config import BOXED_DATASETS, DATASET_DEFAULTS, RunConfig, resolve
 from antimetric.data.splits import test_set
 from antimetric.data.transforms import test_transform
+from antimetric.errors import ConfigError
 from antimetric.evaluate import embed, score
 from antimetric.session import eval_loaders, image_source, load_index, num_workers
 from antimetric.trained import TrainedEnsemble
+
+
+def trained_data_path(ensemble: TrainedEnsemble) -> Path:
+    """The data folder the ensemble was trained on. A relative data_path is relative to the folder `train` ran
+    in, which a run folder's place gives (<there>/<output_dir>/<run_name>); elsewhere (a checkpoint moved
+    out of its run folder, an MLflow download) it is taken from the current folder only when the dataset is
+    there, so that no demo is generated in a folder nobody named."""
+    config = ensemble.config
+    data_path, output_dir = Path(config.data.data_path), Path(config.output_dir)
+    if data_path.is_absolute():
+        return data_path
+    run_dir = ensemble.checkpoint.resolve().parent
+    depth = len(output_dir.parts)
+    if not output_dir.is_absolute() and ".." not in output_dir.parts and run_dir.name == config.run_name \
+            and run_dir.parent.parts[len(run_dir.parent.parts) - depth:] == output_dir.parts:
+        return run_dir.parents[depth] / data_path
+    if (data_path / config.data.data_name).is_dir():
+        return data_path
+    raise ConfigError(f"the model was trained on data in {data_path}, relative to a folder unknown here "
+                      f"(its checkpoint is outside its run folder); pass --data-path")
 
 
 def evaluation_config(ensemble: TrainedEnsemble, data_path: Path, data_name: str | None = None,

@@ -26,8 +26,7 @@ gallery is a miss.
 MAP@R and R-precision (Musgrave et al., "A Metric Learning Reality Check", 2020):
 with R the number of relevant gallery items of a query,
 ``MAP@R = (1/R) * sum_{i=1..R} P(i) * rel(i)`` where P(i) is the precision at i of
-the ranked list, and ``R-precision = (#relevant in the top R) / R``. Both average
-over the queries with R >= 1 only (``nan`` when there are none). The ranking is
+the ranked list, and ``R-precision = (#relevant in the top R) / R``. The ranking is
 ``torch.topk``'s, so the order among items of *equal* similarity is whatever topk
 returns -- unlike Recall@K, these two are not tie-pessimistic.
 
@@ -43,16 +42,23 @@ identical similarities, but vectors that are equal only in exact arithmetic may 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from antimetric.errors import AntimetricWarning
+
 MAP_AT_R_KEY = "map_at_r"
 R_PRECISION_KEY = "r_precision"
 
 _Labels = torch.Tensor | Sequence[int] | np.ndarray
+
+
+class LeftOutQueries(AntimetricWarning):
+    """Queries without a positive were left out of the metrics."""
 
 
 def recall_key(k: int) -> str:
@@ -222,6 +228,16 @@ def _mean_over_queries_with_positives(total: float, totals: _Totals) -> float:
     return total / totals.n_with_positives
 
 
+def _totals(inputs: _Inputs, ks: tuple[int, ...], with_map: bool) -> _Totals:
+    totals = _accumulate(inputs, ks, with_map)
+    left_out = totals.n_query - totals.n_with_positives
+    if left_out:
+        where = "no other item of their class" if inputs.leave_one_out else "no item of their class in the gallery"
+        warnings.warn(LeftOutQueries(f"{left_out} of {totals.n_query} queries have {where}; they are left out of "
+                                     "Recall@K, MAP@R and R-precision"), stacklevel=3)
+    return totals
+
+
 def retrieval_metrics(
     query: torch.Tensor,
     query_labels: _Labels,
@@ -238,8 +254,8 @@ def retrieval_metrics(
     """
     ks = _check_ks(ks)
     inputs = _prepare(query, query_labels, gallery, gallery_labels, chunk_size)
-    totals = _accumulate(inputs, ks, with_map=True)
-    result = {recall_key(k): totals.hits[k] / totals.n_query for k in ks}
+    totals = _totals(inputs, ks, with_map=True)
+    result = {recall_key(k): _mean_over_queries_with_positives(totals.hits[k], totals) for k in ks}
     result[MAP_AT_R_KEY] = _mean_over_queries_with_positives(totals.map_sum, totals)
     result[R_PRECISION_KEY] = _mean_over_queries_with_positives(totals.r_precision_sum, totals)
     return result
@@ -254,11 +270,11 @@ def recall_at_k(
     *,
     chunk_size: int = 4096,
 ) -> dict[int, float]:
-    """Recall@k (fraction of all queries, in [0, 1]) for every k in ``ks``."""
+    """Recall@k (fraction of the queries with a positive, in [0, 1]) for every k in ``ks``."""
     ks = _check_ks(ks)
     inputs = _prepare(query, query_labels, gallery, gallery_labels, chunk_size)
-    totals = _accumulate(inputs, ks, with_map=False)
-    return {k: totals.hits[k] / totals.n_query for k in ks}
+    totals = _totals(inputs, ks, with_map=False)
+    return {k: _mean_over_queries_with_positives(totals.hits[k], totals) for k in ks}
 
 
 def map_at_r(
@@ -271,7 +287,7 @@ def map_at_r(
 ) -> float:
     """MAP@R averaged over the queries with at least one relevant item (``nan`` if none)."""
     inputs = _prepare(query, query_labels, gallery, gallery_labels, chunk_size)
-    totals = _accumulate(inputs, (), with_map=True)
+    totals = _totals(inputs, (), with_map=True)
     return _mean_over_queries_with_positives(totals.map_sum, totals)
 
 
@@ -285,5 +301,5 @@ def r_precision(
 ) -> float:
     """R-precision averaged over the queries with at least one relevant item (``nan`` if none)."""
     inputs = _prepare(query, query_labels, gallery, gallery_labels, chunk_size)
-    totals = _accumulate(inputs, (), with_map=True)
+    totals = _totals(inputs, (), with_map=True)
     return _mean_over_queries_with_positives(totals.r_precision_sum, totals)

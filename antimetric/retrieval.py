@@ -3,15 +3,18 @@
 A query's label is known when the query is itself in the index (the same file), is an image of the
 index's dataset (looked up in its manifest), or sits in a subfolder named like one of the index's
 classes (ImageFolder layout; for a dataset, the class id). Then each neighbour is marked correct
-or not; otherwise correctness is unknown (None).
+or not; otherwise correctness is unknown (None). A query or gallery image whose embedding is not finite
+(a damaged index row, a model that gives NaN) is never a result.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import torch
 
 from antimetric.data.manifest import load_manifest
 from antimetric.data.records import ImageRecord
@@ -63,6 +66,8 @@ def find_queries(path: Path, index: GalleryIndex) -> list[Query]:
         found = folder_images(path)
         files = [found.root / p for p in found.paths]
         names = [found.class_names[label] if label != NO_LABEL else None for label in found.labels]
+    elif path.exists():
+        raise ConfigError(f"--query {path} is not a regular file (a pipe, socket or device); give an image or a folder")
     else:
         raise ConfigError(f"--query {path}: no such image or folder")
     records = _dataset_records(index)
@@ -105,13 +110,19 @@ def retrieve(ensemble, index: GalleryIndex, queries: list[Query], k: int, failur
     for batch in embed_files(ensemble, [query.file for query in queries], boxes, failures, batch_size=batch_size,
                              workers=workers, progress=progress, desc="retrieve"):
         sims, positions = index.search(batch.embeddings, k)
+        finite = torch.isfinite(batch.embeddings).all(dim=1).tolist()
         for row, i in enumerate(batch.positions):
+            if not finite[row]:
+                failures.add(str(queries[i].file), "the model's embedding of it is not finite (NaN or inf)")
+                continue
             yield _retrieval(queries[i], index, sims[row].tolist(), positions[row].tolist())
 
 
 def _retrieval(query: Query, index: GalleryIndex, sims: list[float], positions: list[int]) -> Retrieval:
     neighbours = []
     for rank, (similarity, position) in enumerate(zip(sims, positions), start=1):
+        if not math.isfinite(similarity):  # a damaged gallery row ranks last; it is no neighbour
+            break
         label = int(index.labels[position])
         correct = None if NO_LABEL in (label, query.label) else label == query.label
         neighbours.append(Neighbour(rank, position, similarity, index.file(position), index.label_name(label),

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from antimetric.config import check_device
 from antimetric.errors import ConfigError
 
 GRID_MAX_QUERIES = 16  # rows of a --grid picture; more would make an unreadably tall image
@@ -53,8 +54,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _index(args: argparse.Namespace) -> int:
+    from antimetric.gallery_build import build_index, check_target
     from antimetric.gallery_images import find_images
-    from antimetric.gallery_index import build_index, check_target
     from antimetric.session import num_workers
     from antimetric.trained import load
 
@@ -71,7 +72,7 @@ def _index(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"index": str(out), **summary.info, "seconds": summary.seconds, "images_per_s": rate}))
         return 0
-    print(f"index {out}: {summary.images} images of {images.describe()} under {images.root}, "
+    print(f"index {shown(out)}: {summary.images} images of {images.describe()} under {shown(images.root)}, "
           f"{summary.info['embedding_dim']}-d, in {summary.seconds:.1f} s ({rate:.1f} images/s)")
     _print_failures("unreadable, skipped", summary.skipped)
     return 0
@@ -106,8 +107,8 @@ def _retrieve(args: argparse.Namespace) -> int:
     if grid is not None:
         from antimetric.retrieval_grid import choose_queries
 
-        shown = [results[i] for i in choose_queries(len(results), GRID_MAX_QUERIES, args.seed)]
-        _write_grid(grid, shown, index, args.top_k)
+        picked = [results[i] for i in choose_queries(len(results), GRID_MAX_QUERIES, args.seed)]
+        _write_grid(grid, picked, index, args.top_k)
     if args.json:
         print(json.dumps({"index": str(index.folder), "top_k": args.top_k, "queries": [r.to_json() for r in results],
                           "skipped": [{"path": p, "reason": r} for p, r in failures.examples],
@@ -117,13 +118,14 @@ def _retrieve(args: argparse.Namespace) -> int:
         _print_retrieval(result, index)
     _print_failures("unreadable queries, skipped", failures)
     if grid is not None:
-        shown = min(len(results), GRID_MAX_QUERIES)
-        chosen = f" (a choice by --seed {args.seed})" if shown < len(results) else ""
-        print(f"grid of {shown} of {len(results)} queries{chosen} written to {grid}")
+        drawn = min(len(results), GRID_MAX_QUERIES)
+        chosen = f" (a choice by --seed {args.seed})" if drawn < len(results) else ""
+        print(f"grid of {drawn} of {len(results)} queries{chosen} written to {shown(grid)}")
     return 0
 
 
 def _check_sizes(args: argparse.Namespace) -> None:
+    check_device(args.device)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: give at least 1")
     if args.num_workers is not None and args.num_workers < 0:
@@ -131,11 +133,22 @@ def _check_sizes(args: argparse.Namespace) -> None:
 
 
 def _check_writable(path: Path) -> None:
+    """A new file, or a grid this command wrote before (an existing file is replaced only then)."""
+    from antimetric.retrieval_grid import is_grid
+
     if path.is_dir():
         raise ConfigError(f"--grid {path} is a folder; give a file name such as retrievals.png")
+    if (path.exists() or path.is_symlink()) and not is_grid(path):
+        raise ConfigError(f"--grid {path} exists and is not a grid antimetric wrote; choose another file name "
+                          "(only a grid is ever replaced)")
     folder = path.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(f"--grid {path}: cannot write in {folder}; choose another path")
+
+
+def shown(text: object) -> str:
+    """A path or name as one line of text: control characters (a newline in a file name) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def _model_source(source: str) -> str:
@@ -147,21 +160,21 @@ def _model_source(source: str) -> str:
 def _print_retrieval(result, index) -> None:
     query = result.query
     where = f"; in the index as #{query.position}" if query.position is not None else ""
-    label = f"label {result.label}" if result.label is not None else "label unknown"
-    print(f"query {query.file} ({label}{where})")
-    print(f"  {'rank':>4s}  {'cosine':6s}  {'same':4s}  {'label':>8s}  path (under {index.root})")
+    label = f"label {shown(result.label)}" if result.label is not None else "label unknown"
+    print(f"query {shown(query.file)} ({label}{where})")
+    print(f"  {'rank':>4s}  {'cosine':6s}  {'same':4s}  {'label':>8s}  path (under {shown(index.root)})")
     for n in result.neighbours:
         mark = {True: "yes", False: "no", None: "-"}[n.correct]
         itself = "  (the query)" if n.position == query.position else ""
-        print(f"  {n.rank:4d}  {n.similarity:.4f}  {mark:4s}  {n.label or '-':>8s}  "
-              f"{Path(index.paths[n.position])}{itself}")
+        print(f"  {n.rank:4d}  {n.similarity:.4f}  {mark:4s}  {shown(n.label or '-'):>8s}  "
+              f"{shown(Path(index.paths[n.position]))}{itself}")
 
 
 def _print_failures(what: str, failures) -> None:
     if failures.count:
         print(f"{failures.count} {what}:", file=sys.stderr)
         for path, reason in failures.examples:
-            print(f"  {path}: {reason}", file=sys.stderr)
+            print(f"  {shown(path)}: {reason}", file=sys.stderr)
 
 
 def _write_grid(path: Path, results: list, index, k: int) -> None:

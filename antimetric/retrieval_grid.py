@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from antimetric.atomic import atomic_open
 from antimetric.errors import AntimetricError, ConfigError
@@ -27,7 +27,8 @@ from antimetric.evaluate import Embeddings
 from antimetric.neighbours import nearest
 from antimetric.trained import ImageInput, as_rgb
 
-__all__ = ["GridImage", "GridLayout", "choose_queries", "class_caption", "grid_rows_from_embeddings", "write_grid"]
+__all__ = ["GridImage", "GridLayout", "choose_queries", "class_caption", "grid_rows_from_embeddings", "is_grid",
+           "write_grid"]
 
 QUERY_COLOUR = (33, 102, 172)  # blue
 CORRECT_COLOUR = (26, 150, 65)  # green
@@ -39,6 +40,7 @@ _CAPTION_LINES = 2
 _LEGEND = ((CORRECT_COLOUR, True, "same class"), (INCORRECT_COLOUR, False, "other class"),
            (UNKNOWN_COLOUR, None, "label unknown"))
 _SIMILARITY_NOTE = "sim: cosine similarity to the query"
+_MARK_KEY, GRID_MARK = "Software", "antimetric retrieval grid"
 
 
 @dataclass
@@ -110,9 +112,23 @@ def write_grid(path: Path, rows: Sequence[Row], *, title: str = "", thumb_size: 
         for column, result in enumerate(results, start=1):
             _draw_cell(canvas, draw, layout, row, column, result, text, is_query=False)
     path = Path(path)
+    mark = PngImagePlugin.PngInfo()
+    mark.add_text(_MARK_KEY, GRID_MARK)  # how `retrieve --grid` knows a file it may replace
     with atomic_open(path, "wb") as handle:
-        canvas.save(handle, format="PNG", compress_level=1)  # 4x faster than the default, 10 % larger
+        canvas.save(handle, format="PNG", compress_level=1, pnginfo=mark)  # 4x faster than the default, 10 % larger
     return path
+
+
+def is_grid(path: Path) -> bool:
+    """A regular file (not a link) that write_grid wrote: a PNG whose Software text says so."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with Image.open(path) as picture:
+            return picture.format == "PNG" and picture.text.get(_MARK_KEY) == GRID_MARK
+    except (OSError, ValueError, SyntaxError):
+        return False
 
 
 def _draw_heading(draw: ImageDraw.ImageDraw, layout: GridLayout, title: str, title_font, font) -> None:

@@ -7,7 +7,6 @@ go through the run's own test transform.
 """
 from __future__ import annotations
 
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from PIL import Image
 from torchvision.transforms.functional import to_pil_image
 
 from antimetric import cost
+from antimetric.checkpoints import check_trained_state, read_torch_file
 from antimetric.config import RunConfig
 from antimetric.data.images import decode_rgb, open_rgb, to_rgb
 from antimetric.data.transforms import test_transform
@@ -37,7 +37,6 @@ __all__ = ["ImageInput", "TrainedEnsemble", "checkpoint_file", "load"]
 # 0..255 or floats 0..1, not yet normalised; a tensor (b, c, h, w) is b images.
 ImageInput = Union[str, Path, bytes, Image.Image, torch.Tensor]
 _MLFLOW_SOURCE = re.compile(r"^(models:/|runs:/|[0-9a-f]{32}$)")
-_CHECKPOINT_KEYS = ("model", "meta_ids", "config")
 DEFAULT_BATCH_SIZE = 64
 
 
@@ -137,6 +136,8 @@ def checkpoint_file(source: str | Path, tracking_uri: str | None = None) -> Path
         raise ConfigError(f"{path} holds no {BEST_FILE}: pass a run folder that finished an epoch, or a checkpoint file")
     if path.is_file():
         return path
+    if path.exists():
+        raise ConfigError(f"{path} is not a regular file (a pipe or a device?); pass a run folder or a checkpoint file")
     text = str(source)
     if _MLFLOW_SOURCE.match(text):
         resolve = extension(MODEL_SOURCE, f"reading the model {text} from MLflow")
@@ -146,15 +147,10 @@ def checkpoint_file(source: str | Path, tracking_uri: str | None = None) -> Path
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint's contents, read without unpickling code (weights_only)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise ConfigError(f"cannot read {path} as a checkpoint ({str(error).splitlines()[0]})") from None
-    missing = [key for key in _CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
-    if missing:
-        raise ConfigError(f"{path} is not an antimetric checkpoint (it has no {', '.join(missing)}); pass a best.pt, "
-                          "last.pt or a run folder")
+    """A checkpoint's contents, read without unpickling code (weights_only) and checked whole: a damaged
+    file is one ConfigError naming it (antimetric.checkpoints)."""
+    state = read_torch_file(path)
+    check_trained_state(state, path)
     return state
 
 

@@ -14,6 +14,14 @@ import numpy as np
 import torch
 
 from antimetric.atomic import torch_save
+from antimetric.checkpoints import (
+    RESUME_KEYS,
+    check_trained_state,
+    damaged,
+    read_torch_file,
+    weight_layout,
+    weights_mismatch,
+)
 from antimetric.errors import ConfigError
 from antimetric.session import TrainingSession
 
@@ -75,29 +83,31 @@ def save_training_state(folder: Path, session: TrainingSession, epoch: int, trac
     return path
 
 
-def weight_layout(state: dict) -> str:
-    """'reference' for the per-branch loop's state dict (branches.stages.{m}.…), else 'batched'."""
-    return "reference" if any(k.startswith("branches.stages.0.") or k.startswith("branches.heads.") for k in state) \
-        else "batched"
-
-
 def load_training_state(path: Path, session: TrainingSession, tracker: BestTracker) -> int:
-    """Restore a state saved by save_training_state (a file or the folder holding state.pt); returns its epoch."""
+    """Restore a state saved by save_training_state (a file or the folder holding state.pt); returns its epoch.
+    A damaged state is one ConfigError naming the file (antimetric.checkpoints), before anything is restored."""
     path = Path(path)
     if path.is_dir():
         path = path / STATE_FILE
-    try:
-        state = torch.load(path, map_location=session.device, weights_only=True)
-    except (OSError, RuntimeError, EOFError) as error:  # missing, unreadable or cut-short file
-        raise ConfigError(f"cannot read the training state {path} ({error})") from None
+    state = read_torch_file(path, "training state", map_location=session.device)
+    check_trained_state(state, path)
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if missing:
+        raise damaged(path, f"it has no {', '.join(missing)} to resume from")
     if not np.array_equal(state["meta_ids"].cpu().numpy(), session.meta_ids):
         raise ConfigError(f"{path} was trained with other meta-class ids than this run")
     saved, wanted = weight_layout(state["model"]), weight_layout(session.model.state_dict())
     if saved != wanted:
         raise ConfigError(f"{path} holds weights in the {saved} layout and this run builds the {wanted} one; "
                           f"resume it with --implementation {saved}")
+    mismatch = weights_mismatch(session.model.state_dict(), state["model"])
+    if mismatch:
+        raise ConfigError(f"{path} holds weights of another network than this run's ({mismatch})")
     session.model.load_state_dict(state["model"])
-    session.optimizer.load_state_dict(state["optimizer"])
-    session.scheduler.load_state_dict(state["scheduler"])
+    for part in ("optimizer", "scheduler"):
+        try:
+            getattr(session, part).load_state_dict(state[part])
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError):
+            raise damaged(path, f"its {part} state does not fit this run's {part}") from None
     tracker.load_state_dict(state["tracker"])
-    return int(state["epoch"])
+    return state["epoch"]

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 from antimetric.config import DATASET_DEFAULTS, RunConfig, resolve
 from antimetric.data.demo import ensure_demo
+from antimetric.gallery_build import build_index
 from antimetric.gallery_images import ImageSet, find_images
-from antimetric.gallery_index import build_index
 from antimetric.model.device_plan import plan_for
 from antimetric.model.ensemble import build_model
 from antimetric.neighbours import nearest

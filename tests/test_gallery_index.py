@@ -10,18 +10,12 @@ import torch
 from PIL import Image
 
 from antimetric.errors import ConfigError
+from antimetric.gallery_build import build_index, check_target
 from antimetric.gallery_images import NO_LABEL, find_images, folder_images
-from antimetric.gallery_index import (
-    EMBEDDINGS_FILE,
-    INFO_FILE,
-    ITEMS_FILE,
-    build_index,
-    check_model,
-    check_target,
-    read_index,
-)
+from antimetric.gallery_index import EMBEDDINGS_FILE, INFO_FILE, ITEMS_FILE, check_model, read_index
 from antimetric.trained import load
 from tests.fixtures.datasets import make_cub
+from tests.fixtures.folders import make_fifo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,3 +193,75 @@ def test_retrieval_benchmark_runs(class_folder, tmp_path):
     assert all(rows[(q, "default")]["same_top_k"] and rows[(q, "previous (8192-row chunks)")]["same_top_k"]
                for q in (1, 3))
     assert result["build"]["images"] == 5 and result["build"]["images_per_s"] > 0
+
+
+def test_a_stale_building_folder_is_removed_and_a_live_one_kept(ensemble, class_folder, tmp_path):
+    import fcntl
+    import os
+
+    from antimetric.temp_folders import LOCK_FILE
+
+    out = tmp_path / "index"
+    stale, live, unknown = (tmp_path / f".index.{name}.building" for name in ("dead", "alive", "old"))
+    for folder in (stale, live, unknown):
+        folder.mkdir()
+        (folder / EMBEDDINGS_FILE).write_bytes(b"\0" * 1000)
+    (stale / LOCK_FILE).write_text("")  # its writer died: nobody holds the lock
+    (live / LOCK_FILE).write_text("")
+    holder = os.open(live / LOCK_FILE, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # a build still running
+    try:
+        build_index(ensemble, folder_images(class_folder), out, model_source="m")
+    finally:
+        os.close(holder)
+    assert not stale.exists() and live.exists() and unknown.exists()  # no lock file: whose it is is unknown
+
+
+def test_a_fifo_in_the_gallery_is_skipped_with_a_reason(ensemble, class_folder, tmp_path):
+    fifo = make_fifo(class_folder / "dogs" / "pipe.png")
+    summary = build_index(ensemble, folder_images(class_folder), tmp_path / "index", model_source="m")
+    reasons = dict(summary.skipped.examples)
+    assert summary.images == 5 and "not a regular file" in reasons[str(fifo)]
+
+
+@pytest.mark.parametrize("damage", ["no embedding_dim", "images a text", "ensemble missing", "short class_names",
+                                    "probe of another width", "info a list"])
+def test_a_damaged_index_is_one_line(ensemble, class_folder, tmp_path, damage):
+    out = tmp_path / "index"
+    build_index(ensemble, folder_images(class_folder), out, model_source="m")
+    info = json.loads((out / INFO_FILE).read_text())
+    with np.load(out / ITEMS_FILE) as items:
+        arrays = dict(items)
+    if damage == "no embedding_dim":
+        del info["embedding_dim"]
+    elif damage == "images a text":
+        info["images"] = "five"
+    elif damage == "ensemble missing":
+        del info["ensemble"]
+    elif damage == "short class_names":
+        arrays["class_names"] = arrays["class_names"][:1]
+    elif damage == "probe of another width":
+        arrays["probe"] = arrays["probe"][:3]
+    (out / INFO_FILE).write_text(json.dumps([info] if damage == "info a list" else info))
+    np.savez(out / ITEMS_FILE, **arrays)
+    with pytest.raises(ConfigError, match="not an antimetric index|is damaged") as raised:
+        index = read_index(out)
+        check_model(index, ensemble)
+        index.label_name(int(index.labels.max()))
+    assert str(out) in str(raised.value)
+
+
+def test_non_finite_embeddings_are_never_results(ensemble, class_folder, tmp_path):
+    from antimetric.gallery_images import Failures
+    from antimetric.retrieval import find_queries, retrieve
+
+    out = tmp_path / "index"
+    build_index(ensemble, folder_images(class_folder), out, model_source="m")
+    stored = np.load(out / EMBEDDINGS_FILE, mmap_mode="r+")
+    stored[1] = np.nan  # a damaged row
+    stored.flush()
+    del stored
+    index = read_index(out)
+    results = list(retrieve(ensemble, index, find_queries(class_folder / "dogs", index), 10, Failures()))
+    similarities = [n.similarity for result in results for n in result.neighbours]
+    assert results and all(np.isfinite(similarities)) and all(len(r.neighbours) == 4 for r in results)

@@ -7,6 +7,7 @@ import torch
 from antimetric.metrics import (
     MAP_AT_R_KEY,
     R_PRECISION_KEY,
+    LeftOutQueries,
     map_at_r,
     r_precision,
     recall_at_k,
@@ -56,7 +57,7 @@ def reference(query, query_labels, ks, gallery=None, gallery_labels=None):
                 ap += n_rel / position
         aps.append(ap / r)
         rps.append(n_rel / r)
-    recall = {k: hits[k] / len(q) for k in ks}
+    recall = {k: hits[k] / len(aps) if aps else math.nan for k in ks}  # over the queries with a positive
     mean = (lambda xs: sum(xs) / len(xs)) if aps else (lambda xs: math.nan)
     return recall, mean(aps), mean(rps)
 
@@ -115,12 +116,12 @@ def test_tie_between_positive_and_negative_is_a_miss_in_either_order():
 
 
 def test_leave_one_out_excludes_self_by_index_but_keeps_duplicates():
-    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    assert recall_at_k(x, [0, 0, 1], [1]) == {1: 2 / 3}
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert recall_at_k(x, [0, 0, 1, 1], [1]) == {1: 1.0}  # each finds its duplicate, never itself
     # the duplicate is a negative for query 0 and its positive lies further away
-    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.8, 0.6]])
-    assert recall_at_k(x, [0, 1, 0], [1, 2])[1] == 0.0
-    assert recall_at_k(x, [0, 1, 0], [1, 2])[2] == pytest.approx(2 / 3)
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    assert recall_at_k(x, [0, 1, 0, 1], [1, 2])[1] == 0.0
+    assert recall_at_k(x, [0, 1, 0, 1], [1, 2])[2] == pytest.approx(2 / 4)
 
 
 def test_chunk_size_does_not_change_results():
@@ -150,10 +151,10 @@ def four_points():
 
 
 def test_hand_made_example():
-    # Nearest neighbours: 0->1 (hit), 1->0 (hit), 2->1 (miss), 3->2 (miss).
-    # Point 2 has no positive at all; point 3 finds one (1) at rank 2.
+    # Nearest neighbours: 0->1 (hit), 1->0 (hit), 3->2 (miss).
+    # Point 2 has no positive at all (left out); point 3 finds one (1) at rank 2.
     x, y = four_points()
-    assert recall_at_k(x, y, [1, 2, 3]) == pytest.approx({1: 0.5, 2: 0.75, 3: 0.75})
+    assert recall_at_k(x, y, [1, 2, 3]) == pytest.approx({1: 2 / 3, 2: 1.0, 3: 1.0})
     # R = 2 for points 0, 1, 3. Top-2 relevance: 0: [1, 0], 1: [1, 0], 3: [0, 1].
     # AP: 0.5, 0.5 and (1/2) * (1/2) = 0.25; point 2 (R = 0) is left out.
     assert map_at_r(x, y) == pytest.approx((0.5 + 0.5 + 0.25) / 3)
@@ -170,19 +171,24 @@ def test_map_at_r_rewards_order_within_top_r():
     assert map_at_r(q, [7], g, [7, 7, 7, 1]) == pytest.approx(1.0)
 
 
-def test_query_without_positives():
+def test_queries_without_positives_are_left_out_with_a_warning():
     q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     g = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
-    got = retrieval_metrics(q, [0, 5], [1, 2], g, [0, 1])
-    assert got == {recall_key(1): 0.5, recall_key(2): 0.5, MAP_AT_R_KEY: 1.0, R_PRECISION_KEY: 1.0}
-    got = retrieval_metrics(q, [4, 5], [1], g, [0, 1])
-    assert got[recall_key(1)] == 0.0
-    assert math.isnan(got[MAP_AT_R_KEY]) and math.isnan(got[R_PRECISION_KEY])
+    with pytest.warns(LeftOutQueries, match="1 of 2 queries have no item of their class in the gallery"):
+        got = retrieval_metrics(q, [0, 5], [1, 2], g, [0, 1])
+    assert got == {recall_key(1): 1.0, recall_key(2): 1.0, MAP_AT_R_KEY: 1.0, R_PRECISION_KEY: 1.0}
+    with pytest.warns(LeftOutQueries, match="2 of 2"):
+        got = retrieval_metrics(q, [4, 5], [1], g, [0, 1])
+    assert all(math.isnan(value) for value in got.values())
+    x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])  # leave-one-out: class 7 has one image
+    with pytest.warns(LeftOutQueries, match="1 of 3 queries have no other item of their class"):
+        assert recall_at_k(x, [3, 3, 7], [1]) == {1: 1.0}
 
 
-def test_single_item_leave_one_out_is_a_miss():
-    got = retrieval_metrics(torch.ones(1, 3), [0], [1])
-    assert got[recall_key(1)] == 0.0 and math.isnan(got[MAP_AT_R_KEY])
+def test_single_item_leave_one_out_is_left_out():
+    with pytest.warns(LeftOutQueries):
+        got = retrieval_metrics(torch.ones(1, 3), [0], [1])
+    assert math.isnan(got[recall_key(1)]) and math.isnan(got[MAP_AT_R_KEY])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from antimetric.config import RunConfig
+from antimetric.errors import ConfigError
 from antimetric.train import BEST_FILE, CONFIG_FILE, EPOCHS_FILE, LAST_FILE, fit, resume_run
 from tests.fixtures.cli import assert_one_line_error, run
 
@@ -95,3 +96,26 @@ def test_ctrl_c_then_train_resume_from_the_command_line(cub_path, tmp_path):
 
 def test_resume_needs_a_run_that_finished_an_epoch(tmp_path):
     assert_one_line_error(run("train", "--resume", str(tmp_path)), "no config.json in")
+
+
+@pytest.mark.parametrize("kind", ["empty", "no optimizer", "tracker a list", "wrong-shape weight", "epoch a text"])
+def test_a_damaged_last_pt_is_one_line_naming_it(cub_path, tmp_path, kind):
+    cut = fit(_config(cub_path, tmp_path, "cut", num_epochs=2), lambda result, save: True)
+    last = cut.run_dir / LAST_FILE
+    state = torch.load(last, weights_only=True)
+    if kind == "empty":
+        last.write_bytes(b"")
+    else:
+        if kind == "no optimizer":
+            del state["optimizer"]
+        elif kind == "tracker a list":
+            state["tracker"] = []
+        elif kind == "wrong-shape weight":
+            first = next(iter(state["model"]))
+            state["model"][first] = torch.zeros(2)
+        else:
+            state["epoch"] = "abc"
+        torch.save(state, last)
+    with pytest.raises(ConfigError, match=str(last)) as raised:
+        resume_run(cut.run_dir)
+    assert "\n" not in str(raised.value) and "weights_only" not in str(raised.value)

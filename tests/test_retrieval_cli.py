@@ -10,6 +10,7 @@ from PIL import Image
 from antimetric.cli import main
 from antimetric.gallery_index import read_index
 from antimetric.trained import load
+from tests.fixtures.folders import make_fifo
 
 
 def run_json(capsys, *argv) -> dict:
@@ -141,3 +142,67 @@ def test_bad_input_is_one_line_before_any_model_is_loaded(demo_index, demo_data_
                                         str(tmp_path / "none"), "--out", str(tmp_path / "new"))
     assert "no run folder or checkpoint" in one_line_error(capsys, *indexing, "--out", str(tmp_path / "new"))
     assert not (tmp_path / "new").exists()
+
+
+def test_grid_never_replaces_a_file_it_did_not_write(demo_index, tmp_path, capsys):
+    query = str(read_index(demo_index).file(0))
+    retrieve = ["retrieve", "--index", str(demo_index), "--query", query, "--top-k", "2", "--grid"]
+    precious = tmp_path / "best.pt"
+    precious.write_bytes(b"weights")
+    assert "not a grid antimetric wrote" in one_line_error(capsys, *retrieve, str(precious))
+    assert precious.read_bytes() == b"weights"
+    picture = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8)).save(picture)  # a PNG, but not one of ours
+    assert "not a grid antimetric wrote" in one_line_error(capsys, *retrieve, str(picture))
+    (tmp_path / "link.png").symlink_to(precious)
+    assert "not a grid antimetric wrote" in one_line_error(capsys, *retrieve, str(tmp_path / "link.png"))
+    grid = tmp_path / "grid.png"
+    for _ in range(2):  # a grid it wrote is replaced by the next one
+        assert main([*retrieve, str(grid)]) == 0
+    assert precious.read_bytes() == b"weights" and (tmp_path / "link.png").is_symlink()
+
+
+def test_index_force_keeps_files_an_index_does_not_write(demo_run, tmp_path, capsys):
+    gallery = tmp_path / "gallery" / "c"
+    gallery.mkdir(parents=True)
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(gallery / "a.png")
+    Image.new("RGB", (40, 40), (10, 200, 10)).save(gallery / "b.png")
+    indexing = ["index", "--model", str(demo_run), "--images", str(tmp_path / "gallery"), "--out",
+                str(tmp_path / "index"), "--device", "cpu"]
+    assert main(indexing) == 0
+    (tmp_path / "index" / "notes.txt").write_text("mine")
+    error = one_line_error(capsys, *indexing, "--force")
+    assert "notes.txt" in error and "--force" in error
+    assert (tmp_path / "index" / "notes.txt").read_text() == "mine" and read_index(tmp_path / "index").info
+    (tmp_path / "index" / "notes.txt").unlink()
+    assert main([*indexing, "--force"]) == 0
+
+
+def test_a_fifo_among_the_queries_is_skipped_with_a_reason(demo_index, tmp_path, capsys):
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    shutil.copy(read_index(demo_index).file(0), queries / "a.jpg")
+    make_fifo(queries / "b.jpg")
+    result = run_json(capsys, "retrieve", "--index", str(demo_index), "--query", str(queries), "--top-k", "2")
+    assert [Path(answer["query"]).name for answer in result["queries"]] == ["a.jpg"]
+    assert result["skipped_count"] == 1 and "not a regular file" in result["skipped"][0]["reason"]
+
+
+def test_file_names_are_printed_without_control_characters(demo_index, tmp_path, capsys):
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    shutil.copy(read_index(demo_index).file(0), queries / "two\nlines.jpg")
+    assert main(["retrieve", "--index", str(demo_index), "--query", str(queries), "--top-k", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("query ") and lines[0].endswith("two\\nlines.jpg (label unknown)")
+    assert len(lines) == 3
+
+
+@pytest.mark.parametrize("command", ["evaluate", "index", "retrieve"])
+def test_an_unknown_device_is_one_line(demo_run, demo_index, demo_data_path, tmp_path, capsys, command):
+    argv = {"evaluate": ["evaluate", "--model", str(demo_run)],
+            "index": ["index", "--model", str(demo_run), "--images", str(demo_data_path / "demo"), "--out",
+                      str(tmp_path / "new")],
+            "retrieve": ["retrieve", "--index", str(demo_index), "--query", str(read_index(demo_index).file(0))]}
+    assert "--device must be auto, cpu, cuda or cuda:N, got 'tpu'" in one_line_error(capsys, *argv[command],
+                                                                                      "--device", "tpu")

@@ -15,6 +15,7 @@ from antimetric.cli import main
 from antimetric.errors import ConfigError
 from antimetric.evaluate_model import evaluate_model
 from antimetric.train import BEST_FILE, EPOCHS_FILE, FEATURES_FILE, LAST_FILE
+from tests.fixtures.datasets import make_cub
 from tests.fixtures.images import bomb_png
 
 
@@ -134,3 +135,115 @@ def test_the_readme_python_example_runs_as_written(demo_run, demo_data_path, tmp
     epoch, recall, shape = capsys.readouterr().out.split(" ", 2)
     assert int(epoch) == torch.load(demo_run / BEST_FILE, weights_only=True)["epoch"]
     assert 0 <= float(recall) <= 1 and shape.strip() == "torch.Size([1, 16])"
+
+
+class _NotAllowed:
+    """A class torch.load(weights_only=True) refuses to unpickle."""
+
+
+def _damaged(state: dict, kind: str):
+    """A copy of a best.pt state damaged one way, or bytes for a file that is no checkpoint at all."""
+    state = dict(state)
+    weights = dict(state["model"])
+    first = next(iter(weights))
+    if kind == "empty file":
+        return b""
+    if kind == "text file":
+        return b"epoch,loss\n1,0.5\n"
+    if kind == "cut short":
+        return None
+    if kind == "pickled object":
+        state["extra"] = _NotAllowed()
+    elif kind == "wrong-shape weight":
+        weights[first] = torch.zeros(3)
+    elif kind == "missing weight":
+        weights.pop(first)
+    elif kind == "extra weight":
+        weights["branches.spare"] = torch.zeros(1)
+    elif kind == "weights not a dict":
+        weights = "weights"
+    elif kind == "config not a dict":
+        state["config"] = [1, 2]
+    elif kind == "config with a wrong type":
+        state["config"] = {**state["config"], "ensemble_size": "four"}
+    elif kind == "config with an unknown key":
+        state["config"] = {**state["config"], "bogus": 1}
+    elif kind == "meta_ids a list":
+        state["meta_ids"] = state["meta_ids"].tolist()
+    elif kind == "meta_ids of another shape":
+        state["meta_ids"] = state["meta_ids"][:1]
+    elif kind == "epoch not a number":
+        state["epoch"] = "abc"
+    elif kind == "metrics not a dict":
+        state["metrics"] = "abc"
+    elif kind == "not a dict":
+        return [state]
+    state["model"] = weights
+    return state
+
+
+DAMAGES = ("empty file", "text file", "cut short", "pickled object", "wrong-shape weight", "missing weight",
+           "extra weight", "weights not a dict", "config not a dict", "config with a wrong type",
+           "config with an unknown key", "meta_ids a list", "meta_ids of another shape", "epoch not a number",
+           "metrics not a dict", "not a dict")
+
+
+@pytest.mark.parametrize("kind", DAMAGES)
+def test_every_damaged_checkpoint_is_one_line_naming_the_file(demo_run, tmp_path, capsys, kind):
+    damaged = _damaged(torch.load(demo_run / BEST_FILE, weights_only=True), kind)
+    path = tmp_path / BEST_FILE
+    if kind == "cut short":
+        path.write_bytes((demo_run / BEST_FILE).read_bytes()[:1000])
+    elif isinstance(damaged, bytes):
+        path.write_bytes(damaged)
+    else:
+        torch.save(damaged, path)
+    for source in (path, tmp_path):  # the file, and the run folder holding it
+        with pytest.raises(ConfigError, match=re.escape(str(path))):
+            antimetric.load(source, device="cpu")
+        assert main(["evaluate", "--model", str(source), "--device", "cpu"]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and error.count("\n") == 1, error
+        assert str(path) in error and "weights_only" not in error and "can still be loaded" not in error, error
+
+
+def test_a_file_of_the_run_folder_that_is_no_checkpoint_is_one_line(demo_run, capsys):
+    assert main(["evaluate", "--model", str(demo_run / EPOCHS_FILE), "--device", "cpu"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "not a PyTorch checkpoint" in error and str(demo_run / EPOCHS_FILE) in error
+
+
+def test_evaluate_finds_a_relative_data_path_from_another_folder(demo_run, demo_data_path, tmp_path, monkeypatch,
+                                                                  capsys):
+    """A run trained with --data-path data --output-dir runs, evaluated from another folder: its data is
+    <the folder train ran in>/data, which the run folder's place gives."""
+    project = tmp_path / "project"
+    (project / "runs" / "r").mkdir(parents=True)
+    (project / "data").symlink_to(demo_data_path)
+    state = torch.load(demo_run / BEST_FILE, weights_only=True)
+    state["config"] = {**state["config"], "data_path": "data", "output_dir": "runs", "run_name": "r"}
+    torch.save(state, project / "runs" / "r" / BEST_FILE)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["evaluate", "--model", str(project / "runs" / "r"), "--device", "cpu", "--json"]) == 0
+    reported = {k: float(v) for k, v in _epoch_row(demo_run, state["epoch"]).items() if k.startswith("test_")}
+    assert json.loads(capsys.readouterr().out) == pytest.approx(reported, abs=1e-9)
+    assert list(elsewhere.iterdir()) == []  # no demo generated here
+    (project / "runs" / "r" / BEST_FILE).rename(elsewhere / "moved.pt")  # no longer in its run folder
+    assert main(["evaluate", "--model", str(elsewhere / "moved.pt"), "--device", "cpu"]) == 2
+    assert "--data-path" in capsys.readouterr().err and sorted(p.name for p in elsewhere.iterdir()) == ["moved.pt"]
+
+
+def test_evaluate_says_in_one_line_how_many_queries_it_left_out(demo_run, tmp_path, capsys):
+    """Test classes of one image have nothing to find: left out of every metric, and a warning says so."""
+    make_cub(tmp_path / "cub", n_classes=6, per_class=3, size=40)
+    images = tmp_path / "cub" / "images.txt"
+    rows = [row for row in images.read_text().splitlines() if row.strip()]
+    images.write_text("\n".join(row for row in rows if int(row.split()[0]) <= 16) + "\n")  # class 6 keeps 1
+    assert main(["evaluate", "--model", str(demo_run), "--data-path", str(tmp_path), "--data-name", "cub",
+                 "--device", "cpu", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "warning: 1 of 7 queries have no other item of their class; they are left out of " \
+                           "Recall@K, MAP@R and R-precision\n"
+    assert all(0 <= value <= 1 for value in json.loads(captured.out).values())
