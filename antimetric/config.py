@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +27,11 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "resnext50", "tiny")  # antimetric.model.backbones.BACKBONES
 SHARE_TYPES = ("maxpool", "layer1", "layer2", "layer3", "layer4")
+# Values no one means, refused at once (what fits the device is estimated when a run starts:
+# antimetric.memory_estimate). Each is far above any setting in use.
+MAX_IMAGE_SIZE = 4096  # 16x the seed's 256 px
+MAX_ENSEMBLE_SIZE = 1024  # 21x the seed's 48 branches
+MAX_META_CLASS_SIZE = 100_000  # more than any dataset's training classes (SOP: 11,318)
 
 
 @dataclass(frozen=True)
@@ -197,8 +204,38 @@ def check_crop_type(data_name: str, crop_type: str) -> None:
                           f"(only {', '.join(BOXED_DATASETS)} do); drop --crop-type")
 
 
+def value_kind(f: dataclasses.Field) -> str:
+    """What the command line makes of config field f: "bool" (a --flag/--no-flag), "int", "float", "text" (the
+    text itself) or "parsed" (its own parse, e.g. --recalls)."""
+    if f.type in ("bool", "bool | None"):
+        return "bool"
+    parse = f.metadata["option"].parse
+    return {int: "int", float: "float", None: "text"}.get(parse, "parsed")
+
+
+_KIND_TEXT = {"bool": "true or false", "int": "a whole number", "float": "a number", "text": "text"}
+
+
+def check_value(f: dataclasses.Field, value: Any) -> None:
+    """A typed value (a study's space, a config.json) of the type the command line gives field f: "false" for a
+    flag, 32.5 or True for a whole number, are refused. None passes where the field's default is None."""
+    kind = value_kind(f)
+    if (value is None and f.default is None) or kind == "parsed":
+        return
+    accepted = {"bool": isinstance(value, bool),
+                "int": isinstance(value, numbers.Integral) and not isinstance(value, bool),
+                "float": isinstance(value, numbers.Real) and not isinstance(value, bool),
+                "text": isinstance(value, (str, os.PathLike))}[kind]
+    if not accepted:
+        raise ConfigError(f"--{f.name.replace('_', '-')} must be {_KIND_TEXT[kind]}, got {value!r}")
+
+
 def _check(config: RunConfig) -> None:
     data, model, train = config.data, config.model, config.train
+    for section in (config, data, model, train, config.eval):
+        for f in dataclasses.fields(section):
+            if "option" in f.metadata:
+                check_value(f, getattr(section, f.name))
     check_crop_type(data.data_name, data.crop_type)
     if not 0.0 <= data.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {data.val_fraction}")
@@ -217,6 +254,11 @@ def _check(config: RunConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if model.meta_class_size < 2:
         raise ConfigError(f"--meta-class-size must be at least 2, got {model.meta_class_size}")
+    for name, value, cap in (("image_size", data.image_size, MAX_IMAGE_SIZE),
+                             ("ensemble_size", model.ensemble_size, MAX_ENSEMBLE_SIZE),
+                             ("meta_class_size", model.meta_class_size, MAX_META_CLASS_SIZE)):
+        if value > cap:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at most {cap}, got {value}")
     if not (isinstance(train.lr, (int, float)) and math.isfinite(train.lr) and train.lr > 0):
         raise ConfigError(f"--lr must be a finite positive number such as 1e-4, got {train.lr}")
     if train.seed < 0:

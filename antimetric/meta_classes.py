@@ -18,7 +18,16 @@ _RANDOM_TRIES = 20
 _REPAIR_STEPS = 100_000
 
 
+def check_class_count(n_classes: int) -> None:
+    """Two training classes at least: a meta-class partition needs two parts, so with one class no
+    --meta-class-size can be given."""
+    if n_classes < 2:
+        raise ConfigError(f"the training split has {n_classes} class{'' if n_classes == 1 else 'es'}, and meta-classes "
+                          "need 2 or more; give the dataset more classes, or hold fewer out with a lower --val-fraction")
+
+
 def check_meta_class_size(n_classes: int, meta_class_size: int, ensemble_size: int) -> None:
+    check_class_count(n_classes)
     if meta_class_size > n_classes:
         raise ConfigError(
             f"--meta-class-size {meta_class_size} exceeds the {n_classes} training classes; use at most {n_classes}"

@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from antimetric.config import DATASET_DEFAULTS, SECTION_CLASSES, Option, RunConfig
+from antimetric.config import DATASET_DEFAULTS, SECTION_CLASSES, Option, RunConfig, value_kind
 from antimetric.errors import ConfigError
 
 
@@ -36,7 +36,7 @@ def add_config_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
         seed_spellings = [n for n in ("--" + n[2:].replace("-", "_") for n in dashed) if n not in dashed]
         help_text = form.help if "default:" in form.help else f"{form.help} ({_default_text(f)})"
         kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS)
-        if _is_bool(f):
+        if value_kind(f) == "bool":
             parser.add_argument(*dashed, action=argparse.BooleanOptionalAction, help=_escaped(help_text), **kwargs)
             if seed_spellings:  # the seed's --with_fc: a plain switch, not shown in --help
                 parser.add_argument(*seed_spellings, action="store_const", const=True, help=argparse.SUPPRESS,
@@ -58,10 +58,6 @@ def given_options(args: argparse.Namespace, exclude: tuple[str, ...] = ()) -> di
     """The config values the user gave on the command line (only those), but for `exclude`d keys
     (those the parser got from add_config_arguments(..., exclude) and declares itself)."""
     return {name: getattr(args, name) for name in option_names() if hasattr(args, name) and name not in exclude}
-
-
-def _is_bool(f: dataclasses.Field) -> bool:
-    return isinstance(f.default, bool) or f.type in ("bool", "bool | None")
 
 
 def _parser_of(name: str, form: Option):

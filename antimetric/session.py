@@ -20,6 +20,7 @@ from antimetric.data.records import DatasetIndex
 from antimetric.data.splits import EvalSet, Splits, make_splits
 from antimetric.data.transforms import ImageTransform, test_transform, train_transform
 from antimetric.errors import ConfigError
+from antimetric.memory_estimate import check_memory
 from antimetric.meta_classes import assign_meta_classes, check_meta_class_size, load_meta_ids
 from antimetric.model.device_plan import DevicePlan, plan_for
 from antimetric.model.ensemble import EnsembleNet, build_model
@@ -73,6 +74,7 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
     """`config` must be resolved (antimetric.config.resolve)."""
     data, model_cfg, train = config.data, config.model, config.train
     device = pick_device(train.device)
+    check_memory(config, device)  # before any data is read
     torch.manual_seed(train.seed)
     index = load_index(config, progress)
     splits = make_splits(index, data.val_fraction, data.max_per_class, train.seed)

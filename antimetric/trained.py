@@ -19,11 +19,12 @@ from torchvision.transforms.functional import to_pil_image
 
 from antimetric import cost
 from antimetric.checkpoints import check_trained_state, read_torch_file
-from antimetric.config import RunConfig
+from antimetric.config import RunConfig, resolve
 from antimetric.data.images import decode_rgb, open_rgb, to_rgb
 from antimetric.data.transforms import test_transform
 from antimetric.errors import ConfigError
 from antimetric.extensions import MODEL_SOURCE, extension
+from antimetric.memory_estimate import check_memory
 from antimetric.model.device_plan import plan_for
 from antimetric.model.ensemble import EnsembleNet, build_model
 from antimetric.run_folder import BEST_FILE
@@ -111,9 +112,13 @@ def load(source: str | Path, *, device: str = "auto", tracking_uri: str | None =
     the studies' store mlruns/mlflow.db)."""
     path = checkpoint_file(source, tracking_uri)
     state = read_checkpoint(path)
-    config = RunConfig.from_flat(dict(state["config"]))
+    try:
+        config = resolve(RunConfig.from_flat(dict(state["config"])))  # a run's bounds and types, as training checks
+    except ConfigError as error:
+        raise ConfigError(f"{path}: the config it holds is refused ({error})") from None
     config.model.pretrained, config.model.weights_file = False, None  # the checkpoint holds every weight
     torch_device = pick_device(device)
+    check_memory(config, torch_device, training=False)
     layout = weight_layout(state["model"])
     with torch_device:
         model = build_model(config.model, layout)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from antimetric.config import DATASETS, RunConfig, resolve
+from antimetric.config import DATASETS
 from antimetric.errors import AntimetricError, ConfigError
 from antimetric.options import add_config_arguments, given_options
 from studies.settings import (
@@ -29,7 +29,7 @@ from studies.settings import (
     default_experiment,
     saved_settings,
 )
-from studies.space_file import check_space, load_space
+from studies.space_file import check_space, check_trial, load_space
 from studies.spaces import SPACES
 from studies.study import run_study, study_exists
 from studies.study_end import StudyFailed, sigterm_as_ctrl_c, sigterm_received
@@ -154,7 +154,8 @@ def parse_args(argv: list[str] | None = None) -> StudySettings:
         values["max_concurrent"] = _concurrent_trials(values["cpus_per_trial"], values["gpus_per_trial"])
     if saved is None or args.space is not None:
         raw = load_space(args.space) if args.space is not None else SPACES[args.name]()
-        values["space"] = _searched(raw, values, args.name, "--space" if args.space else f"the built-in {args.name} space")
+        where = "--space" if args.space else f"the built-in {args.name} space"
+        values["space"] = _searched(raw, values, args.name, where, local=args.address is None)
         if saved is not None and values["space"] != saved["space"]:
             raise ConfigError(_refusal("space", saved["space"], values["space"]))
     return StudySettings(
@@ -166,20 +167,34 @@ def parse_args(argv: list[str] | None = None) -> StudySettings:
     )
 
 
-def _searched(raw: dict[str, Any], values: dict[str, Any], name: str, where: str) -> dict[str, dict[str, Any]]:
-    """The space to search: `raw` without the keys a training option fixes, checked."""
+def _searched(raw: dict[str, Any], values: dict[str, Any], name: str, where: str,
+              local: bool) -> dict[str, dict[str, Any]]:
+    """The space to search: `raw` without the keys a training option fixes, checked (in a local study, also
+    against the memory of the trials' device)."""
     space = {key: spec for key, spec in raw.items() if key not in values["fixed"]}
     constants = {"data_name": name, "data_path": values["data_path"], "num_epochs": values["max_epochs"],
                  "seed": values["seed"], **TRIAL_DEFAULTS, **values["fixed"]}
+    device = _trial_device(constants.get("device", "auto"), values["gpus_per_trial"]) if local else None
     try:
-        resolve(RunConfig.from_flat(constants))
+        check_trial(constants, device)
     except ConfigError as error:
         raise ConfigError(f"training options: {error}") from None
-    check_space(space, constants, where)
+    check_space(space, constants, where, device)
     if not space:
         raise ConfigError("nothing left to search: the training options fix every key of the space; "
                           "drop one or pass a --space")
     return space
+
+
+def _trial_device(device: str, gpus_per_trial: float) -> torch.device | None:
+    """Where a local trial trains: --device, or with auto a GPU when trials get one (Ray hides the GPUs from
+    a trial that gets none). None for a --device that is not one (resolve says so)."""
+    if device == "auto":
+        return torch.device("cuda" if gpus_per_trial > 0 else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        return None
 
 
 def _defaults(name: str, smoke_test: bool, local: bool) -> dict[str, Any]:

@@ -7,9 +7,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from antimetric.config import RunConfig, resolve
+import torch
+
+from antimetric.config import RunConfig, resolve, value_kind
 from antimetric.errors import ConfigError
-from antimetric.options import option_names
+from antimetric.memory_estimate import check_memory
+from antimetric.options import option_fields, option_names
 from studies.spaces import Space
 
 # Keys a study sets itself (the dataset, its folder, the epochs of --max-epochs, the seed of --seed)
@@ -45,17 +48,27 @@ def load_space(path: Path) -> Space:
     return space
 
 
-def check_space(space: Space, constants: dict[str, Any], where: str) -> None:
-    """Every entry a searchable config key with a well-formed spec, each of whose values the core accepts
-    with the study's other settings (`constants`)."""
+def check_space(space: Space, constants: dict[str, Any], where: str, device: torch.device | None = None) -> None:
+    """Every entry a searchable config key with a well-formed spec, each of whose values (a range: its ends) the
+    core accepts with the study's other settings (`constants`), of the type the command line would give it, and,
+    where the trials' `device` is known, fitting in its memory."""
     for name, spec in space.items():
         _check_entry(name, spec, where)
         values = spec["values"] if spec["type"] == "choice" else [spec["low"], spec["high"]]
         for value in values:
             try:
-                resolve(RunConfig.from_flat({**constants, name: value}))
+                if value is not None and not isinstance(value, (bool, int, float, str)):
+                    raise ConfigError(f"a value is true, false, a number, text or null, not a {type(value).__name__}")
+                check_trial({**constants, name: value}, device)
             except ConfigError as error:
                 raise ConfigError(f"{where}: entry {name!r}: the value {value!r} is not accepted ({error})") from None
+
+
+def check_trial(values: dict[str, Any], device: torch.device | None) -> None:
+    """A trial's flat config resolves, and fits in the memory of `device` (None: not checked)."""
+    config = resolve(RunConfig.from_flat(values))
+    if device is not None:
+        check_memory(config, device)
 
 
 def _check_entry(name: str, spec: Any, where: str) -> None:
@@ -80,6 +93,10 @@ def _check_entry(name: str, spec: Any, where: str) -> None:
         if not isinstance(spec["values"], list) or not spec["values"]:
             raise bad("needs a non-empty list of values")
         return
+    takes = value_kind(next(f for f, _ in option_fields() if f.name == name))
+    if takes != "float" and (takes != "int" or spec["type"] == "float"):
+        what = {"int": "takes whole numbers", "bool": "is true or false"}.get(takes, "takes text")
+        raise bad(f"{what}: search it as {'an int range or ' if takes == 'int' else ''}a choice of values")
     kind = int if spec["type"] == "int" else (int, float)
     low, high, log = spec["low"], spec["high"], spec.get("log", False)
     if any(isinstance(v, bool) or not isinstance(v, kind) or not math.isfinite(v) for v in (low, high)):

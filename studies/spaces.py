@@ -18,6 +18,7 @@ import optuna
 
 from antimetric.data.table import TABLE
 from antimetric.errors import ConfigError
+from antimetric.meta_classes import check_class_count
 
 Space = dict[str, dict[str, Any]]
 
@@ -55,6 +56,7 @@ def meta_class_range(spec: dict[str, Any], ensemble_size: int, n_classes: int) -
 
 def restrict(space: Space, n_classes: int, fixed: dict[str, Any]) -> Space:
     """The space without ensemble sizes for which no meta-class size in range is valid."""
+    check_class_count(n_classes)
     space = {name: dict(spec) for name, spec in space.items()}
     meta = space.get("meta_class_size")
     if meta is None:

@@ -41,6 +41,10 @@ def test_profile_json():
     (["--data-name", "cub", "--load-ids"], ["--load-ids", "no earlier cub run"]),
     (["--data-name", "cub", "--crop-type", "cropped", "--data-path", "nowhere"], ["missing images.txt"]),
     (["--data-name", "cub", "--device", "cuda:0", "--no-pretrained"], ["CUDA"]),
+    (["--data-name", "cub", "--ensemble-size", "1000000000"], ["--ensemble-size must be at most 1024"]),
+    (["--data-name", "cub", "--image-size", "100000"], ["--image-size must be at most 4096"]),
+    (["--data-name", "cub", "--no-pretrained", "--ensemble-size", "1024", "--image-size", "4096", "--batch-size",
+      "256", "--device", "cpu"], ["this run needs about", "but the cpu has", "lower --batch-size"]),
 ])
 def test_train_bad_input(tmp_path, args, needles):
     make_cub(tmp_path / "data" / "cub", n_classes=6)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from antimetric.config import RunConfig, parse_recalls, resolve
@@ -43,6 +45,9 @@ def test_dataset_defaults_fill_only_unset_fields():
     ({"run_name": ".."}, "--run-name must be a folder name"),
     ({"implementation": "fast"}, "unknown implementation"),
     ({"precision": "fp16"}, "unknown precision 'fp16'; choose one of auto, fp32, bf16"),
+    ({"image_size": 100_000}, "--image-size must be at most 4096"),
+    ({"ensemble_size": 1_000_000_000}, "--ensemble-size must be at most 1024"),
+    ({"meta_class_size": 10_000_000}, "--meta-class-size must be at most 100000"),
 ])
 def test_bad_values_are_rejected_with_the_option_name(values, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -53,3 +58,30 @@ def test_bad_values_are_rejected_with_the_option_name(values, needle):
 def test_bad_recalls(text):
     with pytest.raises(ConfigError, match="--recalls"):
         parse_recalls(text)
+
+
+@pytest.mark.parametrize("values,needle", [
+    ({"with_fc": "false"}, "--with-fc must be true or false, got 'false'"),
+    ({"pretrained": 0}, "--pretrained must be true or false, got 0"),
+    ({"batch_size": 32.5}, "--batch-size must be a whole number, got 32.5"),
+    ({"batch_size": True}, "--batch-size must be a whole number, got True"),
+    ({"image_size": "64"}, "--image-size must be a whole number, got '64'"),
+    ({"ensemble_size": [4, 8]}, "--ensemble-size must be a whole number, got [4, 8]"),
+    ({"lr": "1e-3"}, "--lr must be a number, got '1e-3'"),
+    ({"val_fraction": {"a": 1}}, "--val-fraction must be a number, got {'a': 1}"),
+    ({"device": 0}, "--device must be text, got 0"),
+])
+def test_values_of_the_wrong_type_are_rejected_as_the_command_line_would(values, needle):
+    """A config dict (a study's space, a checkpoint's config.json) gives typed values: each must have the type
+    the option's command-line parsing gives, or "false" would switch a flag on."""
+    with pytest.raises(ConfigError) as error:
+        resolve(RunConfig.from_flat(values))
+    assert needle in str(error.value)
+
+
+def test_typed_values_the_command_line_would_give_pass():
+    import numpy as np
+
+    config = resolve(RunConfig.from_flat({"with_fc": False, "batch_size": np.int64(16), "lr": 1, "image_size": None,
+                                          "data_path": Path("data"), "num_workers": None}))
+    assert config.train.batch_size == 16 and config.model.with_fc is False

@@ -29,6 +29,8 @@ def test_seeded():
 @pytest.mark.parametrize("n_classes,meta,ensemble,needle", [
     (10, 12, 4, "exceeds the 10 training classes"),
     (100, 3, 4, "give 81 codes for 100 classes"),
+    (1, 2, 4, "the training split has 1 class, and meta-classes need 2 or more"),
+    (1, 4, 4, "the training split has 1 class, and meta-classes need 2 or more"),
 ])
 def test_impossible_sizes_are_rejected(n_classes, meta, ensemble, needle):
     with pytest.raises(ConfigError, match=needle):

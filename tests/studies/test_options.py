@@ -75,6 +75,17 @@ def test_an_own_space_file(tmp_path):
     ({"backbone": {"type": "choice", "values": ["resnet9"]}}, "the value 'resnet9' is not accepted"),
     ({"meta_class_size": {"type": "choice", "values": [4, 8]}}, "entry 'meta_class_size' must be searched as an int range"),
     ([], "must map config keys to entries"),
+    ({"with_fc": {"type": "choice", "values": ["false"]}},
+     "entry 'with_fc': the value 'false' is not accepted (--with-fc must be true or false"),
+    ({"batch_size": {"type": "choice", "values": [32.5]}},
+     "entry 'batch_size': the value 32.5 is not accepted (--batch-size must be a whole number"),
+    ({"batch_size": {"type": "choice", "values": [[16, 32]]}}, "entry 'batch_size': the value [16, 32] is not"),
+    ({"share_type": {"type": "choice", "values": [{"a": 1}]}}, "entry 'share_type': the value {'a': 1} is not"),
+    ({"batch_size": {"type": "float", "low": 8, "high": 64}}, "entry 'batch_size' takes whole numbers: search it"),
+    ({"with_fc": {"type": "int", "low": 0, "high": 1}}, "entry 'with_fc' is true or false: search it as"),
+    ({"ensemble_size": {"type": "int", "low": 2, "high": 1_000_000_000}},
+     "the value 1000000000 is not accepted (--ensemble-size must be at most 1024"),
+    ({"image_size": {"type": "int", "low": 100, "high": 100_000}}, "--image-size must be at most 4096"),
 ])
 def test_a_bad_space_file_is_one_error_naming_the_entry(tmp_path, space, needle):
     (tmp_path / "space.json").write_text(json.dumps(space))
@@ -105,3 +116,14 @@ def test_resume_keeps_the_training_options_and_refuses_others(tmp_path):
 def _space_file(tmp_path):
     (tmp_path / "space.json").write_text(json.dumps({"ensemble_size": {"type": "choice", "values": [3, 4]}}))
     return str(tmp_path / "space.json")
+
+
+def test_a_space_value_that_cannot_fit_in_memory_is_refused_before_the_study_starts(tmp_path):
+    """1024 branches at 4096 px, batch 256: tens of TiB of activations, more than any machine has."""
+    (tmp_path / "space.json").write_text(json.dumps({"image_size": {"type": "choice", "values": [32, 4096]}}))
+    with pytest.raises(ConfigError) as error:
+        _settings(tmp_path, "--space", str(tmp_path / "space.json"), "--ensemble-size", "1024", "--batch-size", "256",
+                  "--backbone", "tiny")
+    message = str(error.value)
+    assert "entry 'image_size': the value 4096 is not accepted (this run needs about" in message
+    assert "available; lower" in message and "\n" not in message

@@ -35,6 +35,8 @@ def test_restrict_drops_ensemble_sizes_without_a_valid_meta_class_size():
     assert restrict(space, 20, {})["ensemble_size"]["values"] == [4, 8]  # 3**2 = 9 < 20
     with pytest.raises(ConfigError, match="no ensemble size"):
         restrict(space, 10_000, {})  # 3**8 = 6561
+    with pytest.raises(ConfigError, match="the training split has 1 class, and meta-classes need 2 or more"):
+        restrict(space, 1, {})
 
 
 @pytest.mark.parametrize("name", TABLE)
