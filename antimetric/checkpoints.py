@@ -10,15 +10,13 @@ antimetric wrote, and unpickling it could run any code.
 from __future__ import annotations
 
 import re
-import types
-import typing
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from antimetric.config import SECTION_CLASSES, RunConfig, resolve
+from antimetric.config import RunConfig, resolve
 from antimetric.errors import ConfigError
 from antimetric.model.ensemble import build_model
 
@@ -26,7 +24,6 @@ TRAINED_KEYS = ("model", "meta_ids", "config")  # what antimetric.load needs
 RESUME_KEYS = ("epoch", "optimizer", "scheduler", "tracker")  # what resuming needs besides
 _REMEDY = "pass a best.pt, last.pt or run folder that antimetric wrote"
 _SHOWN = 3  # names listed of a set of missing or unexpected weights
-_FIELD_TYPES = {name: hint for kind in SECTION_CLASSES for name, hint in typing.get_type_hints(kind).items()}
 
 
 def read_torch_file(path: Path, what: str = "checkpoint", map_location: str | torch.device = "cpu") -> Any:
@@ -97,28 +94,12 @@ def checkpoint_config(values: Any, path: Path) -> RunConfig:
     """The resolved config a checkpoint records, with ImageNet weights off (the checkpoint holds every weight)."""
     if not isinstance(values, dict):
         raise damaged(path, f"its config is a {type(values).__name__}, not a dict")
-    wrong = [f"{key}={value!r}" for key, value in values.items()
-             if key in _FIELD_TYPES and not _has_type(value, _FIELD_TYPES[key])]
-    if wrong:
-        raise damaged(path, f"its config has values of the wrong type ({', '.join(wrong[:_SHOWN])})")
     try:
         config = resolve(RunConfig.from_flat(dict(values)))
     except ConfigError as error:
-        raise damaged(path, f"its config is not valid ({error})") from None
+        raise ConfigError(f"{path}: the config it holds is refused ({error})") from None
     config.model.pretrained, config.model.weights_file = False, None
     return config
-
-
-def _has_type(value: Any, hint: Any) -> bool:
-    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    kinds = {typing.get_origin(kind) or kind for kind in allowed}
-    if isinstance(value, bool):
-        return bool in kinds
-    if isinstance(value, int) and float in kinds:
-        return True
-    if isinstance(value, list) and tuple in kinds:  # a tuple comes back from JSON as a list
-        return True
-    return isinstance(value, tuple(kinds))
 
 
 def _is_count(value: Any) -> bool:

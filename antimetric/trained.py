@@ -18,8 +18,8 @@ from PIL import Image
 from torchvision.transforms.functional import to_pil_image
 
 from antimetric import cost
-from antimetric.checkpoints import check_trained_state, read_torch_file
-from antimetric.config import RunConfig, resolve
+from antimetric.checkpoints import check_trained_state, checkpoint_config, read_torch_file
+from antimetric.config import RunConfig
 from antimetric.data.images import decode_rgb, open_rgb, to_rgb
 from antimetric.data.transforms import test_transform
 from antimetric.errors import ConfigError
@@ -111,12 +111,8 @@ def load(source: str | Path, *, device: str = "auto", tracking_uri: str | None =
     URI (MLflow sources need the studies extras; `tracking_uri` defaults to MLflow's own resolution, then
     the studies' store mlruns/mlflow.db)."""
     path = checkpoint_file(source, tracking_uri)
-    state = read_checkpoint(path)
-    try:
-        config = resolve(RunConfig.from_flat(dict(state["config"])))  # a run's bounds and types, as training checks
-    except ConfigError as error:
-        raise ConfigError(f"{path}: the config it holds is refused ({error})") from None
-    config.model.pretrained, config.model.weights_file = False, None  # the checkpoint holds every weight
+    state = read_checkpoint(path)  # checked whole, its config resolved with a run's bounds and types
+    config = checkpoint_config(state["config"], path)
     torch_device = pick_device(device)
     check_memory(config, torch_device, training=False)
     layout = weight_layout(state["model"])
