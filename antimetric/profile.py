@@ -4,9 +4,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-import thop
 import torch
-from thop.vision.basic_hooks import count_convNd
 
 from antimetric.config import ModelConfig
 from antimetric.model.batched import BranchConv2d, BranchLinear
@@ -27,6 +25,9 @@ def count_params(config: ModelConfig, implementation: str = "batched") -> int:
 def profile(config: ModelConfig, image_size: int = 256, implementation: str = "batched") -> dict[str, int]:
     """{"params", "flops"} for one 3 x image_size x image_size image; flops is thop's count
     (multiply-accumulates), the figure the seed reported."""
+    import thop  # here, not at the top: what imports meta_model (antimetric.cost, the benchmarks) needs no thop
+    from thop.vision.basic_hooks import count_convNd
+
     model = meta_model(config, implementation)
     image = torch.empty(1, 3, image_size, image_size, device="meta")
     # thop leaves buffers in the model it measures: measure a copy.
