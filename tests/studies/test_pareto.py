@@ -1,5 +1,6 @@
 """--objective pareto: Recall@1 against a cost. The dominance rule on a hand-made table, the options, the Optuna
 record with both directions, and a smoke study whose tagged runs are exactly its non-dominated trials."""
+import json
 import tempfile
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from studies.optuna_record import TrialRecord, write_study
 from studies.pareto import dominates, pareto_candidates
 from studies.report import optuna_plots
 from studies.search import main, parse_args
-from studies.settings import save_settings
+from studies.settings import SETTINGS_FILE, save_settings
 from studies.spaces import distributions
 from tests.fixtures.studies import run_study, trial_runs
 
@@ -129,3 +130,14 @@ def test_a_pareto_study_tags_exactly_its_non_dominated_trials(demo_data_path, st
     recorded = {t.user_attrs["ray_trial_id"] for t in study.best_trials}
     assert recorded == set(table[table["trial_dir"].isin(non_dominated)]["trial_id"])
     assert "Pareto front" in proc.stdout
+
+
+def test_a_study_saved_before_these_options_resumes_as_a_recall_study(tmp_path):
+    settings = parse_args(_args(tmp_path))
+    settings.experiment_path.mkdir(parents=True)
+    save_settings(settings)
+    path = settings.experiment_path / SETTINGS_FILE
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in saved.items() if k not in ("objective", "cost")}))
+    resumed = parse_args(_args(tmp_path, "--resume"))
+    assert (resumed.objective, resumed.cost) == ("recall", "embedding_dims")
