@@ -38,6 +38,7 @@ class TrialRecord:
     params: dict[str, Any] = field(default_factory=dict)  # the searched keys' values
     error: str | None = None  # the error's last line, for FAIL
     ended: float | None = None  # Unix time of its last report
+    cost: float | None = None  # a Pareto study's second objective (its --cost), as the trial reported it
 
 
 def optuna_storage_uri(settings: StudySettings) -> str:
@@ -55,7 +56,7 @@ def load_command(settings: StudySettings) -> str:
     return f"optuna.load_study(study_name={settings.experiment!r}, storage={storage!r})   # or: optuna-dashboard {storage}"
 
 
-def trial_records(results: Iterable, searched: list[str]) -> list[TrialRecord]:
+def trial_records(results: Iterable, searched: list[str], cost: str | None = None) -> list[TrialRecord]:
     """Records of Ray Tune results (ray.tune.Result: .config, .metrics, .metrics_dataframe, .error).
 
     A trial started when it first reported less the time it had run (Ray's timestamp and time_total_s,
@@ -64,15 +65,17 @@ def trial_records(results: Iterable, searched: list[str]) -> list[TrialRecord]:
     (Ray lists trials in the order it created them, which is the order it starts them). Ray's timestamp
     is in whole seconds, so a start less than a second before the previous trial's is taken as equal
     to it, and Ray's order decides. An epoch reported twice, as a trial resumed from an older
-    checkpoint does, keeps its later value."""
+    checkpoint does, keeps its later value. `cost`: the column of a Pareto study's second objective."""
     records = []
     previous_start = 0.0
     for result in results:
         metrics, config = result.metrics or {}, _config(result)
         frame = result.metrics_dataframe
         objective: dict[int, float] = {}
-        started = ended = None
+        started = ended = cost_value = None
         if frame is not None and len(frame):
+            if cost in frame and frame[cost].notna().any():
+                cost_value = float(frame[cost].dropna().iloc[-1])
             if OBJECTIVE in frame and EPOCH in frame:
                 rows = frame[[EPOCH, OBJECTIVE]].dropna(subset=[EPOCH])
                 objective = {int(epoch): float(value) for epoch, value in zip(rows[EPOCH], rows[OBJECTIVE])}
@@ -92,7 +95,7 @@ def trial_records(results: Iterable, searched: list[str]) -> list[TrialRecord]:
             state, error = TrialState.COMPLETE, None
         records.append(TrialRecord(ray_trial_id=str(metrics.get("trial_id", "")), state=state, started=started,
                                    objective=objective, params={k: _plain(config[k]) for k in searched if k in config},
-                                   error=error, ended=ended))
+                                   error=error, ended=ended, cost=cost_value))
     return records
 
 
@@ -122,11 +125,14 @@ def _plain(value: Any) -> Any:
 
 
 def write_study(records: list[TrialRecord], storage: str, study_name: str,
-                distributions: dict[str, BaseDistribution]) -> optuna.Study:
+                distributions: dict[str, BaseDistribution], cost: str | None = None) -> optuna.Study:
     """The Optuna study `study_name` in `storage`, made anew from the records in the order the trials
     started (a resumed study writes all its trials again, so the old record is deleted, never added to).
-    Every trial is built first: a record Optuna refuses leaves the previous study in place."""
-    trials = [frozen_trial(record, distributions) for record in sorted(records, key=lambda r: r.started)]
+    Every trial is built first: a record Optuna refuses leaves the previous study in place. With `cost`
+    (a Pareto study), two directions: maximise OBJECTIVE, minimise the cost."""
+    trials = [frozen_trial(record, distributions, two_objectives=cost is not None)
+              for record in sorted(records, key=lambda r: r.started)]
+    names = [OBJECTIVE] if cost is None else [OBJECTIVE, cost]
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created ..." in the summary
     try:
@@ -134,28 +140,36 @@ def write_study(records: list[TrialRecord], storage: str, study_name: str,
             optuna.delete_study(study_name=study_name, storage=storage)
         except KeyError:  # none yet
             pass
-        study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
+        study = optuna.create_study(study_name=study_name, storage=storage,
+                                    directions=["maximize", "minimize"][:len(names)])
         with warnings.catch_warnings():  # experimental, and what the dashboard labels values with
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([OBJECTIVE])
+            study.set_metric_names(names)
         study.add_trials(trials)
     finally:
         optuna.logging.set_verbosity(verbosity)
     return study
 
 
-def frozen_trial(record: TrialRecord, distributions: dict[str, BaseDistribution]) -> FrozenTrial:
-    """The Optuna trial of a record: a COMPLETE one's value is its best epoch's objective; a PRUNED one
-    has its intermediate values and no value; a FAIL one its error as the user attribute `error`."""
+def frozen_trial(record: TrialRecord, distributions: dict[str, BaseDistribution],
+                 two_objectives: bool = False) -> FrozenTrial:
+    """The Optuna trial of a record: a COMPLETE one's value is its best epoch's objective (and, with
+    two_objectives, its cost second); a PRUNED one has its intermediate values and no value; a FAIL one
+    its error as the user attribute `error`."""
     state, error = record.state, record.error
     finite = [v for v in record.objective.values() if math.isfinite(v)]
     if state == TrialState.COMPLETE and not finite:  # nothing to rank it by
         state, error = TrialState.FAIL, error or f"no finite {OBJECTIVE} reported"
+    if state == TrialState.COMPLETE and two_objectives and (record.cost is None or not math.isfinite(record.cost)):
+        state, error = TrialState.FAIL, error or "no cost reported"
+    values = None
+    if state == TrialState.COMPLETE:
+        values = [max(finite), record.cost] if two_objectives else [max(finite)]
     user_attrs: dict[str, Any] = {"ray_trial_id": record.ray_trial_id, "epochs": max(record.objective, default=0)}
     if error:
         user_attrs["error"] = error
     trial = optuna.trial.create_trial(
-        state=state, value=max(finite) if state == TrialState.COMPLETE else None,
+        state=state, values=values,
         params={k: v for k, v in record.params.items() if k in distributions},
         distributions={k: d for k, d in distributions.items() if k in record.params},
         user_attrs=user_attrs, intermediate_values=dict(sorted(record.objective.items())))

@@ -16,17 +16,18 @@ import torch
 from antimetric.atomic import torch_save
 from antimetric.train import BEST_FILE, RETRIEVALS_FILE, fit
 from studies.optuna_record import load_command, optuna_storage_uri, trial_records, write_study
+from studies.pareto import pareto_cost, print_front, record_front
 from studies.registry import register_best_trial
 from studies.settings import StudySettings, trial_constants
 from studies.spaces import distributions
 from studies.study_run import log_summary, ui_command
 from studies.tracking import CHECKPOINT_ARTIFACT, close_finished_runs, has_artifact, log_checkpoint, runs_by_trial
-from studies.trainable import EPOCH, OBJECTIVE, ended_early, trial_config
+from studies.trainable import COST_KEYS, EPOCH, OBJECTIVE, ended_early, trial_config
 
 
 def trials_table(results, searched: list[str]) -> pd.DataFrame:
     """One row per trial, sorted by the objective: its best validation epoch and the test
-    metrics at that epoch, how far it ran, and its searched parameters."""
+    metrics at that epoch, what its ensemble costs, how far it ran, and its searched parameters."""
     rows = []
     for result in results:
         config = result.config or {}
@@ -37,12 +38,16 @@ def trials_table(results, searched: list[str]) -> pd.DataFrame:
             best = history.loc[history[OBJECTIVE].idxmax()]
             row.update({"epochs": int(history[EPOCH].max()), "best_epoch": int(best[EPOCH]), OBJECTIVE: best[OBJECTIVE]})
             row.update({k: best[k] for k in history.columns if k.startswith("test_")})
+            row.update({k: best[k] for k in COST_KEYS if k in history})
         row["stopped_early"] = ended_early(row.get("epochs", 0), config) and not result.error
         row.update({k: config.get(k) for k in searched})
         if result.error:
             row["error"] = str(result.error).strip().splitlines()[-1][:200]
         rows.append(row)
     table = pd.DataFrame(rows)
+    for key in ("embedding_dims", "params"):  # counts: whole numbers, also beside a failed trial's blank
+        if key in table:
+            table[key] = table[key].astype("Int64")
     if OBJECTIVE in table:
         table = table.sort_values(OBJECTIVE, ascending=False, na_position="last")
     return table.reset_index(drop=True)
@@ -95,7 +100,8 @@ def optuna_plots(storage: str, study_name: str, folder: Path) -> dict[str, Path]
 def optuna_figures(study: optuna.Study) -> Iterator[tuple[str, Any]]:
     """(name, matplotlib figure) of each Optuna plot of the study: each trial's objective per epoch (PRUNED
     ones too), the optimisation history (x is the trial number: the order the trials started), and from
-    the COMPLETE trials alone, as Optuna draws them, parameter importances, parallel coordinate and slice."""
+    the COMPLETE trials alone, as Optuna draws them, parameter importances, parallel coordinate and slice. Of a
+    Pareto study (two objectives) these plots show the first, OBJECTIVE, and the Pareto front is drawn too."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,20 +112,25 @@ def optuna_figures(study: optuna.Study) -> Iterator[tuple[str, Any]]:
     trials = study.get_trials(deepcopy=False)
     complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     counts = f"{complete} COMPLETE of {len(trials)} trials"
+    target = (lambda trial: trial.values[0]) if len(study.directions) > 1 else None  # OBJECTIVE
     plots: list[tuple[str, Callable, str]] = []
     if any(t.intermediate_values for t in trials):
         plots.append(("intermediate_values", optuna_plt.plot_intermediate_values,
                       f"{OBJECTIVE} per epoch of the {sum(bool(t.intermediate_values) for t in trials)} trials that reported"))
     if complete:
-        plots.append(("optimization_history", partial(optuna_plt.plot_optimization_history, target_name=OBJECTIVE),
+        plots.append(("optimization_history", partial(optuna_plt.plot_optimization_history, target=target,
+                                                      target_name=OBJECTIVE),
                       f"Optimization history: {counts}, numbered in the order they started"))
+        if target is not None:
+            plots.append(("pareto_front", partial(optuna_plt.plot_pareto_front, target_names=study.metric_names),
+                          f"Pareto front of {counts}: {' against '.join(study.metric_names)}"))
     if complete >= 2:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        plots += [("param_importances", partial(optuna_plt.plot_param_importances, evaluator=evaluator),
-                   f"Parameter importances from {counts}"),
-                  ("parallel_coordinate", partial(optuna_plt.plot_parallel_coordinate, target_name=OBJECTIVE),
-                   f"Parallel coordinate: {counts}"),
-                  ("slice", partial(optuna_plt.plot_slice, target_name=OBJECTIVE), f"Slice: {counts}")]
+        plots += [("param_importances", partial(optuna_plt.plot_param_importances, evaluator=evaluator, target=target,
+                                                target_name=OBJECTIVE), f"Parameter importances from {counts}"),
+                  ("parallel_coordinate", partial(optuna_plt.plot_parallel_coordinate, target=target,
+                                                  target_name=OBJECTIVE), f"Parallel coordinate: {counts}"),
+                  ("slice", partial(optuna_plt.plot_slice, target=target, target_name=OBJECTIVE), f"Slice: {counts}")]
     else:  # one point per parameter says nothing of it
         print(f"note: no parameter importances, parallel coordinate or slice plot: they need 2 COMPLETE trials "
               f"(ones ASHA did not stop), the study has {complete}")
@@ -176,12 +187,13 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
         table_path = folder / "trials.csv"
         table.to_csv(table_path, index=False)
         fixed = trial_config(trial_constants(settings)).to_flat()
-        storage = optuna_storage_uri(settings)
-        write_study(trial_records(results, searched), storage, settings.experiment,
-                    distributions(settings.space, n_classes, fixed))
+        storage, cost = optuna_storage_uri(settings), pareto_cost(settings)
+        write_study(trial_records(results, searched, cost), storage, settings.experiment,
+                    distributions(settings.space, n_classes, fixed), cost)
         files = {"trials": table_path, **optuna_plots(storage, settings.experiment, folder)}
         metrics: dict[str, float] = {"trials": len(table), "stopped_early": int(table["stopped_early"].sum()),
                                      "failed": int((table["status"] == "ERROR").sum())}
+        front = None if cost is None else record_front(settings, table, experiment_id, folder, files, metrics)
         best_config: dict[str, Any] = {}
         best_trial_dir = None
         if len(finished) and OBJECTIVE in finished:
@@ -197,6 +209,8 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
         model_uri = register_best_trial(settings.tracking_uri, experiment_id, settings.experiment, study_run_id,
                                         best_trial_dir)
     _print_summary(settings, table, metrics, best_config, experiment_id)
+    if front is not None:
+        print_front(front, settings)
     print(f"\nOptuna study of every trial, in the order they started:\n  {load_command(settings)}")
     if model_uri is not None:
         print(f"\nThe best trial's ensemble as an MLflow model (images in, embeddings out), e.g. served on 127.0.0.1:\n"

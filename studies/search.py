@@ -22,6 +22,8 @@ from antimetric.options import add_config_arguments, given_options
 from studies.settings import (
     APPLIED,
     KEPT,
+    OBJECTIVES,
+    PARETO_COSTS,
     SMOKE,
     STUDY_DEFAULTS,
     StudySettings,
@@ -100,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue the study of the same --experiment, with the options it was started with")
     parser.add_argument("--seed", type=_seed, help="seed of the TPE sampler and of every trial (default: 0)")
+    parser.add_argument("--objective", choices=OBJECTIVES,
+                        help="recall: maximise validation Recall@1 (default); pareto: maximise it and minimise --cost, "
+                             "ending with the Pareto-optimal trials")
+    parser.add_argument("--cost", choices=PARETO_COSTS,
+                        help="what a Pareto study minimises: the retrieval vector's length (default) or the GFLOPs "
+                             "of embedding one image")
     parser.add_argument("--smoke-test", action="store_true", help="a study of a few seconds per trial")
     parser.add_argument("--space", metavar="FILE", type=Path,
                         help="search this space (JSON or YAML, the form --print-space shows) instead of the built-in one")
@@ -150,6 +158,9 @@ def parse_args(argv: list[str] | None = None) -> StudySettings:
                 raise ConfigError(_refusal(key, saved[key], given[key]))
         values.update(saved)
     values.update(given)
+    if "cost" in given and values["objective"] != "pareto":
+        raise ConfigError(f"--cost {given['cost']} ranks trials only in a Pareto study; add --objective pareto or "
+                          "drop --cost")
     if saved is None and "max_concurrent" not in given and args.address is None:
         values["max_concurrent"] = _concurrent_trials(values["cpus_per_trial"], values["gpus_per_trial"])
     if saved is None or args.space is not None:
@@ -163,7 +174,8 @@ def parse_args(argv: list[str] | None = None) -> StudySettings:
         max_epochs=values["max_epochs"], max_concurrent=values["max_concurrent"],
         cpus_per_trial=values["cpus_per_trial"], gpus_per_trial=values["gpus_per_trial"], address=args.address,
         tracking_uri=values["tracking_uri"], experiment=experiment, storage_path=storage_path, resume=args.resume,
-        seed=values["seed"], fixed=values["fixed"], space=values["space"],
+        seed=values["seed"], fixed=values["fixed"], space=values["space"], objective=values["objective"],
+        cost=values["cost"],
     )
 
 
@@ -200,6 +212,7 @@ def _trial_device(device: str, gpus_per_trial: float) -> torch.device | None:
 def _defaults(name: str, smoke_test: bool, local: bool) -> dict[str, Any]:
     values: dict[str, Any] = {**STUDY_DEFAULTS[name], "data_path": str(Path("data").resolve()), "seed": 0,
                               "tracking_uri": default_tracking_uri(), "fixed": {},
+                              "objective": StudySettings.objective, "cost": StudySettings.cost,
                               "gpus_per_trial": 1.0 if torch.cuda.is_available() else 0.0}
     if smoke_test:
         values.update(num_samples=SMOKE["num_samples"], max_epochs=SMOKE["max_epochs"], fixed=dict(SMOKE["fixed"]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ class StudySettings:
     seed: int
     fixed: dict[str, Any]  # config values shared by every trial (beside the searched ones)
     space: dict[str, dict[str, Any]]  # what is searched: the built-in or --space file, without the fixed keys
+    objective: str = "recall"  # OBJECTIVES: validation Recall@1 alone, or against `cost` (studies/pareto.py)
+    cost: str = "embedding_dims"  # PARETO_COSTS: what a Pareto study minimises
 
     @property
     def experiment_path(self) -> Path:
@@ -53,11 +55,14 @@ SMOKE = dict(num_samples=3, max_epochs=2, fixed=dict(image_size=32, max_per_clas
 # old value, so --resume refuses another one; an option left out takes the saved value.
 KEPT = {"name": "the dataset", "data_path": "--data-path", "num_samples": "--num-samples",
         "max_epochs": "--max-epochs", "max_concurrent": "--max-concurrent", "seed": "--seed",
-        "fixed": "a training option", "space": "--space", "tracking_uri": "--tracking-uri"}
+        "fixed": "a training option", "space": "--space", "tracking_uri": "--tracking-uri",
+        "objective": "--objective", "cost": "--cost"}
 # Saved too, but --resume applies a new value (Tune asks for each trial's resources anew).
 # --address is never saved: it says where Ray runs now.
 APPLIED = ("cpus_per_trial", "gpus_per_trial")
 SETTINGS_FILE = "antimetric-study.json"
+OBJECTIVES = ("recall", "pareto")  # --objective
+PARETO_COSTS = ("embedding_dims", "gflops_per_image")  # --cost: an ensemble's cost per image (antimetric/cost.py)
 
 
 def default_experiment(dataset: str) -> str:
@@ -85,11 +90,14 @@ def saved_settings(experiment_path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
+        values = {**_FIELD_DEFAULTS, **json.loads(path.read_text(encoding="utf-8"))}  # a file from before a field
         return {key: values[key] for key in (*KEPT, *APPLIED)}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"--resume: cannot read {path} ({exc}); start a new study with --experiment NEW_NAME") \
             from None
+
+
+_FIELD_DEFAULTS = {f.name: f.default for f in fields(StudySettings) if f.default is not MISSING}
 
 
 def trial_constants(settings: StudySettings) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from studies.checks import (
     open_experiment,
     store_failure,
 )
+from studies.pareto import pareto_scheduler, search_objectives
 from studies.report import summarize
 from studies.settings import SETTINGS_FILE, StudySettings, save_settings, trial_constants
 from studies.spaces import SpaceSampler
@@ -62,14 +63,18 @@ def trainable(settings: StudySettings):
 def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> tune.Tuner:
     constants = trial_constants(settings)
     space = settings.space
+    metric, mode = search_objectives(settings)  # a define-by-run space takes no metric from TuneConfig
     searcher = OptunaSearch(
         space=SpaceSampler(space, n_classes, trial_config(constants).to_flat()),
-        metric=OBJECTIVE,  # a define-by-run space takes no metric from TuneConfig
-        mode="max",
+        metric=metric,
+        mode=mode,
         sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=max(2, min(10, settings.num_samples // 2))),
     )
-    scheduler = ASHAScheduler(time_attr=EPOCH, max_t=settings.max_epochs,
-                              grace_period=max(1, settings.max_epochs // 5), reduction_factor=3)
+    if settings.objective == "pareto":  # no ASHA: stopping on Recall@1 alone would bias the front (pareto.py)
+        scheduler = pareto_scheduler()
+    else:
+        scheduler = ASHAScheduler(time_attr=EPOCH, max_t=settings.max_epochs,
+                                  grace_period=max(1, settings.max_epochs // 5), reduction_factor=3)
     return tune.Tuner(
         trainable(settings),
         param_space=constants,
@@ -170,7 +175,9 @@ def open_parent_run(settings: StudySettings, experiment_id: str) -> str:
     the study's options and fixed training options; what --resume may change (resources) are tags."""
     params = {"dataset": settings.name, "data_path": str(settings.data_path), "num_samples": settings.num_samples,
               "max_epochs": settings.max_epochs, "max_concurrent": settings.max_concurrent, "seed": settings.seed,
-              "searched": ", ".join(settings.space), **settings.fixed}
+              "searched": ", ".join(settings.space), "objective": settings.objective, **settings.fixed}
+    if settings.objective == "pareto":
+        params["cost"] = settings.cost
     tags = {"dataset": settings.name, "study_dir": str(settings.experiment_path),
             "cpus_per_trial": f"{settings.cpus_per_trial:g}", "gpus_per_trial": f"{settings.gpus_per_trial:g}"}
     return open_study_run(settings.tracking_uri, experiment_id, settings.experiment, params, tags, settings.space,

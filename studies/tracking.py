@@ -28,7 +28,7 @@ from studies.study_run import (
     set_runs_view,
     stopped_early,
 )
-from studies.trainable import EPOCH, OBJECTIVE, trial_config
+from studies.trainable import EPOCH, OBJECTIVE, trial_config, trial_cost
 
 DEFAULT_STORE = Path("mlruns")
 TRIAL_TAG, TRIAL_DIR_TAG, NUMBER_TAG = "trial_id", "trial_dir", "trial_number"
@@ -226,7 +226,8 @@ def trial_run(client: MlflowClient, experiment_id: str, parent_id: str, trial, s
             "dataset": str(config.get("data_name", "")), PARENT_ID_TAG: parent_id, NUMBER_TAG: str(number)}
     run = client.create_run(experiment_id, run_name=trial_run_name(number, trial.evaluated_params or {}), tags=tags)
     try:
-        params = trial_config(config).to_flat()
+        run_config = trial_config(config)
+        params = {**run_config.to_flat(), **trial_cost(run_config)}  # what it costs, beside what it is
     except Exception:  # an invalid config fails the trial itself; log what was asked for
         params = dict(config)
     client.log_batch(run.info.run_id, params=config_params(params))  # the resolved ones as the trial reports them

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,13 @@ import ray
 from ray import tune
 
 from antimetric.config import RunConfig, resolve
+from antimetric.cost import EnsembleCost, ensemble_cost
 from antimetric.errors import ConfigError
 from antimetric.train import BEST_FILE, RETRIEVALS_FILE, EpochResult, fit
 
 OBJECTIVE = "val_recall_at_1"  # Recall@1 on training classes held out from training
 EPOCH = "epoch"  # the time attribute ASHA schedules on
+COST_KEYS = tuple(f.name for f in fields(EnsembleCost))  # reported every epoch (trial_cost)
 SCRATCH = "antimetric"  # trials' private folders, in Ray's session folder (scratch_folder)
 
 # The best epoch's files, which travel with every checkpoint: its weights and its retrieval grid.
@@ -30,6 +33,12 @@ def ended_early(epochs_run: int, config: dict[str, Any]) -> bool:
     return bool(num_epochs and epochs_run < num_epochs)
 
 
+def trial_cost(config: RunConfig) -> dict[str, float]:
+    """What the trial's ensemble costs to embed one test image: embedding_dims, params, gflops_per_image
+    (antimetric/cost.py; counted on the meta device, in milliseconds)."""
+    return asdict(ensemble_cost(config.model, config.data.image_size))
+
+
 def trial_config(config: dict[str, Any]) -> RunConfig:
     """Merge a Tune config dict over the study defaults into the core's resolved config."""
     values = {**TRIAL_DEFAULTS, **config}
@@ -41,14 +50,15 @@ def trial_config(config: dict[str, Any]) -> RunConfig:
     return resolve(RunConfig.from_flat(values))
 
 
-def reported(result: EpochResult) -> dict[str, float]:
+def reported(result: EpochResult, cost: dict[str, float] | None = None) -> dict[str, float]:
     """An epoch's metrics, the ones a person follows first: Ray's console table shows the first four
-    (epoch, the objective, test Recall@1, loss) as its columns. Also the values the trial resolved
-    (device, workers), which the MLflow callback records as params."""
+    (epoch, the objective, test Recall@1, loss) as its columns. Then the trial's cost (trial_cost), the
+    same every epoch, which a Pareto study's searcher reads from the last report. Also the values the
+    trial resolved (device, workers), which the MLflow callback records as params."""
     first = {key: result.metrics[key] for key in (OBJECTIVE, "test_recall_at_1", "loss") if key in result.metrics}
     # what the trial chose where its config said auto, as text (not a metric), for its MLflow params
     resolved = {key: str(value) for key, value in result.resolved.items()}
-    return {EPOCH: result.epoch, **first, **result.metrics, **resolved}
+    return {EPOCH: result.epoch, **first, **result.metrics, **(cost or {}), **resolved}
 
 
 def scratch_folder() -> Path:
@@ -68,6 +78,7 @@ def train_ensemble(config: dict[str, Any]) -> None:
     (state.pt) and the best epoch's files so far (best.pt, retrievals.png). fit() writes no last.pt for the
     same reason."""
     run_config = trial_config(config)
+    cost = trial_cost(run_config)
     checkpoint = tune.get_checkpoint()
     scratch = scratch_folder()
     scratch.mkdir(parents=True, exist_ok=True)
@@ -85,7 +96,7 @@ def train_ensemble(config: dict[str, Any]) -> None:
                 for name in BEST_EPOCH_FILES:  # the best epoch's files so far travel with every checkpoint
                     if (best / name).exists():
                         shutil.copy2(best / name, Path(folder) / name)
-                tune.report(reported(result), checkpoint=tune.Checkpoint.from_directory(folder))
+                tune.report(reported(result, cost), checkpoint=tune.Checkpoint.from_directory(folder))
 
         if checkpoint is None:
             fit(run_config, report, write_last=False)
