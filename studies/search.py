@@ -110,9 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Config keys the study sets itself: the dataset (NAME), its folder and seed (the study's --data-path and
-# --seed), the epochs (--max-epochs, also spelled --num-epochs), and a run's own folder (each trial has one).
-STUDY_OWN_KEYS = ("data_name", "data_path", "seed", "num_epochs", "output_dir", "run_name", "reuse_run_name")
+# Config keys the study sets itself: the dataset (NAME), its folder and seeds (the study's --data-path and
+# --seed; each trial's own seed, validation split and fold: studies/seeds.py), the epochs (--max-epochs, also spelled --num-epochs), and a run's own folder (each trial has one).
+STUDY_OWN_KEYS = ("data_name", "data_path", "seed", "split_seed", "val_fold", "num_epochs", "output_dir", "run_name",
+                  "reuse_run_name")
 
 
 class _PrintSpace(argparse.Action):
