@@ -47,7 +47,7 @@ def register_best_trial(tracking_uri: str, experiment_id: str, study: str, study
         client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
         earlier = study_version(client, name, study_run_id)
         if earlier is None:
-            run = runs_by_trial(tracking_uri, experiment_id)[trial_dir]
+            run = runs_by_trial(tracking_uri, experiment_id, stage=None)[trial_dir]
             earlier = register_run(client, tracking_uri, name, run, study, study_run_id)
         return f"models:/{name}/{earlier.version}"
     except (MlflowException, AntimetricError, KeyError, OSError) as error:

@@ -20,7 +20,14 @@ from studies.registry import register_best_trial
 from studies.settings import StudySettings, trial_constants
 from studies.spaces import distributions
 from studies.study_run import log_summary, ui_command
-from studies.tracking import CHECKPOINT_ARTIFACT, close_finished_runs, has_artifact, log_checkpoint, runs_by_trial
+from studies.tracking import (
+    CHECKPOINT_ARTIFACT,
+    SEARCH,
+    close_finished_runs,
+    has_artifact,
+    log_checkpoint,
+    runs_by_trial,
+)
 from studies.trainable import EPOCH, OBJECTIVE, ended_early, trial_config
 
 
@@ -53,10 +60,10 @@ def _trial_dir(result) -> str:
     return Path(result.path).name
 
 
-def log_best_checkpoints(settings: StudySettings, results, experiment_id: str) -> None:
+def log_best_checkpoints(settings: StudySettings, results, experiment_id: str, stage: str = SEARCH) -> None:
     """Each trial's best checkpoint (model weights, meta-class ids, config, epoch) and that epoch's retrieval
     grid as artifacts of its run."""
-    runs = runs_by_trial(settings.tracking_uri, experiment_id)
+    runs = runs_by_trial(settings.tracking_uri, experiment_id, stage)
     for result in results:
         run = runs.get(_trial_dir(result))
         if run is None or result.error or result.metrics_dataframe is None:

@@ -21,6 +21,7 @@ from antimetric.errors import AntimetricError, ConfigError
 from antimetric.options import add_config_arguments, given_options
 from studies.settings import (
     APPLIED,
+    CONFIRM_DEFAULTS,
     KEPT,
     SMOKE,
     STUDY_DEFAULTS,
@@ -99,7 +100,14 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"where Ray keeps trials and checkpoints (default: {DEFAULT_STORAGE})")
     parser.add_argument("--resume", action="store_true",
                         help="continue the study of the same --experiment, with the options it was started with")
-    parser.add_argument("--seed", type=_seed, help="seed of the TPE sampler and of every trial (default: 0)")
+    parser.add_argument("--seed", type=_seed, help="seed of the TPE sampler, of every trial's own seed and of the "
+                                                   "validation classes (default: 0)")
+    parser.add_argument("--confirm-top", type=_seed, metavar="K",
+                        help="after the search, train the K best configurations and the default one again "
+                             "(--repeats times each, on other validation classes) and report them with 95 %% "
+                             "intervals; 0: no confirmation stage (default: 3)")
+    parser.add_argument("--repeats", type=_count, metavar="N",
+                        help="runs of each configuration the confirmation stage trains (default: 3)")
     parser.add_argument("--smoke-test", action="store_true", help="a study of a few seconds per trial")
     parser.add_argument("--space", metavar="FILE", type=Path,
                         help="search this space (JSON or YAML, the form --print-space shows) instead of the built-in one")
@@ -111,7 +119,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # Config keys the study sets itself: the dataset (NAME), its folder and seeds (the study's --data-path and
-# --seed; each trial's own seed, validation split and fold: studies/seeds.py), the epochs (--max-epochs, also spelled --num-epochs), and a run's own folder (each trial has one).
+# --seed; each trial's own seed, validation split and fold: studies/seeds.py), the epochs (--max-epochs, also
+# spelled --num-epochs), and a run's own folder (each trial has one).
 STUDY_OWN_KEYS = ("data_name", "data_path", "seed", "split_seed", "val_fold", "num_epochs", "output_dir", "run_name",
                   "reuse_run_name")
 
@@ -164,7 +173,8 @@ def parse_args(argv: list[str] | None = None) -> StudySettings:
         max_epochs=values["max_epochs"], max_concurrent=values["max_concurrent"],
         cpus_per_trial=values["cpus_per_trial"], gpus_per_trial=values["gpus_per_trial"], address=args.address,
         tracking_uri=values["tracking_uri"], experiment=experiment, storage_path=storage_path, resume=args.resume,
-        seed=values["seed"], fixed=values["fixed"], space=values["space"],
+        seed=values["seed"], fixed=values["fixed"], space=values["space"], confirm_top=values["confirm_top"],
+        repeats=values["repeats"],
     )
 
 
@@ -200,6 +210,7 @@ def _trial_device(device: str, gpus_per_trial: float) -> torch.device | None:
 
 def _defaults(name: str, smoke_test: bool, local: bool) -> dict[str, Any]:
     values: dict[str, Any] = {**STUDY_DEFAULTS[name], "data_path": str(Path("data").resolve()), "seed": 0,
+                              **CONFIRM_DEFAULTS,
                               "tracking_uri": default_tracking_uri(), "fixed": {},
                               "gpus_per_trial": 1.0 if torch.cuda.is_available() else 0.0}
     if smoke_test:

@@ -63,7 +63,7 @@ def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> 
     constants = trial_constants(settings)
     space = settings.space
     searcher = OptunaSearch(
-        space=SpaceSampler(space, n_classes, trial_config(constants).to_flat()),
+        space=SpaceSampler(space, n_classes, trial_config(constants).to_flat(), study_seed=settings.seed),
         metric=OBJECTIVE,  # a define-by-run space takes no metric from TuneConfig
         mode="max",
         sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=max(2, min(10, settings.num_samples // 2))),
