@@ -55,6 +55,14 @@ def register_best_trial(tracking_uri: str, experiment_id: str, study: str, study
         return None
 
 
+def tag_version(tracking_uri: str, model_uri: str, tags: dict[str, str]) -> None:
+    """Tags on the version `model_uri` (models:/NAME/VERSION), e.g. the confirmed interval of its configuration."""
+    name, number = model_uri.removeprefix("models:/").rsplit("/", 1)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, number, key, value)
+
+
 def study_version(client: MlflowClient, name: str, study_run_id: str) -> ModelVersion | None:
     """The version a study registered before, if any."""
     found = client.search_model_versions(f"tags.{STUDY_RUN_TAG} = '{study_run_id}'")

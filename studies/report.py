@@ -171,6 +171,8 @@ def untrained_recall(config: dict[str, Any], folder: Path) -> float:
 
 
 def summarize(settings: StudySettings, results, experiment_id: str, n_classes: int) -> pd.DataFrame:
+    """The search's summary. With a confirmation stage to come, the model registered is its winner's, not the
+    search's best trial's (confirm_stage.py)."""
     searched = list(settings.space)
     table = trials_table(results, searched)
     log_best_checkpoints(settings, results, experiment_id)
@@ -200,7 +202,7 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
         study_run_id = log_summary(settings.tracking_uri, experiment_id, settings.experiment, files, metrics,
                                    best_config)
     model_uri = None
-    if best_trial_dir is not None:
+    if best_trial_dir is not None and not settings.confirm_top:
         model_uri = register_best_trial(settings.tracking_uri, experiment_id, settings.experiment, study_run_id,
                                         best_trial_dir)
     _print_summary(settings, table, metrics, best_config, experiment_id)
