@@ -65,6 +65,9 @@ class DataConfig:
     val_fraction: float = option(0.0, "fraction of the training classes held out to select the best epoch",
                                  parse=float)
     max_per_class: int = option(300, "training images kept per class (the seed's cap)", parse=int)
+    val_fold: int | None = option(None, "hold out class-disjoint fold R of the training classes (folds of "
+                                        "--val-fraction each) instead of one seeded draw", parse=int, metavar="R")
+    split_seed: int | None = option(None, "seed of the validation split and its folds (default: --seed)", parse=int)
     num_workers: int | None = option(None, "data-loader processes (default: none on <= 2 cores, else up to 8)",
                                      parse=int)
     image_cache: bool = option(True, "read the resized images of `prepare --cache-size` when they match")
@@ -261,8 +264,12 @@ def _check(config: RunConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at most {cap}, got {value}")
     if not (isinstance(train.lr, (int, float)) and math.isfinite(train.lr) and train.lr > 0):
         raise ConfigError(f"--lr must be a finite positive number such as 1e-4, got {train.lr}")
-    if train.seed < 0:
-        raise ConfigError(f"--seed must be 0 or more, got {train.seed}")
+    for name, value in (("seed", train.seed), ("split_seed", data.split_seed), ("val_fold", data.val_fold)):
+        if value is not None and value < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
+    if data.val_fold is not None and not data.val_fraction:
+        raise ConfigError("--val-fold holds out a fold of --val-fraction of the training classes; "
+                          "give --val-fraction above 0")
     if data.num_workers is not None and data.num_workers < 0:
         raise ConfigError(f"--num-workers must be 0 or more (0: load in the main process), got {data.num_workers}")
     if data.image_memory is not None and data.image_memory < 0:

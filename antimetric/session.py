@@ -70,6 +70,14 @@ def load_index(config: RunConfig, progress: bool) -> DatasetIndex:
     return load_or_prepare(config.data.data_name, data_path, progress=progress)
 
 
+def config_splits(config: RunConfig, index: DatasetIndex) -> Splits:
+    """The run's splits: --val-fraction of the training classes held out, drawn with --split-seed (default
+    --seed), or its class-disjoint fold --val-fold."""
+    data = config.data
+    seed = data.split_seed if data.split_seed is not None else config.train.seed
+    return make_splits(index, data.val_fraction, data.max_per_class, seed, val_fold=data.val_fold)
+
+
 def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSession:
     """`config` must be resolved (antimetric.config.resolve)."""
     data, model_cfg, train = config.data, config.model, config.train
@@ -77,7 +85,7 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
     check_memory(config, device)  # before any data is read
     torch.manual_seed(train.seed)
     index = load_index(config, progress)
-    splits = make_splits(index, data.val_fraction, data.max_per_class, train.seed)
+    splits = config_splits(config, index)
     meta_ids = _meta_ids(config, splits.train_classes)
     plan = plan_for(device, model_cfg.implementation, precision=train.precision, backbone=model_cfg.backbone,
                     activation_checkpointing=model_cfg.activation_checkpointing, compile=train.compile)

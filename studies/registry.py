@@ -47,12 +47,20 @@ def register_best_trial(tracking_uri: str, experiment_id: str, study: str, study
         client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
         earlier = study_version(client, name, study_run_id)
         if earlier is None:
-            run = runs_by_trial(tracking_uri, experiment_id)[trial_dir]
+            run = runs_by_trial(tracking_uri, experiment_id, stage=None)[trial_dir]
             earlier = register_run(client, tracking_uri, name, run, study, study_run_id)
         return f"models:/{name}/{earlier.version}"
     except (MlflowException, AntimetricError, KeyError, OSError) as error:
         print(f"note: the best trial was not registered as MLflow model {name} ({error})", file=sys.stderr)
         return None
+
+
+def tag_version(tracking_uri: str, model_uri: str, tags: dict[str, str]) -> None:
+    """Tags on the version `model_uri` (models:/NAME/VERSION), e.g. the confirmed interval of its configuration."""
+    name, number = model_uri.removeprefix("models:/").rsplit("/", 1)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, number, key, value)
 
 
 def study_version(client: MlflowClient, name: str, study_run_id: str) -> ModelVersion | None:

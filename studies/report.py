@@ -21,7 +21,14 @@ from studies.registry import register_best_trial
 from studies.settings import StudySettings, trial_constants
 from studies.spaces import distributions
 from studies.study_run import log_summary, ui_command
-from studies.tracking import CHECKPOINT_ARTIFACT, close_finished_runs, has_artifact, log_checkpoint, runs_by_trial
+from studies.tracking import (
+    CHECKPOINT_ARTIFACT,
+    SEARCH,
+    close_finished_runs,
+    has_artifact,
+    log_checkpoint,
+    runs_by_trial,
+)
 from studies.trainable import COST_KEYS, EPOCH, OBJECTIVE, ended_early, trial_config
 
 
@@ -58,10 +65,10 @@ def _trial_dir(result) -> str:
     return Path(result.path).name
 
 
-def log_best_checkpoints(settings: StudySettings, results, experiment_id: str) -> None:
+def log_best_checkpoints(settings: StudySettings, results, experiment_id: str, stage: str = SEARCH) -> None:
     """Each trial's best checkpoint (model weights, meta-class ids, config, epoch) and that epoch's retrieval
     grid as artifacts of its run."""
-    runs = runs_by_trial(settings.tracking_uri, experiment_id)
+    runs = runs_by_trial(settings.tracking_uri, experiment_id, stage)
     for result in results:
         run = runs.get(_trial_dir(result))
         if run is None or result.error or result.metrics_dataframe is None:
@@ -175,6 +182,8 @@ def untrained_recall(config: dict[str, Any], folder: Path) -> float:
 
 
 def summarize(settings: StudySettings, results, experiment_id: str, n_classes: int) -> pd.DataFrame:
+    """The search's summary. With a confirmation stage to come, the model registered is its winner's, not the
+    search's best trial's (confirm_stage.py)."""
     searched = list(settings.space)
     table = trials_table(results, searched)
     log_best_checkpoints(settings, results, experiment_id)
@@ -205,7 +214,7 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
         study_run_id = log_summary(settings.tracking_uri, experiment_id, settings.experiment, files, metrics,
                                    best_config)
     model_uri = None
-    if best_trial_dir is not None:
+    if best_trial_dir is not None and not settings.confirm_top:
         model_uri = register_best_trial(settings.tracking_uri, experiment_id, settings.experiment, study_run_id,
                                         best_trial_dir)
     _print_summary(settings, table, metrics, best_config, experiment_id)

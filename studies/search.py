@@ -21,6 +21,7 @@ from antimetric.errors import AntimetricError, ConfigError
 from antimetric.options import add_config_arguments, given_options
 from studies.settings import (
     APPLIED,
+    CONFIRM_DEFAULTS,
     KEPT,
     OBJECTIVES,
     PARETO_COSTS,
@@ -101,13 +102,20 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"where Ray keeps trials and checkpoints (default: {DEFAULT_STORAGE})")
     parser.add_argument("--resume", action="store_true",
                         help="continue the study of the same --experiment, with the options it was started with")
-    parser.add_argument("--seed", type=_seed, help="seed of the TPE sampler and of every trial (default: 0)")
+    parser.add_argument("--seed", type=_seed, help="seed of the TPE sampler, of every trial's own seed and of the "
+                                                   "validation classes (default: 0)")
     parser.add_argument("--objective", choices=OBJECTIVES,
                         help="recall: maximise validation Recall@1 (default); pareto: maximise it and minimise --cost, "
                              "ending with the Pareto-optimal trials")
     parser.add_argument("--cost", choices=PARETO_COSTS,
                         help="what a Pareto study minimises: the retrieval vector's length (default) or the GFLOPs "
                              "of embedding one image")
+    parser.add_argument("--confirm-top", type=_seed, metavar="K",
+                        help="after the search, train the K best configurations (in a Pareto study: the Pareto "
+                             "trials) and the default one again (--repeats times each, on other validation classes) "
+                             "and report them with 95 %% intervals; 0: no confirmation stage (default: 3)")
+    parser.add_argument("--repeats", type=_count, metavar="N",
+                        help="runs of each configuration the confirmation stage trains (default: 3)")
     parser.add_argument("--smoke-test", action="store_true", help="a study of a few seconds per trial")
     parser.add_argument("--space", metavar="FILE", type=Path,
                         help="search this space (JSON or YAML, the form --print-space shows) instead of the built-in one")
@@ -118,9 +126,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Config keys the study sets itself: the dataset (NAME), its folder and seed (the study's --data-path and
-# --seed), the epochs (--max-epochs, also spelled --num-epochs), and a run's own folder (each trial has one).
-STUDY_OWN_KEYS = ("data_name", "data_path", "seed", "num_epochs", "output_dir", "run_name", "reuse_run_name")
+# Config keys the study sets itself: the dataset (NAME), its folder and seeds (the study's --data-path and
+# --seed; each trial's own seed, validation split and fold: studies/seeds.py), the epochs (--max-epochs, also
+# spelled --num-epochs), and a run's own folder (each trial has one).
+STUDY_OWN_KEYS = ("data_name", "data_path", "seed", "split_seed", "val_fold", "num_epochs", "output_dir", "run_name",
+                  "reuse_run_name")
 
 
 class _PrintSpace(argparse.Action):
@@ -175,7 +185,7 @@ def parse_args(argv: list[str] | None = None) -> StudySettings:
         cpus_per_trial=values["cpus_per_trial"], gpus_per_trial=values["gpus_per_trial"], address=args.address,
         tracking_uri=values["tracking_uri"], experiment=experiment, storage_path=storage_path, resume=args.resume,
         seed=values["seed"], fixed=values["fixed"], space=values["space"], objective=values["objective"],
-        cost=values["cost"],
+        cost=values["cost"], confirm_top=values["confirm_top"], repeats=values["repeats"],
     )
 
 
@@ -211,6 +221,7 @@ def _trial_device(device: str, gpus_per_trial: float) -> torch.device | None:
 
 def _defaults(name: str, smoke_test: bool, local: bool) -> dict[str, Any]:
     values: dict[str, Any] = {**STUDY_DEFAULTS[name], "data_path": str(Path("data").resolve()), "seed": 0,
+                              **CONFIRM_DEFAULTS,
                               "tracking_uri": default_tracking_uri(), "fixed": {},
                               "objective": StudySettings.objective, "cost": StudySettings.cost,
                               "gpus_per_trial": 1.0 if torch.cuda.is_available() else 0.0}

@@ -12,6 +12,9 @@ from antimetric.atomic import write_json
 from antimetric.data.table import TABLE
 from antimetric.errors import ConfigError
 
+# The confirmation stage's defaults: the 3 best configurations and the default one, 3 runs each.
+CONFIRM_DEFAULTS = {"confirm_top": 3, "repeats": 3}
+
 
 @dataclass
 class StudySettings:
@@ -32,6 +35,8 @@ class StudySettings:
     space: dict[str, dict[str, Any]]  # what is searched: the built-in or --space file, without the fixed keys
     objective: str = "recall"  # OBJECTIVES: validation Recall@1 alone, or against `cost` (studies/pareto.py)
     cost: str = "embedding_dims"  # PARETO_COSTS: what a Pareto study minimises
+    confirm_top: int = CONFIRM_DEFAULTS["confirm_top"]  # best configurations trained again after the search (0: no confirmation stage)
+    repeats: int = CONFIRM_DEFAULTS["repeats"]  # runs of each confirmed configuration and of the default one
 
     @property
     def experiment_path(self) -> Path:
@@ -56,7 +61,9 @@ SMOKE = dict(num_samples=3, max_epochs=2, fixed=dict(image_size=32, max_per_clas
 KEPT = {"name": "the dataset", "data_path": "--data-path", "num_samples": "--num-samples",
         "max_epochs": "--max-epochs", "max_concurrent": "--max-concurrent", "seed": "--seed",
         "fixed": "a training option", "space": "--space", "tracking_uri": "--tracking-uri",
-        "objective": "--objective", "cost": "--cost"}
+        "objective": "--objective", "cost": "--cost", "confirm_top": "--confirm-top", "repeats": "--repeats"}
+# What a settings file written before an option existed holds for it: such a study had no confirmation stage.
+SAVED_BEFORE = {"confirm_top": 0, "repeats": 3}
 # Saved too, but --resume applies a new value (Tune asks for each trial's resources anew).
 # --address is never saved: it says where Ray runs now.
 APPLIED = ("cpus_per_trial", "gpus_per_trial")
@@ -90,7 +97,8 @@ def saved_settings(experiment_path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        values = {**_FIELD_DEFAULTS, **json.loads(path.read_text(encoding="utf-8"))}  # a file from before a field
+        # a file from before a field: the field's default, or what such a study did (SAVED_BEFORE)
+        values = {**_FIELD_DEFAULTS, **SAVED_BEFORE, **json.loads(path.read_text(encoding="utf-8"))}
         return {key: values[key] for key in (*KEPT, *APPLIED)}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"--resume: cannot read {path} ({exc}); start a new study with --experiment NEW_NAME") \

@@ -17,7 +17,8 @@ from studies.spaces import Space
 
 # Keys a study sets itself (the dataset, its folder, the epochs of --max-epochs, the seed of --seed)
 # or that belong to a single run's folder; searching them means nothing.
-NOT_SEARCHABLE = ("data_name", "data_path", "num_epochs", "seed", "output_dir", "run_name", "reuse_run_name")
+NOT_SEARCHABLE = ("data_name", "data_path", "num_epochs", "seed", "split_seed", "val_fold", "output_dir", "run_name",
+                  "reuse_run_name")
 _KINDS = {"choice": ("values",), "int": ("low", "high"), "float": ("low", "high")}
 
 

@@ -19,6 +19,7 @@ import optuna
 from antimetric.data.table import TABLE
 from antimetric.errors import ConfigError
 from antimetric.meta_classes import check_class_count
+from studies.seeds import trial_seeds
 
 Space = dict[str, dict[str, Any]]
 
@@ -80,12 +81,14 @@ class SpaceSampler:
     """A define-by-run function for ray.tune.search.optuna.OptunaSearch (a class, so that Tune can
     pickle it with the searcher's state)."""
 
-    def __init__(self, space: Space, n_classes: int, fixed: dict[str, Any]) -> None:
+    def __init__(self, space: Space, n_classes: int, fixed: dict[str, Any], study_seed: int | None = None) -> None:
         self.space = restrict(space, n_classes, fixed)
         self.n_classes = n_classes
         self.fixed_ensemble_size = fixed.get("ensemble_size")
+        self.study_seed = study_seed
 
-    def __call__(self, trial: optuna.Trial) -> None:
+    def __call__(self, trial: optuna.Trial) -> dict[str, int] | None:
+        """Suggests the trial's values; returns its seeds (studies/seeds.py), which Ray adds to its config."""
         ensemble_size = self.fixed_ensemble_size
         for name, spec in self.space.items():
             if name == "meta_class_size":
@@ -95,6 +98,7 @@ class SpaceSampler:
                 value = suggest(trial, name, spec)
                 if name == "ensemble_size":
                     ensemble_size = value
+        return None if self.study_seed is None else trial_seeds(self.study_seed, trial.number)
 
 
 def suggest(trial: optuna.Trial, name: str, spec: dict[str, Any]) -> Any:

@@ -8,6 +8,7 @@ import shutil
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable
 
 import optuna
 import ray
@@ -29,6 +30,7 @@ from studies.checks import (
     open_experiment,
     store_failure,
 )
+from studies.confirm_stage import confirm_path, confirm_tuner, ranked_configurations, report_confirmation
 from studies.pareto import pareto_scheduler, search_objectives
 from studies.report import summarize
 from studies.settings import SETTINGS_FILE, StudySettings, save_settings, trial_constants
@@ -65,7 +67,7 @@ def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> 
     space = settings.space
     metric, mode = search_objectives(settings)  # a define-by-run space takes no metric from TuneConfig
     searcher = OptunaSearch(
-        space=SpaceSampler(space, n_classes, trial_config(constants).to_flat()),
+        space=SpaceSampler(space, n_classes, trial_config(constants).to_flat(), study_seed=settings.seed),
         metric=metric,
         mode=mode,
         sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=max(2, min(10, settings.num_samples // 2))),
@@ -117,18 +119,26 @@ def run_study(settings: StudySettings) -> None:
                 tuner = build_tuner(settings, experiment_id, n_classes)
                 save_settings(settings)
             open_parent_run(settings, experiment_id)
-            results = _fit_and_summarize(settings, tuner, experiment_id, n_classes)
+            results, table = _fit_and_summarize(settings, tuner, experiment_id,
+                                                lambda done: summarize(settings, done, experiment_id, n_classes))
+            check_some_trial_succeeded(settings, results, experiment_id)
+            if settings.confirm_top:
+                ranked = ranked_configurations(settings, table, results, experiment_id)
+                confirming = confirm_tuner(settings, experiment_id, ranked, trainable(settings),
+                                           tune.CheckpointConfig(num_to_keep=CHECKPOINTS_PER_TRIAL))
+                _fit_and_summarize(settings, confirming, experiment_id,
+                                   lambda done: report_confirmation(settings, done, experiment_id))
         finally:
             ray.shutdown()
             if session_dir is not None:  # Ray's local copies of trial folders and state files (all in storage
                 for folder in ("artifacts", SCRATCH):  # now), and what trials stopped at once left
                     shutil.rmtree(Path(session_dir) / folder, ignore_errors=True)
-        check_some_trial_succeeded(settings, results, experiment_id)
 
 
-def _fit_and_summarize(settings: StudySettings, tuner: tune.Tuner, experiment_id: str, n_classes: int):
-    """Tuner.fit, then the summary; what stops them ends the runs KILLED and raises StudyInterrupted or
-    StudyFailed."""
+def _fit_and_summarize(settings: StudySettings, tuner: tune.Tuner, experiment_id: str,
+                       summary: Callable[[tune.ResultGrid], Any]) -> tuple[tune.ResultGrid, Any]:
+    """Tuner.fit, then summary(its results) (of the search, or of the confirmation stage): (the results, what
+    the summary returned); what stops them ends the runs KILLED and raises StudyInterrupted or StudyFailed."""
     settings_file = settings.experiment_path / SETTINGS_FILE
     had_settings = settings_file.exists()
 
@@ -148,8 +158,7 @@ def _fit_and_summarize(settings: StudySettings, tuner: tune.Tuner, experiment_id
             raise lost
         if interrupted or results.num_terminated + results.num_errors < len(results):
             raise StudyInterrupted
-        summarize(settings, results, experiment_id, n_classes)
-        return results
+        return results, summary(results)
     except (KeyboardInterrupt, StudyFailed):
         stop_runs(settings, experiment_id)
         raise
@@ -194,7 +203,7 @@ def check_resume(settings: StudySettings) -> None:
         return
     if not study_exists(settings):
         raise ConfigError(f"--resume: no study to resume in {path}; drop --resume to start one")
-    cut_short = cut_short_state_file(path)
+    cut_short = cut_short_state_file(path) or cut_short_state_file(confirm_path(settings))
     if cut_short is not None:
         raise ConfigError(f"--resume: {cut_short} was cut short when the study's driver was killed (Ray copies its "
                           "state files without an atomic rename), so Tune would silently start the study over; "
@@ -209,7 +218,12 @@ def count_training_classes(settings: StudySettings) -> int:
     """Training classes left after the validation split: what meta-class sizes must fit."""
     config = trial_config(trial_constants(settings))
     index = load_index(config, progress=sys.stderr.isatty())
-    return len(make_splits(index, config.data.val_fraction, config.data.max_per_class, config.train.seed).train_classes)
+    n_classes = len(make_splits(index, config.data.val_fraction, config.data.max_per_class,
+                                config.train.seed).train_classes)
+    if settings.confirm_top:  # as many folds as repeats, or a one-line ConfigError before any trial
+        make_splits(index, config.data.val_fraction, config.data.max_per_class, settings.seed,
+                    val_fold=settings.repeats - 1)
+    return n_classes
 
 
 def start_ray(settings: StudySettings) -> str | None:

@@ -16,6 +16,7 @@ from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID
 
 from antimetric.train import RESOLVED_AT_START
+from studies.seeds import SEED_KEYS
 from studies.study_run import (
     BEST,
     MAX_PARAM,
@@ -28,10 +29,12 @@ from studies.study_run import (
     set_runs_view,
     stopped_early,
 )
-from studies.trainable import EPOCH, OBJECTIVE, trial_config, trial_cost
+from studies.trainable import CONFIRM, EPOCH, OBJECTIVE, trial_config, trial_cost
 
 DEFAULT_STORE = Path("mlruns")
 TRIAL_TAG, TRIAL_DIR_TAG, NUMBER_TAG = "trial_id", "trial_dir", "trial_number"
+# A run's stage: a search trial (a sample of the searcher, numbered) or a confirmation run (studies/confirm.py).
+STAGE_TAG, SEARCH, CONFIRM_STAGE = "stage", "search", "confirm"
 INTERRUPTED_TAG = "interrupted"  # on a run whose trial Ctrl-C stopped (KILLED until --resume continues it)
 CHECKPOINT_ARTIFACT = "best_checkpoint"
 _MAX_TAG = 5000  # MLflow's limit on a tag value
@@ -73,10 +76,12 @@ class MLflowTrialCallback(tune.Callback):
     (best objective) again as best_*, tags (dataset, trial id, stopped_early), and its end: FINISHED, or
     FAILED with the error."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, study: str) -> None:
+    def __init__(self, tracking_uri: str, experiment_id: str, study: str, stage: str = SEARCH) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.study = study
+        self.stage = stage  # confirmation runs are named by their configuration and repeat, and leave the
+        # parent run's search progress (best objective, trials done) alone
         self._client: MlflowClient | None = None
         self._parent: str | None = None
         self._runs: dict[str, str] = {}
@@ -106,15 +111,16 @@ class MLflowTrialCallback(tune.Callback):
 
     def run_id(self, trial) -> str:
         if trial.trial_id not in self._runs:
-            run_id, existed = trial_run(self.client, self.experiment_id, self.parent_run_id, trial, self.study)
+            run_id, existed = trial_run(self.client, self.experiment_id, self.parent_run_id, trial, self.study,
+                                        self.stage)
             self._runs[trial.trial_id] = run_id
             logged = self.client.get_run(run_id).data.metrics if existed else {}
             self._logged_epoch[trial.trial_id] = int(logged.get(EPOCH, 0))
             self._best[trial.trial_id] = logged.get(BEST + OBJECTIVE, -math.inf)
             if existed:
                 self._reopened.add(trial.trial_id)
-            else:  # your own Tuner: its searched keys as the trials view, unless the study set one
-                set_runs_view(self.client, self.experiment_id, list(trial.evaluated_params or {}), replace=False)
+            elif self.stage == SEARCH:  # your own Tuner: its searched keys as the trials view, unless the study set one
+                set_runs_view(self.client, self.experiment_id, list(searched_values(trial)), replace=False)
         return self._runs[trial.trial_id]
 
     def _resolved_params(self, run_id: str, result: dict[str, Any]) -> list[Param]:
@@ -144,17 +150,20 @@ class MLflowTrialCallback(tune.Callback):
             self._best[trial.trial_id] = values[OBJECTIVE]
         self.client.log_batch(run_id, metrics=epoch_metrics(values, step, timestamp, is_best),
                               params=self._resolved_params(run_id, result))
-        log_progress(self.client, self.parent_run_id, trials, trial, result=result)
+        if self.stage == SEARCH:
+            log_progress(self.client, self.parent_run_id, trials, trial, result=result)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_id(trial)
         self.client.set_tag(run_id, "stopped_early", str(stopped_early(trial)).lower())
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-        log_progress(self.client, self.parent_run_id, trials, trial, status="TERMINATED")
+        if self.stage == SEARCH:
+            log_progress(self.client, self.parent_run_id, trials, trial, status="TERMINATED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         fail_run(self.client, self.run_id(trial), trial_error_text(trial))
-        log_progress(self.client, self.parent_run_id, trials, trial, status="ERROR")
+        if self.stage == SEARCH:
+            log_progress(self.client, self.parent_run_id, trials, trial, status="ERROR")
 
     def on_experiment_end(self, trials, **info) -> None:
         end_study_run(self.client, self.parent_run_id, trials)
@@ -209,9 +218,22 @@ def fail_run(client: MlflowClient, run_id: str, error: str) -> None:
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
 
 
-def trial_run(client: MlflowClient, experiment_id: str, parent_id: str, trial, study: str) -> tuple[str, bool]:
+def searched_values(trial) -> dict[str, Any]:
+    """What the searcher chose for a trial, without the seeds it sets (studies/seeds.py)."""
+    return {k: v for k, v in (trial.evaluated_params or {}).items() if k not in SEED_KEYS}
+
+
+def confirm_run_name(config: dict[str, Any]) -> str:
+    """`confirm: trial 4, repeat 0`, `confirm: default, repeat 1`: a confirmation run's configuration and repeat."""
+    confirm = config.get(CONFIRM, {})
+    return f"confirm: {confirm.get('config', '?')}, repeat {confirm.get('repeat', '?')}"
+
+
+def trial_run(client: MlflowClient, experiment_id: str, parent_id: str, trial, study: str,
+              stage: str = SEARCH) -> tuple[str, bool]:
     """(run id, whether it existed): the trial's run from before a resume, or a new one nested under the
-    study's parent run, with params and tags."""
+    study's parent run, with params and tags: a search trial numbered in the order the search trials
+    started, a confirmation run named by its configuration and repeat."""
     existing = client.search_runs([experiment_id], filter_string=f"tags.{TRIAL_TAG} = '{trial.trial_id}'",
                                   max_results=2)
     if existing:
@@ -220,11 +242,17 @@ def trial_run(client: MlflowClient, experiment_id: str, parent_id: str, trial, s
             client.set_tag(run_id, PARENT_ID_TAG, parent_id)
         return run_id, True
     config = trial.config
-    number = len(client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_ID_TAG}` = '{parent_id}'",
-                                    max_results=50_000))  # the trials started before it
-    tags = {TRIAL_TAG: trial.trial_id, TRIAL_DIR_TAG: Path(trial.path).name, STUDY_TAG: study,
-            "dataset": str(config.get("data_name", "")), PARENT_ID_TAG: parent_id, NUMBER_TAG: str(number)}
-    run = client.create_run(experiment_id, run_name=trial_run_name(number, trial.evaluated_params or {}), tags=tags)
+    tags = {TRIAL_TAG: trial.trial_id, TRIAL_DIR_TAG: Path(trial.path).name, STUDY_TAG: study, STAGE_TAG: stage,
+            "dataset": str(config.get("data_name", "")), PARENT_ID_TAG: parent_id}
+    if stage == SEARCH:
+        number = len(client.search_runs([experiment_id], max_results=50_000,  # the search trials started before it
+                                        filter_string=f"tags.`{PARENT_ID_TAG}` = '{parent_id}' AND "
+                                                      f"tags.{NUMBER_TAG} != ''"))
+        tags[NUMBER_TAG] = str(number)
+        name = trial_run_name(number, searched_values(trial))
+    else:
+        name = confirm_run_name(config)
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
     try:
         run_config = trial_config(config)
         params = {**run_config.to_flat(), **trial_cost(run_config)}  # what it costs, beside what it is
@@ -241,18 +269,21 @@ def trial_error_text(trial) -> str:
     return "trial failed (no error file)"
 
 
-def runs_by_trial(tracking_uri: str, experiment_id: str) -> dict[str, Any]:
-    """The trial runs of an experiment, by trial folder name."""
+def runs_by_trial(tracking_uri: str, experiment_id: str, stage: str | None = SEARCH) -> dict[str, Any]:
+    """The trial runs of an experiment of one stage (None: all), by trial folder name. A run from before
+    stages were tagged is a search trial."""
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([experiment_id], filter_string=f"tags.{TRIAL_TAG} != ''", max_results=50_000)
-    return {run.data.tags[TRIAL_DIR_TAG]: run for run in runs}
+    return {run.data.tags[TRIAL_DIR_TAG]: run for run in runs
+            if stage is None or run.data.tags.get(STAGE_TAG, SEARCH) == stage}
 
 
-def close_finished_runs(tracking_uri: str, experiment_id: str, statuses: dict[str, str], errors: dict[str, str]) -> None:
+def close_finished_runs(tracking_uri: str, experiment_id: str, statuses: dict[str, str], errors: dict[str, str],
+                        stage: str = SEARCH) -> None:
     """Give every run that a killed driver left RUNNING (or Ctrl-C left KILLED) its trial's end state: the
     one Ray recorded, or KILLED for a trial Ray's last saved state did not hold yet (the resumed study replaced it)."""
     client = MlflowClient(tracking_uri)
-    for trial_dir, run in runs_by_trial(tracking_uri, experiment_id).items():
+    for trial_dir, run in runs_by_trial(tracking_uri, experiment_id, stage).items():
         interrupted = run.info.status == "KILLED" and INTERRUPTED_TAG in run.data.tags
         if run.info.status != "RUNNING" and not interrupted:
             continue
@@ -272,7 +303,7 @@ def stop_interrupted_runs(tracking_uri: str, experiment_id: str, study: str) -> 
     so on_experiment_end cannot tell). --resume finds each by its tags and sets it RUNNING again."""
     client = MlflowClient(tracking_uri)
     parent, _ = parent_run(client, experiment_id, study)
-    running = [run.info.run_id for run in runs_by_trial(tracking_uri, experiment_id).values()
+    running = [run.info.run_id for run in runs_by_trial(tracking_uri, experiment_id, stage=None).values()
                if run.info.status == "RUNNING"]
     for run_id in [*running, parent]:
         client.set_tag(run_id, INTERRUPTED_TAG, "true")

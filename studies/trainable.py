@@ -23,6 +23,10 @@ SCRATCH = "antimetric"  # trials' private folders, in Ray's session folder (scra
 # The best epoch's files, which travel with every checkpoint: its weights and its retrieval grid.
 BEST_EPOCH_FILES = (BEST_FILE, RETRIEVALS_FILE)
 
+# A confirmation run's key in its Tune config (studies/confirm.py): {"config": its label ("default",
+# "trial 4"), "repeat": r, "values": the config values it sets}. One key, so that one grid_search lists the runs.
+CONFIRM = "confirm"
+
 # Study defaults over the core's: a validation split to select on, quiet loaders inside trials.
 TRIAL_DEFAULTS: dict[str, Any] = {"val_fraction": 0.2, "num_workers": 0}
 
@@ -40,8 +44,10 @@ def trial_cost(config: RunConfig) -> dict[str, float]:
 
 
 def trial_config(config: dict[str, Any]) -> RunConfig:
-    """Merge a Tune config dict over the study defaults into the core's resolved config."""
-    values = {**TRIAL_DEFAULTS, **config}
+    """Merge a Tune config dict over the study defaults into the core's resolved config (a confirmation
+    run's values, under CONFIRM, over the rest)."""
+    confirmed = config.get(CONFIRM, {}).get("values", {})
+    values = {**TRIAL_DEFAULTS, **{k: v for k, v in config.items() if k != CONFIRM}, **confirmed}
     if not Path(values.get("data_path", "data")).is_absolute():
         raise ConfigError(
             f"data_path {values.get('data_path', 'data')!r} must be absolute in a study: Ray runs each trial in its "

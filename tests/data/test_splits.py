@@ -103,3 +103,23 @@ def test_more_folds_than_the_fraction_allows(n_train, fraction, fold, message):
 def test_folds_leave_two_classes_on_each_side():
     with pytest.raises(ConfigError, match="--val-fraction 0.9 holds out 4 of 4"):
         class_folds(list(range(4)), 0.9, seed=0)
+
+
+def test_a_run_config_picks_its_split_seed_and_fold():
+    """--split-seed and --val-fold reach the split: without them a run holds out the --seed draw it always
+    has; with them, fold R of the classes drawn with the split seed, whatever the training --seed."""
+    from antimetric.config import RunConfig
+    from antimetric.session import config_splits
+
+    index = _index(n_train=20)
+    train_classes = list(range(20))
+
+    def held_out(**values) -> set[int]:
+        config = RunConfig.from_flat({"val_fraction": 0.2, "seed": 5, **values})
+        return {r.label for r in config_splits(config, index).val.query}
+
+    assert held_out() == {r.label for r in make_splits(index, 0.2, 300, seed=5).val.query}
+    assert held_out(split_seed=3) == {r.label for r in make_splits(index, 0.2, 300, seed=3).val.query}
+    folds = class_folds(train_classes, 0.2, seed=3)
+    assert [held_out(split_seed=3, val_fold=r, seed=r) for r in range(4)] == [set(f) for f in folds[:4]]
+    assert held_out(val_fold=1) == set(class_folds(train_classes, 0.2, seed=5)[1])

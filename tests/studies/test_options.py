@@ -19,7 +19,7 @@ from studies.spaces import SPACES
 # run folder is its own (in the study's storage); --resume, --json and --quiet mean other things there.
 NOT_IN_STUDIES = {"--data-name", "--data_name", "--output-dir", "--output_dir", "--run-name", "--run_name",
                   "--reuse-run-name", "--no-reuse-run-name", "--reuse_run_name", "--json", "--quiet", "-h", "--help",
-                  "--resume"}
+                  "--resume", "--val-fold", "--val_fold", "--split-seed", "--split_seed"}  # the study sets these per run
 
 
 def _option_strings(parser, command=None):

@@ -44,3 +44,25 @@ def test_every_dataset_of_the_table_has_a_space_and_defaults_a_study_accepts(nam
     assert set(SPACES) == set(STUDY_DEFAULTS) == set(TABLE)
     constants = {"data_name": name, "data_path": "data", "num_epochs": STUDY_DEFAULTS[name]["max_epochs"], "seed": 0}
     check_space(SPACES[name](), constants, f"the built-in {name} space")  # raises on a value the core rejects
+
+
+def test_each_trial_trains_with_its_own_seed_from_the_study_seed():
+    """The sampler adds each trial's seeds to its config: a training seed from the study seed and the trial's
+    number (the same for the same study seed, another for another trial), and the study seed as split seed."""
+    from studies.seeds import repeat_seed, trial_seed
+
+    def seeds(study_seed: int) -> list[dict]:
+        sampler = SpaceSampler(SPACES["demo"](), 24, {}, study_seed=study_seed)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        out = []
+        for _ in range(4):
+            trial = study.ask()
+            out.append(sampler(trial))
+            study.tell(trial, 0.0)
+        return out
+
+    first = seeds(7)
+    assert first == seeds(7) and first != seeds(8)
+    assert [s["seed"] for s in first] == [trial_seed(7, n) for n in range(4)]
+    assert len({s["seed"] for s in first}) == 4 and {s["split_seed"] for s in first} == {7}
+    assert repeat_seed(7, 0) not in {s["seed"] for s in first}
