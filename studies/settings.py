@@ -48,7 +48,7 @@ class StudySettings:
 # than it has (available_cpus), and runs as many trials at once as its CPUs and GPUs hold;
 # max_concurrent is for a cluster (--address).
 STUDY_DEFAULTS: dict[str, dict[str, Any]] = {
-    name: dict(num_samples=row.study.num_samples, max_epochs=row.training.num_epochs,
+    name: dict(num_samples=row.study.num_samples, max_epochs=row.study.max_epochs or row.training.num_epochs,
                max_concurrent=row.study.max_concurrent, cpus_per_trial=row.study.cpus_per_trial)
     for name, row in TABLE.items()
 }
