@@ -57,11 +57,14 @@ def local_artifact_root(tracking_uri: str) -> Path | None:
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path | None = None) -> str:
-    """The id of experiment `name`, created with an absolute artifact location if new."""
+    """The id of experiment `name`, created with an absolute artifact location if new: under `artifact_root`,
+    by default beside a local SQLite store (MLflow's own default, ./mlruns, is relative to whatever folder the
+    process runs in, so a store's artifacts would land in the caller's working folder)."""
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
+    artifact_root = artifact_root if artifact_root is not None else local_artifact_root(tracking_uri)
     location = None
     if artifact_root is not None:
         location = (artifact_root / "artifacts" / name).resolve().as_uri()

@@ -90,3 +90,17 @@ def test_a_trials_run_name_says_its_number_and_searched_values():
     assert trial_run_name(0, {"share_type": "layer1", "with_random": True, "momentum": 0.9}) == \
         "trial 0: share_type=layer1, with_random=True, momentum=0.9"
     assert trial_run_name(1, {}) == "trial 1"
+
+
+def test_a_local_stores_artifacts_stay_beside_it(tmp_path, monkeypatch):
+    """An experiment made without an artifact root keeps its artifacts beside its SQLite store, never in the
+    folder the process happens to run in (a test run from the repository wrote error.txt into its mlruns/)."""
+    for folder in ("elsewhere", "store"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(ensure_experiment(uri, "t"))
+    client.log_text(run.info.run_id, "x", "error.txt")
+    assert not (tmp_path / "elsewhere" / "mlruns").exists()
+    assert list((tmp_path / "store" / "artifacts" / "t").rglob("error.txt"))
