@@ -76,9 +76,9 @@ _ROWS = (
         recalls=(1, 2, 4, 8),
         training=TrainingDefaults(backbone="tiny", ensemble_size=12, meta_class_size=6, num_epochs=10,
                                   image_size=64, pretrained=False, with_fc=True, lr=2e-3),
-        # 8 trials of 6 epochs: the search, then the confirmation's 12 full runs, in under 4 minutes on 2 cores
-        study=StudyDefaults(num_samples=8, max_epochs=6, meta_class_sizes=(2, 12), max_concurrent=2, cpus_per_trial=1,
-                            ensemble_sizes=(4, 8, 12, 16), share_types=("layer1", "layer2", "layer3"),
+        # 8 trials of 5 epochs, up to 12 branches: search and confirmation (12 runs) in < 4 minutes on 2 cores
+        study=StudyDefaults(num_samples=8, max_epochs=5, meta_class_sizes=(2, 12), max_concurrent=2, cpus_per_trial=1,
+                            ensemble_sizes=(4, 8, 12), share_types=("layer1", "layer2", "layer3"),
                             lr=(3e-4, 5e-3)),
     ),
     # The seed's channel statistics from here on.
