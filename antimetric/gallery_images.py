@@ -10,7 +10,6 @@ of it are skipped, and so are hidden files and folders.
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -140,9 +139,7 @@ class _ImageFiles(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, str, int]:
         try:
-            if not stat.S_ISREG(os.stat(self.files[i]).st_mode):  # opening a pipe would wait for a writer
-                return None, "not a regular file (a pipe, socket or device), not read", i
-            image = open_rgb(self.files[i])
+            image = open_rgb(self.files[i])  # a pipe, socket or device: ValueError, without waiting for a writer
             if self.boxes is not None and not np.isnan(self.boxes[i]).any():
                 image = image.crop(tuple(float(v) for v in self.boxes[i]))
             return self.transform(image), "", i
