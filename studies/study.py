@@ -14,7 +14,6 @@ import optuna
 import ray
 import ray._private.ray_constants as ray_constants
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
@@ -33,6 +32,7 @@ from studies.checks import (
 from studies.confirm_stage import confirm_path, confirm_tuner, ranked_configurations, report_confirmation
 from studies.pareto import pareto_scheduler, search_objectives
 from studies.report import summarize
+from studies.resumable_asha import ResumableASHA
 from studies.settings import SETTINGS_FILE, StudySettings, save_settings, trial_constants
 from studies.spaces import SpaceSampler
 from studies.study_end import (
@@ -75,7 +75,7 @@ def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> 
     if settings.objective == "pareto":  # no ASHA: stopping on Recall@1 alone would bias the front (pareto.py)
         scheduler = pareto_scheduler()
     else:
-        scheduler = ASHAScheduler(time_attr=EPOCH, max_t=settings.max_epochs,
+        scheduler = ResumableASHA(time_attr=EPOCH, max_t=settings.max_epochs,
                                   grace_period=max(1, settings.max_epochs // 5), reduction_factor=3)
     return tune.Tuner(
         trainable(settings),

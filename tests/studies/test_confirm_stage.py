@@ -114,8 +114,6 @@ def test_the_same_command_gives_the_same_study(confirmed, demo_data_path, tmp_pa
         assert first[name] == second[name], name
 
 
-@pytest.mark.skip(reason="flaky: in 1 of 3 full-suite runs (2026-12-03) the resumed study's trial 2 reported other "
-                         "metrics than the uninterrupted one's; issue 19 stays open until resume is exact")
 def test_a_resumed_study_equals_the_uninterrupted_one(confirmed, demo_data_path, tmp_path):
     """Ctrl-C during the search (after trial 0 and an epoch of trial 1), then --resume: the same study."""
     dirs, _ = confirmed
