@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from ray.tune import Result
 
 from studies.optuna_record import TrialRecord, optuna_storage_uri, trial_records, write_study
-from studies.report import optuna_figures, optuna_plots
+from studies.plots import optuna_figures, optuna_plots
 from studies.settings import StudySettings
 from studies.spaces import distributions
 

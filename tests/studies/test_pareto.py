@@ -14,7 +14,7 @@ from antimetric.errors import ConfigError
 from antimetric.model.backbones import get_backbone
 from studies.optuna_record import TrialRecord, write_study
 from studies.pareto import dominates, pareto_candidates
-from studies.report import optuna_plots
+from studies.plots import optuna_plots
 from studies.search import main, parse_args
 from studies.settings import SETTINGS_FILE, save_settings
 from studies.spaces import distributions
