@@ -211,7 +211,8 @@ def slice_figure(every: optuna.Study, title: str):
     names = list(best.params)
     columns = min(3, len(names))
     rows = math.ceil(len(names) / columns)
-    figure, grid = plt.subplots(rows, columns, figsize=(11, 0.8 + 3.3 * rows), sharey=True, squeeze=False)
+    figure, grid = plt.subplots(rows, columns, figsize=(11, 0.8 + 3.3 * rows), sharey=True, squeeze=False,
+                                layout="constrained")
     norm = Normalize(0, max(t.number for t in trials) or 1)
     for axes, name in zip(grid.flat, names):
         distribution = best.distributions[name]
@@ -237,6 +238,7 @@ def slice_figure(every: optuna.Study, title: str):
             axes.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
             axes.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
             axes.xaxis.set_minor_formatter(NullFormatter())
+            axes.tick_params(axis="x", labelrotation=30)
         elif choices is not None:
             axes.set_xticks(sorted(choices))
         else:
@@ -251,6 +253,6 @@ def slice_figure(every: optuna.Study, title: str):
     figure.colorbar(ScalarMappable(norm, COLORMAP), ax=grid, label="trial number (the order they started)", pad=0.01)
     handles, labels = grid[0, 0].get_legend_handles_labels()
     labels = [f"best: trial {best.number} ({best.value:.3f})" if label == "best" else label for label in labels]
-    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    figure.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=9, frameon=False)
     figure.suptitle(title)
     return figure

@@ -167,11 +167,26 @@ def interactive_figures(study: optuna.Study, names: set[str]) -> Iterator[tuple[
             warnings.simplefilter("ignore")
             figure = plot()
         figure.update_layout(title_text=title)
-        for trace in figure.data:  # Optuna's "Blues" draws the lowest values white
-            for part in ("line", "marker"):
-                if getattr(getattr(trace, part, None), "colorscale", None) is not None:
-                    getattr(trace, part).colorscale = COLORMAP.capitalize()
+        _recolour(figure)
         yield name, figure
+
+
+def _recolour(figure) -> None:
+    """Viridis for Optuna's "Blues", which draws the lowest values white; of a parallel coordinate (a line per
+    trial, its colour sampled by Optuna), the best trial's line red and on top, as in the PNG."""
+    from plotly.colors import sample_colorscale
+
+    scale = COLORMAP.capitalize()
+    for trace in figure.data:
+        if getattr(getattr(trace, "marker", None), "colorscale", None) is not None:
+            trace.marker.update(colorscale=scale, reversescale=False)
+    lines = [trace for trace in figure.data if getattr(trace, "mode", None) == "lines" and trace.y and trace.y[0] is not None]
+    if figure.layout.xaxis.ticktext and figure.layout.xaxis.ticktext[0] == OBJECTIVE and lines:
+        best = max(lines, key=lambda trace: trace.y[0])  # the first axis: OBJECTIVE, from 0 (lowest) to 1
+        for trace in lines:
+            trace.line.color = BEST_COLOR if trace is best else sample_colorscale(scale, [trace.y[0]])[0]
+            trace.line.width, trace.opacity = (3.5, 1) if trace is best else (1.6, 0.85)
+        figure.data = [trace for trace in figure.data if trace is not best] + [best]
 
 
 def _label_states(axes, trials: list[optuna.trial.FrozenTrial], best: optuna.trial.FrozenTrial | None) -> None:

@@ -10,7 +10,8 @@ from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 from optuna.trial import TrialState
 
 from studies.optuna_record import TrialRecord, write_study
-from studies.plots import optuna_figures, optuna_plots
+from studies.param_plots import BEST_COLOR
+from studies.plots import interactive_figures, optuna_figures, optuna_plots
 from studies.spaces import distributions
 
 SPACE = {"ensemble_size": {"type": "choice", "values": [4, 8, 12]},
@@ -142,7 +143,17 @@ def test_png_and_interactive_html_files_are_written_from_the_storage(tmp_path, c
         assert html.name == f"{name}.html" and html.parent == tmp_path
         assert "Plotly.newPlot" in html.read_text()
     assert not plt.get_fignums()
-    assert [t.state for t in optuna.load_study(study_name="s", storage=storage).trials].count(TrialState.PRUNED) == 9
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert [t.state for t in study.trials].count(TrialState.PRUNED) == 9
+
+    interactive = dict(interactive_figures(study, PLOTS))
+    assert all(len(trace.x) == 12 for trace in interactive["slice"].data)  # every trial, in each parameter's panel
+    axes = {interactive["slice"].layout[k].title.text: interactive["slice"].layout[k].type
+            for k in interactive["slice"].layout if k.startswith("xaxis")}
+    assert axes["meta_class_size"] != "log" and axes["lr"] == "log"
+    lines = [trace for trace in interactive["parallel_coordinate"].data if trace.mode == "lines"]
+    assert len(lines) == 12 and lines[-1].line.color == BEST_COLOR and lines[-1].y[0] == 1  # the best, on top
+    assert interactive["param_importances"].layout.title.text == _titles(dict(optuna_figures(study))["param_importances"])[0]
 
 
 def test_the_optimization_history_is_drawn_in_start_order(tmp_path):
