@@ -18,6 +18,7 @@ from studies.plots import optuna_plots
 from studies.registry import register_best_trial
 from studies.settings import StudySettings, trial_constants
 from studies.spaces import distributions
+from studies.study_note import NOTE_TAG, best_params, search_note, summary_tags, trial_pick
 from studies.study_run import log_summary, ui_command
 from studies.tracking import (
     CHECKPOINT_ARTIFACT,
@@ -124,8 +125,14 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
             best_config, best_trial_dir = trial_config(result.config).to_flat(), best["trial_dir"]
             metrics.update({k: float(best[k]) for k in finished.columns if k == OBJECTIVE or k.startswith("test_")})
             metrics["untrained_test_recall_at_1"] = untrained_recall(result.config, folder)
-        study_run_id = log_summary(settings.tracking_uri, experiment_id, settings.experiment, files, metrics,
-                                   best_config)
+        best_pick = None if best_trial_dir is None else trial_pick(
+            settings.tracking_uri, experiment_id, best_trial_dir, {k: best_config[k] for k in searched})
+        # with a confirmation stage to come, its winner is the study's, and gets best.* (study_note.py)
+        study_run_id = log_summary(
+            settings.tracking_uri, experiment_id, settings.experiment, files, metrics, best_config,
+            tags={NOTE_TAG: search_note(settings, experiment_id, best_pick, metrics),
+                  **summary_tags(None if settings.confirm_top else best_pick, best_pick)},
+            params=best_params(best_pick) if best_pick is not None and not settings.confirm_top else None)
     model_uri = None
     if best_trial_dir is not None and not settings.confirm_top:
         model_uri = register_best_trial(settings.tracking_uri, experiment_id, settings.experiment, study_run_id,

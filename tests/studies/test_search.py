@@ -64,7 +64,7 @@ def test_smoke_study_records_every_trial(demo_data_path, smoke_study, capsys, mo
         best_value = max(m.value for m in history)
         assert best["epoch"] == min(m.step for m in history if m.value == best_value)
     check_trial_runs(client, runs, summary, ["ensemble_size", "meta_class_size", "lr"])  # summary: the parent run
-    check_parent_run(client, summary[0], runs)
+    check_parent_run(client, summary[0], runs, ["ensemble_size", "meta_class_size", "lr"])
     assert summary[0].data.params["image_size"] == "32" and summary[0].data.params["num_samples"] == "3"
     files = {a.path for a in client.list_artifacts(summary[0].info.run_id)}
     assert {"trials.csv", "best_config.json", "optimization_history.png", "intermediate_values.png"} <= files
