@@ -173,9 +173,10 @@ class MLflowTrialCallback(tune.Callback):
 
 
 def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The trainable's numbers in a Tune result, under their MLflow names."""
+    """The trainable's numbers in a Tune result, under their MLflow names; not its selected epoch so far (best_*,
+    for Ray's console), which epoch_metrics logs at each new selected epoch."""
     return {RENAMED.get(key, key): float(value) for key, value in result.items()
-            if key not in RAY_KEYS and is_number(value)}
+            if key not in RAY_KEYS and not key.startswith(BEST) and is_number(value)}
 
 
 def epoch_metrics(values: dict[str, float], step: int, timestamp: int, is_best: bool) -> list[Metric]:
