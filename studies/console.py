@@ -27,10 +27,10 @@ METRIC_COLUMNS = (EPOCH, OBJECTIVE, "test_recall_at_1", BEST_OBJECTIVE)
 
 def trial_name(trial) -> str:
     """Ray's name of a trial (Tune's `trial_name_creator`): "trial 3" for the search's fourth, numbered from 0 in
-    the order Ray created them, which is the order they start (as MLflow's run names and the Optuna record
-    number them); a confirmation run's "confirm: trial 4, repeat 0". The number is the search generator's count
-    in the trial's experiment tag ("4_ensemble_size=..."), which Tune saves with the searcher's state, so
-    the trials a resumed study adds go on counting where it stopped."""
+    the order Ray created them (trials created together may start in either order), which its MLflow run takes
+    (tracking.trial_run); a confirmation run's "confirm: trial 4, repeat 0". The number is the search
+    generator's count in the trial's experiment tag ("4_ensemble_size=..."), which Tune saves with the
+    searcher's state, so the trials a resumed study adds go on counting where it stopped."""
     if CONFIRM in trial.config:
         return confirm_run_name(trial.config)
     count = str(trial.experiment_tag).split("_", 1)[0]
