@@ -29,6 +29,7 @@ from studies.confirm import (
     verdict,
     winner_row,
 )
+from studies.console import StudyReporter, parameter_columns, trial_dirname, trial_name
 from studies.pareto import pareto_candidates
 from studies.registry import register_best_trial, tag_version
 from studies.report import log_best_checkpoints, untrained_recall
@@ -81,12 +82,14 @@ def confirm_tuner(settings: StudySettings, experiment_id: str, ranked: list[tupl
         trainable,
         param_space={**trial_constants(settings), CONFIRM: tune.grid_search(grid)},
         tune_config=tune.TuneConfig(metric=OBJECTIVE, mode="max", max_concurrent_trials=settings.max_concurrent,
-                                    reuse_actors=True),
+                                    reuse_actors=True, trial_name_creator=trial_name,
+                                    trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=CONFIRM_FOLDER, storage_path=str(settings.experiment_path),
             callbacks=[MLflowTrialCallback(settings.tracking_uri, experiment_id, settings.experiment,
                                            stage=CONFIRM_STAGE)],
-            checkpoint_config=checkpoint_config, failure_config=tune.FailureConfig(max_failures=0), verbose=1),
+            checkpoint_config=checkpoint_config, failure_config=tune.FailureConfig(max_failures=0),
+            progress_reporter=StudyReporter(parameter_columns(list(settings.space), confirm=True)), verbose=1),
     )
 
 

@@ -22,6 +22,7 @@ from studies.study_note import NOTE_TAG, best_params, search_note, summary_tags,
 from studies.study_run import log_summary, ui_command
 from studies.tracking import (
     CHECKPOINT_ARTIFACT,
+    NUMBER_TAG,
     SEARCH,
     close_finished_runs,
     has_artifact,
@@ -31,13 +32,17 @@ from studies.tracking import (
 from studies.trainable import COST_KEYS, EPOCH, OBJECTIVE, ended_early, trial_config
 
 
-def trials_table(results, searched: list[str]) -> pd.DataFrame:
-    """One row per trial, sorted by the objective: its best validation epoch and the test
-    metrics at that epoch, what its ensemble costs, how far it ran, and its searched parameters."""
+def trials_table(results, searched: list[str], runs: dict[str, Any]) -> pd.DataFrame:
+    """One row per trial, sorted by the objective: its name ("trial 3", as its MLflow run and the Optuna record
+    number it) and MLflow run id, its best validation epoch and the test metrics at that epoch, what its
+    ensemble costs, how far it ran, its searched parameters, and Ray's id and folder of it. `runs`: the trials'
+    MLflow runs by trial folder (runs_by_trial)."""
     rows = []
     for result in results:
         config = result.config or {}
-        row: dict[str, Any] = {"trial_id": (result.metrics or {}).get("trial_id", ""), "trial_dir": _trial_dir(result),
+        run = runs.get(_trial_dir(result))
+        row: dict[str, Any] = {"trial": f"trial {run.data.tags.get(NUMBER_TAG, '?') if run else '?'}",
+                               "mlflow_run_id": run.info.run_id if run else "",
                                "status": "ERROR" if result.error else "TERMINATED"}
         history = result.metrics_dataframe
         if history is not None and len(history) and OBJECTIVE in history:
@@ -49,6 +54,7 @@ def trials_table(results, searched: list[str]) -> pd.DataFrame:
         row.update({k: config.get(k) for k in searched})
         if result.error:
             row["error"] = str(result.error).strip().splitlines()[-1][:200]
+        row.update(ray_trial_id=(result.metrics or {}).get("trial_id", ""), trial_dir=_trial_dir(result))
         rows.append(row)
     table = pd.DataFrame(rows)
     for key in ("embedding_dims", "params"):  # counts: whole numbers, also beside a failed trial's blank
@@ -99,7 +105,7 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
     """The search's summary. With a confirmation stage to come, the model registered is its winner's, not the
     search's best trial's (confirm_stage.py)."""
     searched = list(settings.space)
-    table = trials_table(results, searched)
+    table = trials_table(results, searched, runs_by_trial(settings.tracking_uri, experiment_id))
     log_best_checkpoints(settings, results, experiment_id)
     close_finished_runs(settings.tracking_uri, experiment_id,
                         {_trial_dir(r): "ERROR" if r.error else "TERMINATED" for r in results},
@@ -151,8 +157,8 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
 def _print_summary(settings, table: pd.DataFrame, metrics: dict, best_config: dict, experiment_id: str) -> None:
     with pd.option_context("display.max_columns", 30, "display.width", 200, "display.precision", 3):
         print("\nTrials, best first:")
-        hidden = [c for c in table.columns if c == "trial_dir" or c.startswith("test_") and
-                  c not in ("test_recall_at_1", "test_map_at_r")]
+        hidden = [c for c in table.columns if c in ("mlflow_run_id", "ray_trial_id", "trial_dir") or
+                  c.startswith("test_") and c not in ("test_recall_at_1", "test_map_at_r")]
         print(table.drop(columns=hidden).to_string(index=False))
     print(f"\n{metrics['trials']} trials, {metrics['stopped_early']} stopped early by ASHA, {metrics['failed']} failed")
     if best_config:

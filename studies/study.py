@@ -30,6 +30,7 @@ from studies.checks import (
     store_failure,
 )
 from studies.confirm_stage import confirm_path, confirm_tuner, ranked_configurations, report_confirmation
+from studies.console import StudyReporter, parameter_columns, quiet_console, quiet_optuna, trial_dirname, trial_name
 from studies.pareto import pareto_scheduler, search_objectives
 from studies.report import summarize
 from studies.resumable_asha import ResumableASHA
@@ -66,12 +67,14 @@ def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> 
     constants = trial_constants(settings)
     space = settings.space
     metric, mode = search_objectives(settings)  # a define-by-run space takes no metric from TuneConfig
-    searcher = OptunaSearch(
-        space=SpaceSampler(space, n_classes, trial_config(constants).to_flat(), study_seed=settings.seed),
-        metric=metric,
-        mode=mode,
-        sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=max(2, min(10, settings.num_samples // 2))),
-    )
+    with quiet_optuna():
+        searcher = OptunaSearch(
+            space=SpaceSampler(space, n_classes, trial_config(constants).to_flat(), study_seed=settings.seed),
+            metric=metric,
+            mode=mode,
+            sampler=optuna.samplers.TPESampler(seed=settings.seed,
+                                               n_startup_trials=max(2, min(10, settings.num_samples // 2))),
+        )
     if settings.objective == "pareto":  # no ASHA: stopping on Recall@1 alone would bias the front (pareto.py)
         scheduler = pareto_scheduler()
     else:
@@ -80,17 +83,18 @@ def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> 
     return tune.Tuner(
         trainable(settings),
         param_space=constants,
-        # metric and mode here (the scheduler takes them from here) also give Ray's console its
-        # "Current best trial" line
+        # metric and mode here (the scheduler takes them from here) also give Ray's console its best trial
         tune_config=tune.TuneConfig(metric=OBJECTIVE, mode="max",
                                     search_alg=ConcurrencyLimiter(searcher, settings.max_concurrent),
-                                    scheduler=scheduler, num_samples=settings.num_samples, reuse_actors=True),
+                                    scheduler=scheduler, num_samples=settings.num_samples, reuse_actors=True,
+                                    trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=settings.experiment,
             storage_path=str(settings.storage_path),
             callbacks=[MLflowTrialCallback(settings.tracking_uri, experiment_id, settings.experiment)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_PER_TRIAL),
             failure_config=tune.FailureConfig(max_failures=0),
+            progress_reporter=StudyReporter(parameter_columns(list(space))),
             verbose=1,
         ),
     )
@@ -101,6 +105,7 @@ def run_study(settings: StudySettings) -> None:
     Raises AntimetricError for bad input, StudyInterrupted after Ctrl-C or SIGTERM, StudyFailed when a store
     failed while it ran or no trial succeeded."""
     check_storage(settings.storage_path)
+    quiet_console()
     with study_lock(settings):
         check_resume(settings)
         check_resources(settings)

@@ -7,6 +7,7 @@ that is resumed after its driver died continues the same runs instead of opening
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -173,9 +174,10 @@ class MLflowTrialCallback(tune.Callback):
 
 
 def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The trainable's numbers in a Tune result, under their MLflow names."""
+    """The trainable's numbers in a Tune result, under their MLflow names; not its selected epoch so far (best_*,
+    for Ray's console), which epoch_metrics logs at each new selected epoch."""
     return {RENAMED.get(key, key): float(value) for key, value in result.items()
-            if key not in RAY_KEYS and is_number(value)}
+            if key not in RAY_KEYS and not key.startswith(BEST) and is_number(value)}
 
 
 def epoch_metrics(values: dict[str, float], step: int, timestamp: int, is_best: bool) -> list[Metric]:
@@ -248,9 +250,10 @@ def trial_run(client: MlflowClient, experiment_id: str, parent_id: str, trial, s
     tags = {TRIAL_TAG: trial.trial_id, TRIAL_DIR_TAG: Path(trial.path).name, STUDY_TAG: study, STAGE_TAG: stage,
             "dataset": str(config.get("data_name", "")), PARENT_ID_TAG: parent_id}
     if stage == SEARCH:
-        number = len(client.search_runs([experiment_id], max_results=50_000,  # the search trials started before it
-                                        filter_string=f"tags.`{PARENT_ID_TAG}` = '{parent_id}' AND "
-                                                      f"tags.{NUMBER_TAG} != ''"))
+        named = re.fullmatch(r"trial (\d+)", str(trial))  # a study's trials are named by their number (console.py)
+        number = int(named[1]) if named else len(client.search_runs(  # your own Tuner: the search trials before it
+            [experiment_id], max_results=50_000,
+            filter_string=f"tags.`{PARENT_ID_TAG}` = '{parent_id}' AND tags.{NUMBER_TAG} != ''"))
         tags[NUMBER_TAG] = str(number)
         name = trial_run_name(number, searched_values(trial))
     else:

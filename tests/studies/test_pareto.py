@@ -128,7 +128,7 @@ def test_a_pareto_study_tags_exactly_its_non_dominated_trials(demo_data_path, st
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{study_dirs['storage'].parent / 'optuna.db'}")
     assert len(study.directions) == 2 and all(t.state == TrialState.COMPLETE for t in study.trials)
     recorded = {t.user_attrs["ray_trial_id"] for t in study.best_trials}
-    assert recorded == set(table[table["trial_dir"].isin(non_dominated)]["trial_id"])
+    assert recorded == set(table[table["trial_dir"].isin(non_dominated)]["ray_trial_id"])
     assert "Pareto front" in proc.stdout
 
 
