@@ -42,7 +42,7 @@ def test_a_smoke_study_registers_its_best_trial(study, smoke_study, monkeypatch)
                                          filter_string=f"source_run_id = '{best.info.run_id}'")
     assert [m.name for m in logged] == ["model"]
     assert version.run_id == best.info.run_id and version.source == logged[0].model_uri
-    assert client.get_model_version_by_alias(MODEL, "best").version == "1"
+    assert str(client.get_model_version_by_alias(MODEL, "best").version) == "1"
     embedding = antimetric.load(f"models:/{MODEL}@best").embed(images)
     assert embedding.shape == (len(images), antimetric.load(best.info.run_id).embedding_dim)
     tags = version.tags

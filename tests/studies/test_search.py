@@ -193,7 +193,7 @@ def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs, tmp_path)
         steps = metric_steps(client, run)
         assert steps == list(range(1, len(steps) + 1)), steps  # no epoch logged twice
     check_trial_weights(client, runs, dirs["storage"])  # logged once each, across the kill and the resumes
-    assert client.get_model_version_by_alias("t-ensemble", "best").version == "1"
+    assert str(client.get_model_version_by_alias("t-ensemble", "best").version) == "1"
 
 
 @pytest.mark.slow
