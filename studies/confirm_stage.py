@@ -32,7 +32,7 @@ from studies.confirm import (
 from studies.console import StudyReporter, parameter_columns, trial_dirname, trial_name
 from studies.pareto import pareto_candidates
 from studies.registry import register_best_trial, tag_version
-from studies.report import log_best_checkpoints, untrained_recall
+from studies.report import keep_ended_trials, untrained_recall
 from studies.settings import StudySettings, trial_constants
 from studies.study_note import (
     NOTE_TAG,
@@ -95,7 +95,7 @@ def confirm_tuner(settings: StudySettings, experiment_id: str, ranked: list[tupl
 
 def report_confirmation(settings: StudySettings, results, experiment_id: str) -> pd.DataFrame:
     """The stage's table, plot, metrics and verdict on the study's run, the winner registered; printed too."""
-    log_best_checkpoints(settings, results, experiment_id, stage=CONFIRM_STAGE)
+    keep_ended_trials(settings, results, experiment_id, stage=CONFIRM_STAGE)
     close_finished_runs(settings.tracking_uri, experiment_id,
                         {Path(r.path).name: "ERROR" if r.error else "TERMINATED" for r in results},
                         {Path(r.path).name: str(r.error) for r in results if r.error}, stage=CONFIRM_STAGE)

@@ -1,17 +1,14 @@
-"""The end of a study: the trials table, best checkpoints and plots in MLflow, the printed summary."""
+"""The end of a study: the trials table, the trials' best weights and plots in MLflow, the printed summary."""
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
-from antimetric.atomic import torch_save
-from antimetric.train import BEST_FILE, RETRIEVALS_FILE, fit
+from antimetric.train import fit
 from studies.optuna_record import load_command, optuna_storage_uri, trial_records, write_study
 from studies.pareto import pareto_cost, print_front, record_front
 from studies.plots import optuna_plots
@@ -20,16 +17,9 @@ from studies.settings import StudySettings, trial_constants
 from studies.spaces import distributions
 from studies.study_note import NOTE_TAG, best_params, search_note, summary_tags, trial_pick
 from studies.study_run import log_summary, ui_command
-from studies.tracking import (
-    CHECKPOINT_ARTIFACT,
-    NUMBER_TAG,
-    SEARCH,
-    close_finished_runs,
-    has_artifact,
-    log_checkpoint,
-    runs_by_trial,
-)
+from studies.tracking import NUMBER_TAG, SEARCH, close_finished_runs, runs_by_trial
 from studies.trainable import COST_KEYS, EPOCH, OBJECTIVE, ended_early, trial_config
+from studies.trial_weights import delete_checkpoints, log_ended_trial
 
 
 def trials_table(results, searched: list[str], runs: dict[str, Any]) -> pd.DataFrame:
@@ -70,28 +60,17 @@ def _trial_dir(result) -> str:
     return Path(result.path).name
 
 
-def log_best_checkpoints(settings: StudySettings, results, experiment_id: str, stage: str = SEARCH) -> None:
-    """Each trial's best checkpoint (model weights, meta-class ids, config, epoch) and that epoch's retrieval
-    grid as artifacts of its run."""
+def keep_ended_trials(settings: StudySettings, results, experiment_id: str, stage: str = SEARCH) -> None:
+    """Each trial's best weights (its logged model) and retrieval grid in its run, where the MLflow callback did
+    not log them when it ended (a driver killed before: trial_weights.py); then its checkpoints deleted: the
+    study's state is saved, every trial ended, no resume needs them."""
     runs = runs_by_trial(settings.tracking_uri, experiment_id, stage)
     for result in results:
         run = runs.get(_trial_dir(result))
-        if run is None or result.error or result.metrics_dataframe is None:
+        if run is None:
             continue
-        if has_artifact(settings.tracking_uri, run.info.run_id, CHECKPOINT_ARTIFACT):
-            continue  # logged before the study was resumed
-        checkpoint = result.checkpoint  # the latest; it carries the best epoch's weights (train_ensemble)
-        if checkpoint is None:
-            continue
-        with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as out:
-            if not (Path(folder) / BEST_FILE).exists():
-                continue
-            best = torch.load(Path(folder) / BEST_FILE, map_location="cpu", weights_only=True)
-            torch_save(Path(out) / BEST_FILE, {k: best[k] for k in ("epoch", "model", "meta_ids", "config", "metrics")
-                                               if k in best})
-            if (Path(folder) / RETRIEVALS_FILE).exists():
-                shutil.copy2(Path(folder) / RETRIEVALS_FILE, Path(out) / RETRIEVALS_FILE)
-            log_checkpoint(settings.tracking_uri, run.info.run_id, Path(out))
+        log_ended_trial(settings.tracking_uri, run, result.checkpoint)
+        delete_checkpoints(result.filesystem, result.path)
 
 
 def untrained_recall(config: dict[str, Any], folder: Path) -> float:
@@ -106,7 +85,7 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
     search's best trial's (confirm_stage.py)."""
     searched = list(settings.space)
     table = trials_table(results, searched, runs_by_trial(settings.tracking_uri, experiment_id))
-    log_best_checkpoints(settings, results, experiment_id)
+    keep_ended_trials(settings, results, experiment_id)
     close_finished_runs(settings.tracking_uri, experiment_id,
                         {_trial_dir(r): "ERROR" if r.error else "TERMINATED" for r in results},
                         {_trial_dir(r): str(r.error) for r in results if r.error})

@@ -54,7 +54,8 @@ from studies.trainable import EPOCH, OBJECTIVE, SCRATCH, train_ensemble, trial_c
 # not by score: ranking by the objective could delete the checkpoint that the driver's last saved
 # experiment state names as the one to resume from, and a study killed at that moment could not
 # resume that trial ("checkpoint does not exist on storage anymore"). A ResNet18 x 48 checkpoint
-# with its Adam state is several GB.
+# with its Adam state is several GB; an ended trial's are deleted once its best weights are in MLflow
+# (trial_weights.py), so a study keeps checkpoints of its unfinished trials only.
 CHECKPOINTS_PER_TRIAL = 2
 
 

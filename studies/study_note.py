@@ -15,7 +15,7 @@ from typing import Any
 
 from antimetric.intervals import Interval
 from studies.confirm import DEFAULT, describe
-from studies.registry import model_name
+from studies.registry import ALIAS, model_name
 from studies.settings import StudySettings
 from studies.tracking import NUMBER_TAG, runs_by_trial
 
@@ -25,7 +25,6 @@ NOTE_TAG = "mlflow.note.content"
 BEST_TRIAL_TAG, BEST_RUN_TAG = "best_trial", "best_run_id"  # the study's winner (the confirmed one, if confirmed)
 SEARCH_BEST_TRIAL_TAG, SEARCH_BEST_RUN_TAG = "search_best_trial", "search_best_run_id"
 BEST_PARAM = "best."
-BEST_ALIAS = "best"  # the registered version of the study's winner
 
 
 @dataclass(frozen=True)
@@ -121,7 +120,7 @@ def _space(settings: StudySettings) -> str:
 
 
 def model_uri(settings: StudySettings) -> str:
-    return f"models:/{model_name(settings.experiment)}@{BEST_ALIAS}"
+    return f"models:/{model_name(settings.experiment)}@{ALIAS}"
 
 
 def _model(settings: StudySettings) -> str:

@@ -11,9 +11,9 @@ import tempfile
 import optuna
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
+import antimetric
 from studies.search import main
 from studies.settings import SETTINGS_FILE
 from studies.study import cut_short_state_file
@@ -22,6 +22,7 @@ from tests.fixtures.studies import (
     RAY_ENV,
     check_parent_run,
     check_trial_runs,
+    check_trial_weights,
     metric_steps,
     run_study,
     study_command,
@@ -52,26 +53,20 @@ def test_smoke_study_records_every_trial(demo_data_path, smoke_study, capsys, mo
         assert steps == list(range(1, len(steps) + 1)) and steps
         for key in ("test_recall_at_1", "test_map_at_r", "loss", "branch_accuracy", "images_per_s", "epoch_seconds"):
             assert key in run.data.metrics, key
-        artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "best_checkpoint")]
-        assert artifacts == ["best_checkpoint/best.pt", "best_checkpoint/retrievals.png"]  # its weights and grid
-        with tempfile.TemporaryDirectory() as folder:  # the weights of the best epoch, not of the last
-            best = torch.load(client.download_artifacts(run.info.run_id, "best_checkpoint/best.pt", folder),
-                              weights_only=True)
-        history = client.get_metric_history(run.info.run_id, "val_recall_at_1")
+        history = client.get_metric_history(run.info.run_id, "val_recall_at_1")  # the best epoch's weights
         best_value = max(m.value for m in history)
-        assert best["epoch"] == min(m.step for m in history if m.value == best_value)
+        assert antimetric.load(run.info.run_id, tracking_uri=study_dirs["tracking_uri"]).epoch == \
+            min(m.step for m in history if m.value == best_value)
+    check_trial_weights(client, runs, study_dirs["storage"])
     check_trial_runs(client, runs, summary, ["ensemble_size", "meta_class_size", "lr"])  # summary: the parent run
     check_parent_run(client, summary[0], runs, ["ensemble_size", "meta_class_size", "lr"])
     assert summary[0].data.params["image_size"] == "32" and summary[0].data.params["num_samples"] == "3"
     files = {a.path for a in client.list_artifacts(summary[0].info.run_id)}
     assert {"trials.csv", "best_config.json", "optimization_history.png", "intermediate_values.png"} <= files
 
-    # storage holds no temporary file and no core run folder; each checkpoint one state and the best epoch's files
+    # storage holds no temporary file, no core run folder and no checkpoint (checked above)
     storage = study_dirs["storage"]
     assert not list(storage.rglob("*.tmp")) and not list(storage.rglob("last.pt"))
-    checkpoints = list(storage.glob("t/*/checkpoint_*"))
-    assert checkpoints and all(sorted(p.name for p in c.iterdir()) == ["best.pt", "retrievals.png", "state.pt"]
-                               for c in checkpoints)
     for session in smoke_study.ray_sessions:  # Ray's local copies and trials' folders are gone
         assert not (session / "artifacts").exists(), list((session / "artifacts").rglob("*"))[:10]
         assert not (session / SCRATCH).exists(), list((session / SCRATCH).rglob("*"))[:10]
@@ -137,7 +132,7 @@ def test_one_name_per_trial_in_trials_csv_mlflow_optuna_ray_and_the_grid(smoke_s
         assert row.trial_dir == run.data.tags["trial_dir"] and row.trial_dir.startswith(row.trial.replace(" ", "_") + "_")
         assert (storage / "t" / row.trial_dir).is_dir()  # Ray's folder, named by Ray's name of the trial
         with tempfile.TemporaryDirectory() as folder:
-            grid = Image.open(client.download_artifacts(row.mlflow_run_id, "best_checkpoint/retrievals.png", folder))
+            grid = Image.open(client.download_artifacts(row.mlflow_run_id, "retrievals.png", folder))
             assert grid.text["Title"].startswith(f"{row.trial} · epoch {run.data.metrics['best_epoch']:.0f} · test Recall@1 ")
 
 
@@ -237,6 +232,8 @@ def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs, tmp_path)
     for run in runs:
         steps = metric_steps(client, run)
         assert steps == list(range(1, len(steps) + 1)), steps  # no epoch logged twice
+    check_trial_weights(client, runs, dirs["storage"])  # logged once each, across the kill and the resumes
+    assert str(client.get_model_version_by_alias("t-ensemble", "best").version) == "1"
 
 
 @pytest.mark.slow
