@@ -78,7 +78,7 @@ def record_front(settings: StudySettings, table: pd.DataFrame, experiment_id: st
 
 
 def print_front(front: pd.DataFrame, settings: StudySettings) -> None:
-    shown = ["trial_id", OBJECTIVE, settings.cost, *(key for key in settings.space if key in front)]
+    shown = ["trial", OBJECTIVE, settings.cost, *(key for key in settings.space if key in front)]
     print(f"\nPareto front ({OBJECTIVE} up, {settings.cost} down): {len(front)} trials, best recall first; their runs "
           f"are tagged {PARETO_TAG}=true, the table is {FRONT_FILE}:")
     with pd.option_context("display.max_columns", 30, "display.width", 200, "display.precision", 4):
