@@ -1,9 +1,13 @@
 """The Optuna record of a study: every trial, in the order it started, in a persisted storage."""
 import json
 import os
+import shlex
 import signal
+import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 
@@ -16,7 +20,7 @@ from optuna.trial import TrialState
 from ray.tune import Result
 
 from studies.optuna_live import NOT_RESUMED, end_trial, finish_study, open_record, report_epoch, start_trial, trial_ids
-from studies.optuna_record import TrialRecord, optuna_storage_uri, trial_records, write_study
+from studies.optuna_record import TrialRecord, load_command, optuna_storage_uri, trial_records, write_study
 from studies.report import optuna_figures, optuna_plots
 from studies.settings import StudySettings
 from studies.spaces import distributions
@@ -254,7 +258,7 @@ def _poll_record(driver: subprocess.Popen, storage: str, ready) -> list:
 def test_the_record_follows_a_running_study_and_its_resume(demo_data_path, study_dirs, tmp_path):
     """optuna.load_study during a study sees its trials RUNNING with their epochs; Ctrl-C, then --resume
     goes on with the same trials (none twice, numbers unchanged); each names its MLflow run, whose number it has."""
-    args = ("--backbone", "tiny", "--max-epochs", "6", "--num-samples", "3")
+    args = ("--backbone", "tiny", "--max-epochs", "4", "--num-samples", "3")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"  # beside study_dirs' MLflow store
     with (tmp_path / "driver.err").open("w") as err:
         driver = subprocess.Popen(study_command(demo_data_path, study_dirs, *args), stdout=subprocess.DEVNULL,
@@ -287,3 +291,40 @@ def test_the_record_follows_a_running_study_and_its_resume(demo_data_path, study
         assert trial.state == (TrialState.PRUNED if run.data.tags["stopped_early"] == "true" else TrialState.COMPLETE)
         if trial.state == TrialState.COMPLETE:
             assert trial.value == max(history.values())
+
+
+def _get(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+@pytest.mark.slow
+def test_the_printed_dashboard_command_shows_the_study(tmp_path):
+    """`optuna-dashboard STORAGE` as the summary prints it, on a port of its own: it lists the study and its
+    trials in the order they started."""
+    settings = _settings(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "ray")
+    write_study(_records(), optuna_storage_uri(settings), "t", DISTRIBUTIONS)
+    command = shlex.split(load_command(settings).split("# or: ", 1)[1])
+    assert command[0] == "optuna-dashboard"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with (tmp_path / "dashboard.log").open("w") as log:
+        server = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], stdout=log,
+                                  stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline, studies = time.time() + 60, None
+        while studies is None and time.time() < deadline and server.poll() is None:
+            try:
+                studies = _get(port, "/api/studies")["study_summaries"]
+            except OSError:  # not listening yet
+                time.sleep(0.5)
+        assert studies is not None, (server.poll(), (tmp_path / "dashboard.log").read_text()[-2000:])
+        assert [s["study_name"] for s in studies] == ["t"]
+        trials = _get(port, f"/api/studies/{studies[0]['study_id']}")["trials"]
+        assert [(t["number"], t["state"]) for t in trials] == [(0, "Pruned"), (1, "Complete"), (2, "Complete"),
+                                                              (3, "Fail"), (4, "Complete")]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
