@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# studies.search's default --storage-path
+DEFAULT_STORAGE := runs/studies
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 # Local runs keep all traffic on loopback and send no usage statistics.
@@ -18,8 +20,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[studies,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
+# The demo study, named demo-study, or demo-study-2, -3, ... when that study exists, so that running it again
+# starts a new study (with its own MLflow experiment and registered model). ARGS go to studies.search, e.g.
+# `make demo ARGS="--seed 1"`; an --experiment there picks the name (`ARGS="--experiment demo-study --resume"`).
 demo: install
-	$(PY) -m studies.search demo
+	@name=demo-study; n=1; while [ -e "$(DEFAULT_STORAGE)/$$name" ]; do n=$$((n + 1)); name=demo-study-$$n; done; \
+	echo "demo study: $$name"; $(PY) -m studies.search demo --experiment $$name $(ARGS)
 
 # The MLflow UI on the studies' store (plain `mlflow ui` would not find mlruns/mlflow.db).
 ui: install

@@ -58,6 +58,8 @@ class EpochResult:
     is_best: bool
     resolved: dict[str, Any] = field(default_factory=dict)  # RESOLVED_AT_START as this run chose them
     run_dir: Path | None = None  # the run folder it was written to
+    best_epoch: int = 0  # the selected epoch so far (this one included), and its metrics
+    best_metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -127,7 +129,8 @@ def _run(session: TrainingSession, run_dir: Path, on_epoch_end: EpochCallback | 
     if not config.train.train:
         evaluation = evaluate_session(session, progress)
         metrics = evaluation.metrics
-        result = EpochResult(0, metrics, tracker.update(0, metrics), resolved, run_dir)
+        result = EpochResult(0, metrics, tracker.update(0, metrics), resolved, run_dir, tracker.best_epoch,
+                             tracker.best_metrics)
         _record(run_dir, session, result, tracker, evaluation)
         if on_epoch_end is not None:
             on_epoch_end(result, lambda folder: save_training_state(Path(folder), session, 0, tracker))
@@ -140,7 +143,8 @@ def _run(session: TrainingSession, run_dir: Path, on_epoch_end: EpochCallback | 
             metrics = train_one_epoch(session, epoch, progress)
             evaluation = evaluate_session(session, progress)
             metrics.update(evaluation.metrics)
-            result = EpochResult(epoch, metrics, tracker.update(epoch, metrics), resolved, run_dir)
+            result = EpochResult(epoch, metrics, tracker.update(epoch, metrics), resolved, run_dir, tracker.best_epoch,
+                                 tracker.best_metrics)
             _record(run_dir, session, result, tracker, evaluation)
             if write_last:
                 with writing(run_dir):

@@ -4,8 +4,8 @@ Its runs are trials of a second Tuner of the same trainable, a grid over (config
 FIFO scheduler (never stopped early), kept in the folder `confirm` of the study's own folder so that
 --resume continues them; in MLflow they are nested under the study's run, tagged stage=confirm, and left
 out of the Optuna record (they are not samples of the searcher). The study's run gets confirmation.csv,
-confirmation.png, the winner's and the default's intervals, and the verdict; the registered model is the
-winner's repeat of the best validation Recall@1.
+confirmation.png, the winner's and the default's intervals, the verdict, and a description and tags that lead
+to the winner (study_note.py); the registered model is the winner's repeat of the best validation Recall@1.
 """
 from __future__ import annotations
 
@@ -29,11 +29,22 @@ from studies.confirm import (
     verdict,
     winner_row,
 )
+from studies.console import StudyReporter, parameter_columns, trial_dirname, trial_name
 from studies.pareto import pareto_candidates
 from studies.registry import register_best_trial, tag_version
-from studies.report import log_best_checkpoints, untrained_recall
+from studies.report import keep_ended_trials, untrained_recall
 from studies.settings import StudySettings, trial_constants
-from studies.study_run import log_summary
+from studies.study_note import (
+    NOTE_TAG,
+    SEARCH_BEST_RUN_TAG,
+    SEARCH_BEST_TRIAL_TAG,
+    Pick,
+    best_params,
+    confirmed_note,
+    summary_tags,
+    trial_pick,
+)
+from studies.study_run import log_summary, parent_run
 from studies.tracking import CONFIRM_STAGE, NUMBER_TAG, MLflowTrialCallback, close_finished_runs, runs_by_trial
 from studies.trainable import CONFIRM, OBJECTIVE, trial_config
 
@@ -71,18 +82,20 @@ def confirm_tuner(settings: StudySettings, experiment_id: str, ranked: list[tupl
         trainable,
         param_space={**trial_constants(settings), CONFIRM: tune.grid_search(grid)},
         tune_config=tune.TuneConfig(metric=OBJECTIVE, mode="max", max_concurrent_trials=settings.max_concurrent,
-                                    reuse_actors=True),
+                                    reuse_actors=True, trial_name_creator=trial_name,
+                                    trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=CONFIRM_FOLDER, storage_path=str(settings.experiment_path),
             callbacks=[MLflowTrialCallback(settings.tracking_uri, experiment_id, settings.experiment,
                                            stage=CONFIRM_STAGE)],
-            checkpoint_config=checkpoint_config, failure_config=tune.FailureConfig(max_failures=0), verbose=1),
+            checkpoint_config=checkpoint_config, failure_config=tune.FailureConfig(max_failures=0),
+            progress_reporter=StudyReporter(parameter_columns(list(settings.space), confirm=True)), verbose=1),
     )
 
 
 def report_confirmation(settings: StudySettings, results, experiment_id: str) -> pd.DataFrame:
     """The stage's table, plot, metrics and verdict on the study's run, the winner registered; printed too."""
-    log_best_checkpoints(settings, results, experiment_id, stage=CONFIRM_STAGE)
+    keep_ended_trials(settings, results, experiment_id, stage=CONFIRM_STAGE)
     close_finished_runs(settings.tracking_uri, experiment_id,
                         {Path(r.path).name: "ERROR" if r.error else "TERMINATED" for r in results},
                         {Path(r.path).name: str(r.error) for r in results if r.error}, stage=CONFIRM_STAGE)
@@ -90,7 +103,10 @@ def report_confirmation(settings: StudySettings, results, experiment_id: str) ->
     repeats = pd.DataFrame([row for row in rows if row is not None])
     failed = len(results) - len(repeats)
     if not len(repeats) or DEFAULT not in set(repeats["label"]):
-        print(f"note: no confirmation table: {failed} of {len(results)} confirmation runs failed")
+        text = f"no confirmation table: {failed} of {len(results)} confirmation runs failed"
+        _add_to_note(settings, experiment_id, f"**The confirmation stage failed** ({text}): the search's best "
+                     "trial above is not confirmed, and no model was registered.")
+        print(f"note: {text}")
         return pd.DataFrame()
     winner = repeats[repeats["label"] == (winner_row(confirmation_table(repeats, None))["trial"] or DEFAULT)]
     best_repeat = winner.loc[winner[OBJECTIVE].idxmax()]
@@ -106,9 +122,16 @@ def report_confirmation(settings: StudySettings, results, experiment_id: str) ->
         files = {"confirmation": folder / "confirmation.csv", "plot": folder / "confirmation.png"}
         table.to_csv(files["confirmation"], index=False)
         plot_confirmation(repeats, table, files["plot"])
-        study_run_id = log_summary(settings.tracking_uri, experiment_id, settings.experiment, files, metrics,
-                                   trial_config(best_result.config).to_flat())
-    MlflowClient(settings.tracking_uri).set_tag(study_run_id, VERDICT_TAG, text)
+        config = trial_config(best_result.config).to_flat()
+        label = winner_row(table)["trial"] or DEFAULT
+        winner = trial_pick(settings.tracking_uri, experiment_id, best_repeat["trial_dir"],
+                            {k: config[k] for k in settings.space}, label=label)
+        search_best = _search_best(settings, experiment_id)
+        tags = {VERDICT_TAG: text, **summary_tags(winner, search_best)}
+        if winner is not None:
+            tags[NOTE_TAG] = confirmed_note(settings, experiment_id, winner, search_best, best, default, text)
+        study_run_id = log_summary(settings.tracking_uri, experiment_id, settings.experiment, files, metrics, config,
+                                   tags=tags, params=None if winner is None else best_params(winner))
     model_uri = register_best_trial(settings.tracking_uri, experiment_id, settings.experiment, study_run_id,
                                     best_repeat["trial_dir"])
     if model_uri is not None:
@@ -117,6 +140,23 @@ def report_confirmation(settings: StudySettings, results, experiment_id: str) ->
                     | {f"{WINNER_KEYS['confirmed']}_n": str(best.n)})
     _print_confirmation(settings, table, text, model_uri)
     return table
+
+
+def _search_best(settings: StudySettings, experiment_id: str) -> Pick | None:
+    """The search's best trial, as the search's summary tagged it on the study's run."""
+    client = MlflowClient(settings.tracking_uri)
+    tags = client.get_run(parent_run(client, experiment_id, settings.experiment)[0]).data.tags
+    if SEARCH_BEST_RUN_TAG not in tags:
+        return None
+    return Pick(tags.get(SEARCH_BEST_TRIAL_TAG, "?"), tags[SEARCH_BEST_RUN_TAG], {})
+
+
+def _add_to_note(settings: StudySettings, experiment_id: str, text: str) -> None:
+    client = MlflowClient(settings.tracking_uri)
+    run_id, _ = parent_run(client, experiment_id, settings.experiment)
+    note = client.get_run(run_id).data.tags.get(NOTE_TAG, "")
+    if text not in note:  # once, when summarized again after --resume
+        client.set_tag(run_id, NOTE_TAG, f"{note}\n\n{text}\n")
 
 
 def plot_confirmation(repeats: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:

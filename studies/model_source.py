@@ -2,14 +2,14 @@
 `antimetric.extensions:model_source`) for an MLflow run id, `runs:/RUN_ID[/PATH]` or `models:/NAME/VERSION`
 (also `models:/NAME@ALIAS` and `models:/NAME/latest`).
 
-A run's checkpoint is its artifact best_checkpoint/best.pt (a trial's, or a `train --tracking-uri` run's); a
-registered version's is the checkpoint inside its pyfunc model (pyfunc_model.py). Files are downloaded to a
+A run's checkpoint is the one inside its logged model `model` (a study's trial: trial_weights.py, a pyfunc
+model: pyfunc_model.py) or its artifact best_checkpoint/best.pt (a `train --tracking-uri` run's, or a trial of a
+study from before 2026-12-03); a registered version's is the checkpoint inside the logged model it was registered from. Files are downloaded to a
 temporary folder of this process, removed when it exits: the loaded ensemble holds its weights in memory.
 """
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import re
 import shutil
@@ -18,7 +18,6 @@ from pathlib import Path
 
 from mlflow.artifacts import download_artifacts
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -27,6 +26,7 @@ from antimetric.run_folder import BEST_FILE
 from antimetric.training_state import STATE_FILE
 from studies.checks import STORE_ERRORS, check_tracking_server, quiet_store_errors, store_failure
 from studies.tracking import CHECKPOINT_ARTIFACT, default_tracking_uri
+from studies.trial_weights import MODEL_ARTIFACT, logged_model, no_progress_bar
 
 RUN_CHECKPOINT = f"{CHECKPOINT_ARTIFACT}/{BEST_FILE}"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -44,7 +44,11 @@ def checkpoint_from_mlflow(source: str, tracking_uri: str | None = None) -> Path
     run = _RUNS_URI.match(source)
     if _RUN_ID.match(source) or run:
         run_id, path = (source, "") if run is None else (run.group(1), (run.group(2) or "").strip("/"))
-        _ask(lambda: client.get_run(run_id), f"no MLflow run {run_id} in {uri}; check the run id and --tracking-uri")
+        found = _ask(lambda: client.get_run(run_id), f"no MLflow run {run_id} in {uri}; check the run id and --tracking-uri")
+        if path == MODEL_ARTIFACT or (not path and not _exists(client, run_id, RUN_CHECKPOINT)):
+            model = _ask(lambda: logged_model(client, found), f"cannot list the logged models of run {run_id}")
+            if model is not None:  # a study's trial: its weights are its logged model's
+                return _download(client, source, uri, model_uri=model.artifact_location)
         return _download(client, source, uri, run_id=run_id, path=path or RUN_CHECKPOINT)
     model = _MODELS_URI.match(source)
     if model is None:
@@ -97,8 +101,9 @@ def _download(client: MlflowClient, source: str, uri: str, *, run_id: str | None
                      f"cannot download {source} from {model_uri}")
     else:
         if not _exists(client, run_id, path):
-            raise ConfigError(f"MLflow run {run_id} has no artifact {path} (a run logs {RUN_CHECKPOINT} when its first "
-                              "epoch ended); pick a run that finished one, or a models:/NAME/VERSION")
+            raise ConfigError(f"MLflow run {run_id} has no artifact {path} and no logged model `{MODEL_ARTIFACT}` (a "
+                              "study's trial logs its model when it ends, `train --tracking-uri` logs "
+                              f"{RUN_CHECKPOINT}); pick a run that finished an epoch, or a models:/NAME@ALIAS")
         local = _ask(lambda: client.download_artifacts(run_id, path, str(folder)),
                      f"cannot download {path} of MLflow run {run_id} from {uri}")
     found = _checkpoint_in(Path(local))
@@ -125,19 +130,6 @@ def _checkpoint_in(local: Path) -> Path | None:
     return None
 
 
-@contextlib.contextmanager
-def _quiet_downloads():
-    name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
-    if name in os.environ:
-        yield
-        return
-    os.environ[name] = "false"
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
-
-
 def _download_root() -> Path:
     global _downloads
     if _downloads is None:
@@ -150,7 +142,7 @@ def _ask(call, failure: str):
     """call(), with MLflow's errors as one line: `failure` and MLflow's own first line; no progress bar for
     the few small files of a checkpoint, unless MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR says otherwise."""
     try:
-        with _quiet_downloads():
+        with no_progress_bar():
             return call()
     except MlflowException as error:
         detail = " ".join(str(error.message).split())[:200]

@@ -2,8 +2,9 @@
 
 A Tune callback (after the MLflow one, so that a trial's run exists when its Optuna trial is made) adds
 each trial to the persisted study when it starts: RUNNING, with its searched values, its Ray trial id and
-its MLflow run id as user attributes. Optuna numbers trials in the order they are added, as MLflow numbers
-the runs ("trial N"), so the two agree. Each epoch's objective is an intermediate value; at its end a
+its MLflow run id as user attributes. Optuna numbers trials in the order they are added; they are added in
+the order Ray made them (a trial made earlier but started later is added first as WAITING), which is how
+Ray, MLflow and trials.csv number them ("trial N"), so all agree. Each epoch's objective is an intermediate value; at its end a
 trial is COMPLETE (its best epoch's objective), PRUNED (ASHA stopped it) or FAIL (its error as a user
 attribute), as optuna_record.py records a finished study.
 
@@ -87,13 +88,29 @@ class OptunaRecordCallback(tune.Callback):
     def setup(self, **info) -> None:
         _ = self.study_id
 
-    def trial_id(self, trial) -> int:
+    def trial_id(self, trial, state: TrialState = TrialState.RUNNING) -> int:
         study_id = self.study_id
         if trial.trial_id not in self._trials:
             params = {k: plain(trial.config[k]) for k in self.distributions if k in trial.config}
+            run_id = self._run_id(trial.trial_id) if state == TrialState.RUNNING else None
             self._trials[trial.trial_id] = start_trial(self.storage, study_id, trial.trial_id, params,
-                                                       self.distributions, self._run_id(trial.trial_id))
+                                                       self.distributions, run_id, state)
         return self._trials[trial.trial_id]
+
+    def _start(self, trials: list, trial) -> None:
+        """Record `trial` as RUNNING, numbered as Ray numbers it ("trial N": the order Ray made the trials, which
+        may not be the order they start): a trial Ray made before it that has not started yet is added first,
+        WAITING, and set RUNNING when it starts."""
+        for earlier in trials:
+            if earlier is trial:
+                break
+            self.trial_id(earlier, TrialState.WAITING)
+        trial_id = self.trial_id(trial)
+        if self.storage.get_trial(trial_id).state == TrialState.WAITING:
+            self.storage.set_trial_state_values(trial_id, TrialState.RUNNING)
+            run_id = self._run_id(trial.trial_id)
+            if run_id:
+                self.storage.set_trial_user_attr(trial_id, MLFLOW_RUN, run_id)
 
     def _run_id(self, ray_trial_id: str) -> str | None:
         if self.tracking_uri is None or self.experiment_id is None:
@@ -103,7 +120,7 @@ class OptunaRecordCallback(tune.Callback):
         return runs[0].info.run_id if runs else None
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.trial_id(trial)
+        self._start(trials, trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if EPOCH in result and OBJECTIVE in result:
@@ -154,12 +171,13 @@ def trial_ids(storage: BaseStorage, study_id: int) -> dict[str, int]:
 
 
 def start_trial(storage: BaseStorage, study_id: int, ray_trial_id: str, params: dict[str, Any],
-                distributions: dict[str, BaseDistribution], mlflow_run_id: str | None) -> int:
-    """A RUNNING trial, numbered next, started now; its Optuna trial id. Its user attribute `epochs` comes
-    at its end (its intermediate values say how far it got meanwhile)."""
+                distributions: dict[str, BaseDistribution], mlflow_run_id: str | None,
+                state: TrialState = TrialState.RUNNING) -> int:
+    """A RUNNING trial (or a WAITING one, made but not started), numbered next; its Optuna trial id. Its user
+    attribute `epochs` comes at its end (its intermediate values say how far it got meanwhile)."""
     attrs = {RAY_TRIAL: ray_trial_id, **({MLFLOW_RUN: mlflow_run_id} if mlflow_run_id else {})}
     template = optuna.trial.create_trial(
-        state=TrialState.RUNNING, params={k: v for k, v in params.items() if k in distributions},
+        state=state, params={k: v for k, v in params.items() if k in distributions},
         distributions={k: d for k, d in distributions.items() if k in params}, user_attrs=attrs)
     return storage.create_new_trial(study_id, template_trial=template)
 

@@ -23,6 +23,7 @@ import io
 import logging
 import os
 import threading
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,6 +44,8 @@ IMAGE, PATH = "image", "path"  # the input columns
 CHECKPOINT = "checkpoint"  # the artifact's key
 EXAMPLE_SIZE = 64  # pixels of the input example's image
 IMAGE_ROOT, MAX_IMAGE_BYTES, DECODE_TIMEOUT_S = "image_root", "max_image_bytes", "decode_timeout_s"
+# What the served model needs (pinned to what made it); antimetric itself must be installed beside them.
+REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pillow")
 # The model's settings, logged with it (MLflow accepts at load only the keys a model was logged with).
 MODEL_CONFIG = {IMAGE_ROOT: None, MAX_IMAGE_BYTES: MAX_BYTES, DECODE_TIMEOUT_S: 10.0}
 
@@ -171,11 +174,28 @@ def row_images(frame: pd.DataFrame) -> list[bytes | str]:
     return images
 
 
-def save(folder: Path, checkpoint: Path, embedding_dim: int, pip_requirements: list[str]) -> None:
-    """Write the pyfunc model of a checkpoint to `folder`, with its signature, input example and settings."""
-    mlflow.pyfunc.save_model(folder, python_model=EnsembleModel(), artifacts={CHECKPOINT: str(checkpoint)},
-                             signature=signature(embedding_dim), input_example=input_example(),
-                             model_config=MODEL_CONFIG, pip_requirements=pip_requirements)
+def save(folder: Path, checkpoint: Path, embedding_dim: int) -> None:
+    """Write the pyfunc model of a checkpoint to `folder` (log_model takes the same model_arguments)."""
+    mlflow.pyfunc.save_model(folder, **model_arguments(checkpoint, embedding_dim))
+
+
+def model_arguments(checkpoint: Path, embedding_dim: int) -> dict[str, Any]:
+    """The pyfunc model of a checkpoint, as save_model's and log_model's arguments: the wrapper, the checkpoint
+    as its one artifact, its signature, input example, settings and pip requirements."""
+    return {"python_model": EnsembleModel(), "artifacts": {CHECKPOINT: str(checkpoint)},
+            "signature": signature(embedding_dim), "input_example": input_example(), "model_config": MODEL_CONFIG,
+            "pip_requirements": requirements()}
+
+
+def requirements() -> list[str]:
+    """The served model's pip requirements, at the versions installed here (a local build's +cpu dropped)."""
+    pinned = []
+    for package in REQUIREMENTS:
+        try:
+            pinned.append(f"{package}=={version(package).split('+')[0]}")
+        except PackageNotFoundError:
+            pinned.append(package)
+    return pinned
 
 
 def signature(embedding_dim: int) -> ModelSignature:

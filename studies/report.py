@@ -1,45 +1,39 @@
-"""The end of a study: the trials table, best checkpoints and plots in MLflow, the printed summary."""
+"""The end of a study: the trials table, the trials' best weights and plots in MLflow, the printed summary."""
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
-import warnings
-from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import optuna
 import pandas as pd
-import torch
 
-from antimetric.atomic import torch_save
-from antimetric.train import BEST_FILE, RETRIEVALS_FILE, fit
+from antimetric.train import fit
 from studies.optuna_live import finish_study
 from studies.optuna_record import load_command, optuna_storage_uri, trial_records
 from studies.pareto import pareto_cost, print_front, record_front
+from studies.plots import optuna_plots
 from studies.registry import register_best_trial
 from studies.settings import StudySettings, trial_constants
 from studies.spaces import distributions
+from studies.study_note import NOTE_TAG, best_params, search_note, summary_tags, trial_pick
 from studies.study_run import log_summary, ui_command
-from studies.tracking import (
-    CHECKPOINT_ARTIFACT,
-    SEARCH,
-    close_finished_runs,
-    has_artifact,
-    log_checkpoint,
-    runs_by_trial,
-)
+from studies.tracking import NUMBER_TAG, SEARCH, close_finished_runs, runs_by_trial
 from studies.trainable import COST_KEYS, EPOCH, OBJECTIVE, ended_early, trial_config
+from studies.trial_weights import delete_checkpoints, log_ended_trial
 
 
-def trials_table(results, searched: list[str]) -> pd.DataFrame:
-    """One row per trial, sorted by the objective: its best validation epoch and the test
-    metrics at that epoch, what its ensemble costs, how far it ran, and its searched parameters."""
+def trials_table(results, searched: list[str], runs: dict[str, Any]) -> pd.DataFrame:
+    """One row per trial, sorted by the objective: its name ("trial 3", as its MLflow run and the Optuna record
+    number it) and MLflow run id, its best validation epoch and the test metrics at that epoch, what its
+    ensemble costs, how far it ran, its searched parameters, and Ray's id and folder of it. `runs`: the trials'
+    MLflow runs by trial folder (runs_by_trial)."""
     rows = []
     for result in results:
         config = result.config or {}
-        row: dict[str, Any] = {"trial_id": (result.metrics or {}).get("trial_id", ""), "trial_dir": _trial_dir(result),
+        run = runs.get(_trial_dir(result))
+        row: dict[str, Any] = {"trial": f"trial {run.data.tags.get(NUMBER_TAG, '?') if run else '?'}",
+                               "mlflow_run_id": run.info.run_id if run else "",
                                "status": "ERROR" if result.error else "TERMINATED"}
         history = result.metrics_dataframe
         if history is not None and len(history) and OBJECTIVE in history:
@@ -51,6 +45,7 @@ def trials_table(results, searched: list[str]) -> pd.DataFrame:
         row.update({k: config.get(k) for k in searched})
         if result.error:
             row["error"] = str(result.error).strip().splitlines()[-1][:200]
+        row.update(ray_trial_id=(result.metrics or {}).get("trial_id", ""), trial_dir=_trial_dir(result))
         rows.append(row)
     table = pd.DataFrame(rows)
     for key in ("embedding_dims", "params"):  # counts: whole numbers, also beside a failed trial's blank
@@ -66,113 +61,17 @@ def _trial_dir(result) -> str:
     return Path(result.path).name
 
 
-def log_best_checkpoints(settings: StudySettings, results, experiment_id: str, stage: str = SEARCH) -> None:
-    """Each trial's best checkpoint (model weights, meta-class ids, config, epoch) and that epoch's retrieval
-    grid as artifacts of its run."""
+def keep_ended_trials(settings: StudySettings, results, experiment_id: str, stage: str = SEARCH) -> None:
+    """Each trial's best weights (its logged model) and retrieval grid in its run, where the MLflow callback did
+    not log them when it ended (a driver killed before: trial_weights.py); then its checkpoints deleted: the
+    study's state is saved, every trial ended, no resume needs them."""
     runs = runs_by_trial(settings.tracking_uri, experiment_id, stage)
     for result in results:
         run = runs.get(_trial_dir(result))
-        if run is None or result.error or result.metrics_dataframe is None:
+        if run is None:
             continue
-        if has_artifact(settings.tracking_uri, run.info.run_id, CHECKPOINT_ARTIFACT):
-            continue  # logged before the study was resumed
-        checkpoint = result.checkpoint  # the latest; it carries the best epoch's weights (train_ensemble)
-        if checkpoint is None:
-            continue
-        with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as out:
-            if not (Path(folder) / BEST_FILE).exists():
-                continue
-            best = torch.load(Path(folder) / BEST_FILE, map_location="cpu", weights_only=True)
-            torch_save(Path(out) / BEST_FILE, {k: best[k] for k in ("epoch", "model", "meta_ids", "config", "metrics")
-                                               if k in best})
-            if (Path(folder) / RETRIEVALS_FILE).exists():
-                shutil.copy2(Path(folder) / RETRIEVALS_FILE, Path(out) / RETRIEVALS_FILE)
-            log_checkpoint(settings.tracking_uri, run.info.run_id, Path(out))
-
-
-def optuna_plots(storage: str, study_name: str, folder: Path) -> dict[str, Path]:
-    """PNG files of Optuna's plots of the study recorded in `storage` (write_study), read back from there:
-    what optuna-dashboard shows is what MLflow keeps."""
-    import matplotlib.pyplot as plt
-
-    files = {}
-    for name, figure in optuna_figures(optuna.load_study(study_name=study_name, storage=storage)):
-        path = folder / f"{name}.png"
-        figure.set_size_inches(11, 5.5)
-        figure.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(figure)
-        files[name] = path
-    return files
-
-
-def optuna_figures(study: optuna.Study) -> Iterator[tuple[str, Any]]:
-    """(name, matplotlib figure) of each Optuna plot of the study: each trial's objective per epoch (PRUNED
-    ones too), the optimisation history (x is the trial number: the order the trials started), and from
-    the COMPLETE trials alone, as Optuna draws them, parameter importances, parallel coordinate and slice. Of a
-    Pareto study (two objectives) these plots show the first, OBJECTIVE, and the Pareto front is drawn too."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-    from optuna.visualization import matplotlib as optuna_plt
-
-    trials = study.get_trials(deepcopy=False)
-    complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    counts = f"{complete} COMPLETE of {len(trials)} trials"
-    target = (lambda trial: trial.values[0]) if len(study.directions) > 1 else None  # OBJECTIVE
-    plots: list[tuple[str, Callable, str]] = []
-    if any(t.intermediate_values for t in trials):
-        plots.append(("intermediate_values", optuna_plt.plot_intermediate_values,
-                      f"{OBJECTIVE} per epoch of the {sum(bool(t.intermediate_values) for t in trials)} trials that reported"))
-    if complete:
-        plots.append(("optimization_history", partial(optuna_plt.plot_optimization_history, target=target,
-                                                      target_name=OBJECTIVE),
-                      f"Optimization history: {counts}, numbered in the order they started"))
-        if target is not None:
-            plots.append(("pareto_front", partial(optuna_plt.plot_pareto_front, target_names=study.metric_names),
-                          f"Pareto front of {counts}: {' against '.join(study.metric_names)}"))
-    if complete >= 2:
-        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        plots += [("param_importances", partial(optuna_plt.plot_param_importances, evaluator=evaluator, target=target,
-                                                target_name=OBJECTIVE), f"Parameter importances from {counts}"),
-                  ("parallel_coordinate", partial(optuna_plt.plot_parallel_coordinate, target=target,
-                                                  target_name=OBJECTIVE), f"Parallel coordinate: {counts}"),
-                  ("slice", partial(optuna_plt.plot_slice, target=target, target_name=OBJECTIVE), f"Slice: {counts}")]
-    else:  # one point per parameter says nothing of it
-        print(f"note: no parameter importances, parallel coordinate or slice plot: they need 2 COMPLETE trials "
-              f"(ones ASHA did not stop), the study has {complete}")
-    for name, plot, title in plots:
-        before = set(plt.get_fignums())
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            try:
-                plot(study)
-            except (ValueError, RuntimeError) as exc:  # e.g. no parameter varies among the COMPLETE trials
-                print(f"note: no {name} plot ({exc})")
-                for number in set(plt.get_fignums()) - before:
-                    plt.close(number)
-                continue
-        figure = plt.gcf()
-        if figure.get_suptitle():  # Optuna titles a figure of several axes, else its one axes
-            figure.suptitle(title)
-        else:
-            figure.axes[0].set_title(title)
-        if name in ("intermediate_values", "optimization_history"):  # epochs and trial numbers
-            figure.axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
-        if name == "intermediate_values":
-            _label_states(figure.axes[0], trials)
-        yield name, figure
-
-
-def _label_states(axes, trials: list[optuna.trial.FrozenTrial]) -> None:
-    """Optuna's legend of learning curves says "Trial3"; it says "trial 3 (PRUNED)" here."""
-    states = {f"Trial{t.number}": f"trial {t.number} ({t.state.name})" for t in trials}
-    legend = axes.get_legend()
-    for text in legend.get_texts() if legend else []:
-        text.set_text(states.get(text.get_text(), text.get_text()))
-    axes.set_xlabel("epoch")
-    axes.set_ylabel(OBJECTIVE)
+        log_ended_trial(settings.tracking_uri, run, result.checkpoint)
+        delete_checkpoints(result.filesystem, result.path)
 
 
 def untrained_recall(config: dict[str, Any], folder: Path) -> float:
@@ -186,8 +85,8 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
     """The search's summary. With a confirmation stage to come, the model registered is its winner's, not the
     search's best trial's (confirm_stage.py)."""
     searched = list(settings.space)
-    table = trials_table(results, searched)
-    log_best_checkpoints(settings, results, experiment_id)
+    table = trials_table(results, searched, runs_by_trial(settings.tracking_uri, experiment_id))
+    keep_ended_trials(settings, results, experiment_id)
     close_finished_runs(settings.tracking_uri, experiment_id,
                         {_trial_dir(r): "ERROR" if r.error else "TERMINATED" for r in results},
                         {_trial_dir(r): str(r.error) for r in results if r.error})
@@ -212,8 +111,14 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
             best_config, best_trial_dir = trial_config(result.config).to_flat(), best["trial_dir"]
             metrics.update({k: float(best[k]) for k in finished.columns if k == OBJECTIVE or k.startswith("test_")})
             metrics["untrained_test_recall_at_1"] = untrained_recall(result.config, folder)
-        study_run_id = log_summary(settings.tracking_uri, experiment_id, settings.experiment, files, metrics,
-                                   best_config)
+        best_pick = None if best_trial_dir is None else trial_pick(
+            settings.tracking_uri, experiment_id, best_trial_dir, {k: best_config[k] for k in searched})
+        # with a confirmation stage to come, its winner is the study's, and gets best.* (study_note.py)
+        study_run_id = log_summary(
+            settings.tracking_uri, experiment_id, settings.experiment, files, metrics, best_config,
+            tags={NOTE_TAG: search_note(settings, experiment_id, best_pick, metrics),
+                  **summary_tags(None if settings.confirm_top else best_pick, best_pick)},
+            params=best_params(best_pick) if best_pick is not None and not settings.confirm_top else None)
     model_uri = None
     if best_trial_dir is not None and not settings.confirm_top:
         model_uri = register_best_trial(settings.tracking_uri, experiment_id, settings.experiment, study_run_id,
@@ -232,8 +137,8 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
 def _print_summary(settings, table: pd.DataFrame, metrics: dict, best_config: dict, experiment_id: str) -> None:
     with pd.option_context("display.max_columns", 30, "display.width", 200, "display.precision", 3):
         print("\nTrials, best first:")
-        hidden = [c for c in table.columns if c == "trial_dir" or c.startswith("test_") and
-                  c not in ("test_recall_at_1", "test_map_at_r")]
+        hidden = [c for c in table.columns if c in ("mlflow_run_id", "ray_trial_id", "trial_dir") or
+                  c.startswith("test_") and c not in ("test_recall_at_1", "test_map_at_r")]
         print(table.drop(columns=hidden).to_string(index=False))
     print(f"\n{metrics['trials']} trials, {metrics['stopped_early']} stopped early by ASHA, {metrics['failed']} failed")
     if best_config:

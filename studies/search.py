@@ -148,7 +148,8 @@ def parse_args(argv: list[str] | None = None) -> StudySettings:
     """The settings of the study to run. With --resume, the options a study keeps (KEPT) come from its
     settings file; one given with another value is refused."""
     args = _parser().parse_args(argv)
-    given = {key: getattr(args, key) for key in (*KEPT, *APPLIED) if getattr(args, key, None) is not None}
+    # --space is a file: its parsed space is compared with the saved one below, not its path
+    given = {key: getattr(args, key) for key in (*KEPT, *APPLIED) if key != "space" and getattr(args, key, None) is not None}
     if args.data_path is not None:
         given["data_path"] = str(Path(args.data_path).resolve())
     training = given_options(args, exclude=STUDY_OWN_KEYS)

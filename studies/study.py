@@ -30,6 +30,7 @@ from studies.checks import (
     store_failure,
 )
 from studies.confirm_stage import confirm_path, confirm_tuner, ranked_configurations, report_confirmation
+from studies.console import StudyReporter, parameter_columns, quiet_console, quiet_optuna, trial_dirname, trial_name
 from studies.optuna_live import record_callback
 from studies.pareto import pareto_scheduler, search_objectives
 from studies.report import summarize
@@ -54,7 +55,8 @@ from studies.trainable import EPOCH, OBJECTIVE, SCRATCH, train_ensemble, trial_c
 # not by score: ranking by the objective could delete the checkpoint that the driver's last saved
 # experiment state names as the one to resume from, and a study killed at that moment could not
 # resume that trial ("checkpoint does not exist on storage anymore"). A ResNet18 x 48 checkpoint
-# with its Adam state is several GB.
+# with its Adam state is several GB; an ended trial's are deleted once its best weights are in MLflow
+# (trial_weights.py), so a study keeps checkpoints of its unfinished trials only.
 CHECKPOINTS_PER_TRIAL = 2
 
 
@@ -67,12 +69,14 @@ def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> 
     constants = trial_constants(settings)
     space = settings.space
     metric, mode = search_objectives(settings)  # a define-by-run space takes no metric from TuneConfig
-    searcher = OptunaSearch(
-        space=SpaceSampler(space, n_classes, trial_config(constants).to_flat(), study_seed=settings.seed),
-        metric=metric,
-        mode=mode,
-        sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=max(2, min(10, settings.num_samples // 2))),
-    )
+    with quiet_optuna():
+        searcher = OptunaSearch(
+            space=SpaceSampler(space, n_classes, trial_config(constants).to_flat(), study_seed=settings.seed),
+            metric=metric,
+            mode=mode,
+            sampler=optuna.samplers.TPESampler(seed=settings.seed,
+                                               n_startup_trials=max(2, min(10, settings.num_samples // 2))),
+        )
     if settings.objective == "pareto":  # no ASHA: stopping on Recall@1 alone would bias the front (pareto.py)
         scheduler = pareto_scheduler()
     else:
@@ -81,11 +85,11 @@ def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> 
     return tune.Tuner(
         trainable(settings),
         param_space=constants,
-        # metric and mode here (the scheduler takes them from here) also give Ray's console its
-        # "Current best trial" line
+        # metric and mode here (the scheduler takes them from here) also give Ray's console its best trial
         tune_config=tune.TuneConfig(metric=OBJECTIVE, mode="max",
                                     search_alg=ConcurrencyLimiter(searcher, settings.max_concurrent),
-                                    scheduler=scheduler, num_samples=settings.num_samples, reuse_actors=True),
+                                    scheduler=scheduler, num_samples=settings.num_samples, reuse_actors=True,
+                                    trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=settings.experiment,
             storage_path=str(settings.storage_path),
@@ -94,6 +98,7 @@ def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> 
                        record_callback(settings, experiment_id, n_classes)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_PER_TRIAL),
             failure_config=tune.FailureConfig(max_failures=0),
+            progress_reporter=StudyReporter(parameter_columns(list(space))),
             verbose=1,
         ),
     )
@@ -104,6 +109,7 @@ def run_study(settings: StudySettings) -> None:
     Raises AntimetricError for bad input, StudyInterrupted after Ctrl-C or SIGTERM, StudyFailed when a store
     failed while it ran or no trial succeeded."""
     check_storage(settings.storage_path)
+    quiet_console()
     with study_lock(settings):
         check_resume(settings)
         check_resources(settings)

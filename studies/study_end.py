@@ -76,10 +76,12 @@ def fit_until_interrupted(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
 
 
 class _HideTuneResumeAdvice(logging.Filter):
-    """Tune's advice on Ctrl-C is Python's Tuner.restore(...); the study prints its own --resume command."""
+    """Tune's advice on Ctrl-C is Python's Tuner.restore(...); the study prints its own --resume command. Its
+    note that it wrote its result files and state at the end is not news either."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tuner.restore(" not in record.getMessage()
+        message = record.getMessage()
+        return "Tuner.restore(" not in message and not message.startswith("Wrote the latest version of all result")
 
 
 def stop_runs(settings: StudySettings, experiment_id: str) -> None:

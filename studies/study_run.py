@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -137,11 +138,23 @@ def end_study_run(client: MlflowClient, run_id: str, trials: list) -> None:
 
 
 def log_summary(tracking_uri: str, experiment_id: str, study: str, files: dict[str, Path],
-                metrics: dict[str, float], best_config: dict[str, Any]) -> str:
+                metrics: dict[str, float], best_config: dict[str, Any], tags: dict[str, str] | None = None,
+                params: dict[str, Any] | None = None) -> str:
     """The end of a study, on its parent run: the tables and plots, best_config.json, the trial counts, the
-    best trial's selected-epoch metrics as best_*, the untrained baseline. Then FINISHED."""
+    best trial's selected-epoch metrics as best_*, the untrained baseline, `tags` (its description, its
+    winner: study_note.py) and `params`. Then FINISHED. A param logged before (a study summarized again after
+    --resume) is kept: MLflow refuses a changed one; a changed value is said on stderr."""
     client = MlflowClient(tracking_uri)
     run_id, _ = parent_run(client, experiment_id, study)
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
+    logged = client.get_run(run_id).data.params
+    new = {key: str(value)[:MAX_PARAM] for key, value in (params or {}).items()}
+    client.log_batch(run_id, params=[Param(key, value) for key, value in sorted(new.items()) if key not in logged])
+    changed = sorted(key for key, value in new.items() if key in logged and logged[key] != value)
+    if changed:
+        print(f"note: the study's run keeps its earlier params {', '.join(changed)} (MLflow params cannot "
+              "change); its tags and description name the winner now", file=sys.stderr)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "best_config.json"
         path.write_text(json.dumps(best_config, indent=1, default=str))
@@ -158,11 +171,13 @@ def log_summary(tracking_uri: str, experiment_id: str, study: str, files: dict[s
 
 def summary_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """The summary's metrics under the parent run's names: the best trial's objective and test metrics as
-    best_*, and the counts as trials_* (as log_progress logs them while the study runs)."""
+    best_*, and the counts as trials_* (as log_progress logs them while the study runs: trials_done and
+    trials_failed, not also their sum)."""
     names = {"stopped_early": "trials_stopped_early", "failed": "trials_failed"}
     out = {BEST + k if k == OBJECTIVE or k.startswith("test_") else names.get(k, k): v for k, v in metrics.items()}
-    if "trials" in metrics and "failed" in metrics:
+    if "trials" in metrics and "failed" in metrics:  # the live counts: done and failed make all the trials
         out["trials_done"] = metrics["trials"] - metrics["failed"]
+    out.pop("trials", None)
     return out
 
 

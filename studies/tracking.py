@@ -7,6 +7,7 @@ that is resumed after its driver died continues the same runs instead of opening
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,14 @@ from studies.study_run import (
     stopped_early,
 )
 from studies.trainable import CONFIRM, EPOCH, OBJECTIVE, trial_config, trial_cost
+from studies.trial_weights import delete_checkpoints, log_ended_trial, saved_as_ended
 
 DEFAULT_STORE = Path("mlruns")
 TRIAL_TAG, TRIAL_DIR_TAG, NUMBER_TAG = "trial_id", "trial_dir", "trial_number"
 # A run's stage: a search trial (a sample of the searcher, numbered) or a confirmation run (studies/confirm.py).
 STAGE_TAG, SEARCH, CONFIRM_STAGE = "stage", "search", "confirm"
 INTERRUPTED_TAG = "interrupted"  # on a run whose trial Ctrl-C stopped (KILLED until --resume continues it)
-CHECKPOINT_ARTIFACT = "best_checkpoint"
+CHECKPOINT_ARTIFACT = "best_checkpoint"  # a `train --tracking-uri` run's best.pt (a trial's is in its logged model)
 _MAX_TAG = 5000  # MLflow's limit on a tag value
 # What Ray adds to every result (times, host, pid, counters): Ray's bookkeeping, not the trial's metrics.
 RAY_KEYS = frozenset(AUTO_RESULT_KEYS) | {DONE, TRIAL_ID, EXPERIMENT_TAG, SHOULD_CHECKPOINT}
@@ -76,8 +78,8 @@ class MLflowTrialCallback(tune.Callback):
     here, as in your own Tuner) with the best objective so far and the trials done, stopped early and
     failed; and one nested run per trial, named by its number and searched values, with its resolved
     config as params, the trainable's metrics at step=epoch (not Ray's bookkeeping), the selected epoch's
-    (best objective) again as best_*, tags (dataset, trial id, stopped_early), and its end: FINISHED, or
-    FAILED with the error."""
+    (best objective) again as best_*, tags (dataset, trial id, stopped_early), and its end: its best weights as
+    its logged model, FINISHED or FAILED with the error; then its checkpoints are deleted (trial_weights.py)."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, study: str, stage: str = SEARCH) -> None:
         self.tracking_uri = tracking_uri
@@ -92,10 +94,11 @@ class MLflowTrialCallback(tune.Callback):
         self._best: dict[str, float] = {}  # best objective in MLflow per trial
         self._reopened: set[str] = set()  # trials whose run existed before this driver started
         self._resolved_logged: set[str] = set()  # runs whose resolved device and workers are params
+        self._ended: list = []  # ended trials whose checkpoints go once Ray's saved state says they ended
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks with the experiment state
         return {**self.__dict__, "_client": None, "_parent": None, "_runs": {}, "_logged_epoch": {}, "_best": {},
-                "_reopened": set(), "_resolved_logged": set()}
+                "_reopened": set(), "_resolved_logged": set(), "_ended": []}
 
     @property
     def client(self) -> MlflowClient:
@@ -158,24 +161,37 @@ class MLflowTrialCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_id(trial)
+        self._keep_weights(trial, run_id)
         self.client.set_tag(run_id, "stopped_early", str(stopped_early(trial)).lower())
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
         if self.stage == SEARCH:
             log_progress(self.client, self.parent_run_id, trials, trial, status="TERMINATED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._keep_weights(trial, self.run_id(trial))
         fail_run(self.client, self.run_id(trial), trial_error_text(trial))
         if self.stage == SEARCH:
             log_progress(self.client, self.parent_run_id, trials, trial, status="ERROR")
+
+    def _keep_weights(self, trial, run_id: str) -> None:
+        """The ended trial's best weights to its run, and its checkpoints marked to go."""
+        log_ended_trial(self.tracking_uri, self.client.get_run(run_id), trial.checkpoint)
+        self._ended.append(trial)
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        for trial in [t for t in self._ended if saved_as_ended(t)]:
+            delete_checkpoints(trial.storage.storage_filesystem, trial.storage.trial_fs_path)
+            self._ended.remove(trial)
 
     def on_experiment_end(self, trials, **info) -> None:
         end_study_run(self.client, self.parent_run_id, trials)
 
 
 def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The trainable's numbers in a Tune result, under their MLflow names."""
+    """The trainable's numbers in a Tune result, under their MLflow names; not its selected epoch so far (best_*,
+    for Ray's console), which epoch_metrics logs at each new selected epoch."""
     return {RENAMED.get(key, key): float(value) for key, value in result.items()
-            if key not in RAY_KEYS and is_number(value)}
+            if key not in RAY_KEYS and not key.startswith(BEST) and is_number(value)}
 
 
 def epoch_metrics(values: dict[str, float], step: int, timestamp: int, is_best: bool) -> list[Metric]:
@@ -248,9 +264,10 @@ def trial_run(client: MlflowClient, experiment_id: str, parent_id: str, trial, s
     tags = {TRIAL_TAG: trial.trial_id, TRIAL_DIR_TAG: Path(trial.path).name, STUDY_TAG: study, STAGE_TAG: stage,
             "dataset": str(config.get("data_name", "")), PARENT_ID_TAG: parent_id}
     if stage == SEARCH:
-        number = len(client.search_runs([experiment_id], max_results=50_000,  # the search trials started before it
-                                        filter_string=f"tags.`{PARENT_ID_TAG}` = '{parent_id}' AND "
-                                                      f"tags.{NUMBER_TAG} != ''"))
+        named = re.fullmatch(r"trial (\d+)", str(trial))  # a study's trials are named by their number (console.py)
+        number = int(named[1]) if named else len(client.search_runs(  # your own Tuner: the search trials before it
+            [experiment_id], max_results=50_000,
+            filter_string=f"tags.`{PARENT_ID_TAG}` = '{parent_id}' AND tags.{NUMBER_TAG} != ''"))
         tags[NUMBER_TAG] = str(number)
         name = trial_run_name(number, searched_values(trial))
     else:
@@ -311,11 +328,3 @@ def stop_interrupted_runs(tracking_uri: str, experiment_id: str, study: str) -> 
     for run_id in [*running, parent]:
         client.set_tag(run_id, INTERRUPTED_TAG, "true")
         client.set_terminated(run_id, "KILLED")
-
-
-def log_checkpoint(tracking_uri: str, run_id: str, folder: Path) -> None:
-    MlflowClient(tracking_uri).log_artifacts(run_id, str(folder), artifact_path=CHECKPOINT_ARTIFACT)
-
-
-def has_artifact(tracking_uri: str, run_id: str, path: str) -> bool:
-    return any(a.path == path for a in MlflowClient(tracking_uri).list_artifacts(run_id))

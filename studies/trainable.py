@@ -17,6 +17,9 @@ from antimetric.train import BEST_FILE, RETRIEVALS_FILE, EpochResult, fit
 
 OBJECTIVE = "val_recall_at_1"  # Recall@1 on training classes held out from training
 EPOCH = "epoch"  # the time attribute ASHA schedules on
+# The trial's selected epoch so far (best OBJECTIVE) and its OBJECTIVE, reported every epoch for Ray's console; MLflow
+# logs its own best_* at each new selected epoch (studies/tracking.py).
+BEST_EPOCH, BEST_OBJECTIVE = "best_" + EPOCH, "best_" + OBJECTIVE
 COST_KEYS = tuple(f.name for f in fields(EnsembleCost))  # reported every epoch (trial_cost)
 SCRATCH = "antimetric"  # trials' private folders, in Ray's session folder (scratch_folder)
 
@@ -57,14 +60,16 @@ def trial_config(config: dict[str, Any]) -> RunConfig:
 
 
 def reported(result: EpochResult, cost: dict[str, float] | None = None) -> dict[str, float]:
-    """An epoch's metrics, the ones a person follows first: Ray's console table shows the first four
-    (epoch, the objective, test Recall@1, loss) as its columns. Then the trial's cost (trial_cost), the
-    same every epoch, which a Pareto study's searcher reads from the last report. Also the values the
-    trial resolved (device, workers), which the MLflow callback records as params."""
+    """An epoch's metrics, the ones a person follows first; the selected epoch so far and its objective
+    (BEST_EPOCH, BEST_OBJECTIVE), which Ray's console shows (studies/console.py). Then the trial's cost
+    (trial_cost), the same every epoch, which a Pareto study's searcher reads from the last report. Also the
+    values the trial resolved (device, workers), which the MLflow callback records as params."""
     first = {key: result.metrics[key] for key in (OBJECTIVE, "test_recall_at_1", "loss") if key in result.metrics}
     # what the trial chose where its config said auto, as text (not a metric), for its MLflow params
     resolved = {key: str(value) for key, value in result.resolved.items()}
-    return {EPOCH: result.epoch, **first, **result.metrics, **(cost or {}), **resolved}
+    selected = {BEST_EPOCH: result.best_epoch, BEST_OBJECTIVE: result.best_metrics[OBJECTIVE]} \
+        if OBJECTIVE in result.best_metrics else {}
+    return {EPOCH: result.epoch, **first, **result.metrics, **selected, **(cost or {}), **resolved}
 
 
 def scratch_folder() -> Path:
@@ -90,7 +95,7 @@ def train_ensemble(config: dict[str, Any]) -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="trial-", dir=scratch) as private:
         run_config.output_dir = private
-        run_config.run_name = "run"
+        run_config.run_name = tune.get_context().get_trial_name().replace("/", "_")  # the grid's title says it
         run_dir = Path(private) / run_config.run_name  # fit() writes BEST_EPOCH_FILES there on each new best
         restored = Path(private) / "restored"  # the best epoch's files before a resume, while no newer best
         restored.mkdir()

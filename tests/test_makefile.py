@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from antimetric.errors import ConfigError
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ("runs/demo-1/best.pt", "indexes/gallery/index.json", "mlruns/mlflow.db", "mlruns/optuna.db",
            "mlruns/artifacts/1/model.pt")
@@ -51,3 +53,41 @@ def test_clean_results_lists_and_asks_before_deleting(project):
     assert accepted.returncode == 0, accepted.stderr
     assert not any((project / relative).exists() for relative in RESULTS)
     assert (project / "data/cub/images.txt").exists() and (project / "Makefile").exists()
+
+
+def test_demo_passes_args_through(project):
+    shown = _make(project, "-n", "demo", "ARGS=--seed 1 --num-samples 4")
+    assert shown.returncode == 0, shown.stderr
+    command = [line for line in shown.stdout.splitlines() if "studies.search demo" in line][-1]
+    assert command.rstrip().endswith("--seed 1 --num-samples 4"), command
+
+
+def _demo_command(project: Path) -> list[str]:
+    """The study `make demo` starts, with `echo` for Python (and its set-up marked done)."""
+    stamp = subprocess.run(["cksum", "pyproject.toml"], cwd=project, capture_output=True, text=True).stdout.split()[0]
+    (project / ".venv").mkdir(exist_ok=True)
+    (project / f".venv/.installed-{stamp}").write_text("")
+    done = _make(project, "demo", f"PY={shutil.which('echo')}", "ARGS=--seed 1")
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()[-1].split()
+
+
+def test_demo_again_starts_a_new_study_that_is_not_refused(project):
+    """A second `make demo` names its study demo-study-2 (the first, demo-study, exists: Ray's tuner.pkl in its
+    folder), which check_resume does not refuse; --experiment in ARGS still picks the name."""
+    from studies.search import parse_args
+    from studies.study import check_resume
+
+    first = _demo_command(project)
+    assert first == ["-m", "studies.search", "demo", "--experiment", "demo-study", "--seed", "1"]
+    (project / "runs/studies/demo-study").mkdir(parents=True)
+    (project / "runs/studies/demo-study/tuner.pkl").write_bytes(b"")
+    second = _demo_command(project)
+    assert second[:5] == ["-m", "studies.search", "demo", "--experiment", "demo-study-2"]
+
+    def settings(argv):
+        return parse_args([*argv[2:], "--data-path", str(project / "data"), "--storage-path",
+                           str(project / "runs/studies"), "--tracking-uri", f"sqlite:///{project / 'm.db'}"])
+    with pytest.raises(ConfigError, match="a study named demo-study exists"):
+        check_resume(settings(first))
+    check_resume(settings(second))

@@ -98,6 +98,19 @@ def test_the_confirmation_stage_is_recorded(confirmed, demo_data_path):
     assert float(version.tags["confirmed_test_recall_at_1_mean"]) == pytest.approx(
         metrics["confirmed_test_recall_at_1_mean"], rel=1e-5)
     assert version.tags["confirmed_test_recall_at_1_n"] == "2"
+    # the study's run leads to the confirmed winner's registered run, and says the search's best too
+    tags, experiment_id = parent.data.tags, parent.info.experiment_id
+    assert tags["best_run_id"] == version.run_id and tags["best_trial"] == (winner["trial"] or "default")
+    search_best = next(r for r in search if r.info.run_id == tags["search_best_run_id"])
+    assert search_best.data.metrics["best_val_recall_at_1"] == metrics["best_val_recall_at_1"]
+    assert tags["search_best_trial"] == f"trial {search_best.data.tags['trial_number']}"
+    note = tags["mlflow.note.content"]
+    assert f"[{tags['best_trial']}](#/experiments/{experiment_id}/runs/{version.run_id}) (confirmed)" in note
+    assert f"(#/experiments/{experiment_id}/runs/{search_best.info.run_id})" in note
+    assert tags["verdict"] in note and "models:/t-ensemble@best" in note
+    assert {k: v for k, v in parent.data.params.items() if k.startswith("best.")} == {
+        f"best.{key}": source.data.params[key] for key in parent.data.params["searched"].split(", ")}
+    assert "trials" not in metrics and metrics["trials_done"] + metrics["trials_failed"] == 3
     storage = f"sqlite:///{dirs['tracking_uri'].removeprefix('sqlite:///').rsplit('/', 1)[0]}/optuna.db"
     assert len(optuna.load_study(study_name="t", storage=storage).trials) == 3
 

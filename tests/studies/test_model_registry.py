@@ -29,12 +29,22 @@ def study(smoke_study, demo_data_path):
 
 
 def test_a_smoke_study_registers_its_best_trial(study, smoke_study, monkeypatch):
-    uri, client, best, parent, _ = study
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # for get_model_info
+    """The version is the best trial run's logged model (MLflow 3: the run's "Logged models", the experiment's
+    Models tab), registered without a copy, with the alias `best` that the printed serve command names."""
+    import mlflow
+
+    uri, client, best, parent, images = study
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # for get_model_info and mlflow.search_logged_models
     versions = client.search_model_versions(f"name = '{MODEL}'")
     assert [int(v.version) for v in versions] == [1]
     version = versions[0]
-    assert version.run_id == best.info.run_id and version.source == f"runs:/{best.info.run_id}/model"
+    logged = mlflow.search_logged_models(experiment_ids=[best.info.experiment_id], output_format="list",
+                                         filter_string=f"source_run_id = '{best.info.run_id}'")
+    assert [m.name for m in logged] == ["model"]
+    assert version.run_id == best.info.run_id and version.source == logged[0].model_uri
+    assert str(client.get_model_version_by_alias(MODEL, "best").version) == "1"
+    embedding = antimetric.load(f"models:/{MODEL}@best").embed(images)
+    assert embedding.shape == (len(images), antimetric.load(best.info.run_id).embedding_dim)
     tags = version.tags
     assert tags["study"] == "t" and tags["study_run_id"] == parent.info.run_id and tags["run_id"] == best.info.run_id
     assert tags["trial_number"] == best.data.tags["trial_number"] and tags["trial_id"] == best.data.tags["trial_id"]
@@ -43,14 +53,14 @@ def test_a_smoke_study_registers_its_best_trial(study, smoke_study, monkeypatch)
     assert f"val_recall_at_1={best.data.metrics['best_val_recall_at_1']:.4f}" in version.description
     assert best.info.run_name in version.description
     # images in (bytes or paths), embeddings out, with an example a server accepts
-    info = get_model_info(f"runs:/{best.info.run_id}/model")
+    info = get_model_info(f"models:/{MODEL}@best")
     assert [(c["name"], c["type"], c["required"]) for c in info.signature.inputs.to_dict()] == \
         [("image", "binary", False), ("path", "string", False)]
     ensemble = antimetric.load(best.info.run_id, tracking_uri=uri)
     assert list(info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, ensemble.embedding_dim]
     assert info.saved_input_example_info["type"] == "dataframe"
     assert info.flavors["python_function"]["config"] == MODEL_CONFIG  # what a load or a server may set
-    assert f"mlflow models serve -m models:/{MODEL}/1 --env-manager local --host 127.0.0.1" in smoke_study.proc.stdout
+    assert f"mlflow models serve -m models:/{MODEL}@best --env-manager local --host 127.0.0.1" in smoke_study.proc.stdout
 
 
 def test_a_study_summarized_again_registers_no_new_version(study):
@@ -58,7 +68,7 @@ def test_a_study_summarized_again_registers_no_new_version(study):
     uri, client, best, parent, _ = study
     experiment_id = parent.info.experiment_id
     assert register_best_trial(uri, experiment_id, "t", parent.info.run_id, best.data.tags["trial_dir"]) == \
-        f"models:/{MODEL}/1"
+        f"models:/{MODEL}@best"
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
 
 
@@ -81,16 +91,15 @@ def test_pyfunc_predict_equals_antimetric_load(study, demo_data_path, monkeypatc
     np.testing.assert_allclose(np.linalg.norm(branches, axis=-1), 1, atol=1e-5)  # each branch L2-normalised
 
 
-def test_load_from_each_mlflow_source(study, smoke_study):
-    """A run id, runs:/ URIs (the run, its checkpoint folder, its model), models:/ by version, latest and
-    alias: the same weights as the trial's checkpoint in Ray's storage."""
+def test_load_from_each_mlflow_source(study):
+    """A run id, runs:/ URIs (the run, its model), models:/ by version, latest and alias: the same weights, the
+    trial's best epoch's."""
     uri, client, best, _, _ = study
     run_id = best.info.run_id
     client.set_registered_model_alias(MODEL, "champion", "1")
-    checkpoints = sorted(smoke_study.dirs["storage"].glob(f"t/{best.data.tags['trial_dir']}/checkpoint_*/best.pt"))
-    reference = antimetric.load(checkpoints[-1], device="cpu")  # the latest holds the best epoch's weights
-    sources = [run_id, f"runs:/{run_id}", f"runs:/{run_id}/best_checkpoint", f"runs:/{run_id}/best_checkpoint/best.pt",
-               f"runs:/{run_id}/model", f"models:/{MODEL}/1", f"models:/{MODEL}/latest", f"models:/{MODEL}@champion"]
+    reference = antimetric.load(f"models:/{MODEL}@best", device="cpu", tracking_uri=uri)
+    sources = [run_id, f"runs:/{run_id}", f"runs:/{run_id}/model", f"models:/{MODEL}/1", f"models:/{MODEL}/latest",
+               f"models:/{MODEL}@champion"]
     for source in sources:
         ensemble = antimetric.load(source, device="cpu", tracking_uri=uri)
         assert ensemble.source == source and ensemble.checkpoint.is_file()
@@ -106,7 +115,8 @@ def test_bad_mlflow_sources_are_one_line_errors(study, tmp_path):
     missing_run = "0" * 32
     cases = {
         missing_run: f"no MLflow run {missing_run} in {uri}",
-        parent.info.run_id: f"MLflow run {parent.info.run_id} has no artifact best_checkpoint/best.pt",
+        parent.info.run_id: f"MLflow run {parent.info.run_id} has no artifact best_checkpoint/best.pt and no logged "
+                            "model `model`",
         f"runs:/{best.info.run_id}/nothing": "has no artifact nothing",
         "models:/no-such-model/1": "no registered model 'no-such-model'",
         f"models:/{MODEL}/7": f"model '{MODEL}' has no version 7",

@@ -109,8 +109,18 @@ def test_resume_keeps_the_training_options_and_refuses_others(tmp_path):
     resumed = _settings(tmp_path, "--resume")
     assert resumed.fixed == {"lr": 1e-3} and resumed.space == settings.space
     (tmp_path / "other.json").write_text(json.dumps({"batch_size": {"type": "choice", "values": [8]}}))
-    with pytest.raises(ConfigError, match="searches another space"):
+    with pytest.raises(ConfigError) as error:
         _settings(tmp_path, "--resume", "--space", str(tmp_path / "other.json"))
+    assert str(error.value) == ("--resume: this study searches another space than the --space given; drop --space or "
+                                "start a new --experiment")
+
+
+def test_resume_takes_the_same_space_file_again(tmp_path):
+    """The file's parsed space is compared with the saved one (not the file's path)."""
+    settings = _settings(tmp_path, "--space", _space_file(tmp_path))
+    settings.experiment_path.mkdir(parents=True)
+    save_settings(settings)
+    assert _settings(tmp_path, "--resume", "--space", _space_file(tmp_path)).space == settings.space
 
 
 def _space_file(tmp_path):

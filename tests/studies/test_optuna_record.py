@@ -21,7 +21,6 @@ from ray.tune import Result
 
 from studies.optuna_live import NOT_RESUMED, end_trial, finish_study, open_record, report_epoch, start_trial, trial_ids
 from studies.optuna_record import TrialRecord, load_command, optuna_storage_uri, trial_records, write_study
-from studies.report import optuna_figures, optuna_plots
 from studies.settings import StudySettings
 from studies.spaces import distributions
 from tests.fixtures.studies import RAY_ENV, run_study, study_command, trial_runs
@@ -82,37 +81,6 @@ def test_a_complete_trial_without_a_finite_objective_is_a_failure(tmp_path):
     record = TrialRecord("n", TrialState.COMPLETE, 1.0, {1: float("nan")}, {"ensemble_size": 3, "lr": 2e-3})
     study = write_study([record], _storage(tmp_path), "s", DISTRIBUTIONS)
     assert study.trials[0].state == TrialState.FAIL and "no finite" in study.trials[0].user_attrs["error"]
-
-
-def test_the_optimization_history_is_drawn_in_start_order(tmp_path):
-    write_study(_records(), _storage(tmp_path), "s", DISTRIBUTIONS)
-    figures = dict(optuna_figures(optuna.load_study(study_name="s", storage=_storage(tmp_path))))
-    try:
-        axes = figures["optimization_history"].axes[0]
-        points = [tuple(p) for p in axes.collections[0].get_offsets().tolist()]  # the objective values
-        assert points == [(1, 0.5), (2, 0.9), (4, 0.35)]  # trial number = start order, not best-first
-        best = next(line for line in axes.get_lines() if line.get_label() == "Best Value")
-        assert list(best.get_xdata()) == [0, 1, 2, 3, 4]
-        assert list(best.get_ydata()) == [float("-inf"), 0.5, 0.9, 0.9, 0.9]  # rises where the best one started
-        assert "3 COMPLETE of 5 trials" in figures["param_importances"].axes[0].get_title()
-        legend = [t.get_text() for t in figures["intermediate_values"].axes[0].get_legend().get_texts()]
-        assert legend == ["trial 0 (PRUNED)", "trial 1 (COMPLETE)", "trial 2 (COMPLETE)", "trial 4 (COMPLETE)"]
-    finally:
-        plt.close("all")
-
-
-def test_plots_are_written_from_the_storage(tmp_path, capsys):
-    storage = _storage(tmp_path)
-    write_study(_records(), storage, "s", DISTRIBUTIONS)
-    files = optuna_plots(storage, "s", tmp_path)
-    assert set(files) == {"intermediate_values", "optimization_history", "param_importances", "parallel_coordinate",
-                          "slice"}
-    assert all(path.stat().st_size > 10_000 and path.parent == tmp_path for path in files.values())
-    assert not plt.get_fignums()
-
-    write_study([r for r in _records() if r.ray_trial_id not in ("d", "e")], storage, "s", DISTRIBUTIONS)
-    assert set(optuna_plots(storage, "s", tmp_path)) == {"intermediate_values", "optimization_history"}
-    assert "they need 2 COMPLETE trials (ones ASHA did not stop), the study has 1" in capsys.readouterr().out
 
 
 def _settings(tracking_uri: str, storage_path: Path) -> StudySettings:

@@ -14,7 +14,7 @@ from antimetric.errors import ConfigError
 from antimetric.model.backbones import get_backbone
 from studies.optuna_record import TrialRecord, write_study
 from studies.pareto import dominates, pareto_candidates
-from studies.report import optuna_plots
+from studies.plots import optuna_plots
 from studies.search import main, parse_args
 from studies.settings import SETTINGS_FILE, save_settings
 from studies.spaces import distributions
@@ -93,7 +93,7 @@ def test_the_optuna_record_of_a_pareto_study_has_both_directions(tmp_path):
     assert [t.values for t in study.trials] == [[0.5, 12.0], [0.6, 16.0], [0.3, 16.0], None]  # best epoch, cost
     assert sorted(t.user_attrs["ray_trial_id"] for t in study.best_trials) == ["a", "b"]
     files = optuna_plots(storage, "s", tmp_path)
-    assert {"pareto_front", "optimization_history", "param_importances"} <= set(files)
+    assert {"pareto_front", "optimization_history", "parallel_coordinate", "pareto_front_html"} <= set(files)
     assert files["pareto_front"].stat().st_size > 10_000 and not plt.get_fignums()
 
 
@@ -128,7 +128,7 @@ def test_a_pareto_study_tags_exactly_its_non_dominated_trials(demo_data_path, st
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{study_dirs['storage'].parent / 'optuna.db'}")
     assert len(study.directions) == 2 and all(t.state == TrialState.COMPLETE for t in study.trials)
     recorded = {t.user_attrs["ray_trial_id"] for t in study.best_trials}
-    assert recorded == set(table[table["trial_dir"].isin(non_dominated)]["trial_id"])
+    assert recorded == set(table[table["trial_dir"].isin(non_dominated)]["ray_trial_id"])
     assert "Pareto front" in proc.stdout
 
 

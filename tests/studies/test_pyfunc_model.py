@@ -13,14 +13,13 @@ from PIL import Image
 import antimetric
 from antimetric.trained import load
 from studies.pyfunc_model import save
-from studies.registry import requirements
 from tests.fixtures.images import bomb_png, fifo
 
 
 @pytest.fixture(scope="module")
 def saved_model(demo_run, tmp_path_factory):
     folder = tmp_path_factory.mktemp("pyfunc") / "model"
-    save(folder, demo_run / "best.pt", load(demo_run, device="cpu").embedding_dim, requirements())
+    save(folder, demo_run / "best.pt", load(demo_run, device="cpu").embedding_dim)
     return folder
 
 

@@ -9,9 +9,11 @@ import sys
 import tempfile
 
 import optuna
+import pandas as pd
 import pytest
-import torch
+from PIL import Image
 
+import antimetric
 from studies.search import main
 from studies.settings import SETTINGS_FILE
 from studies.study import cut_short_state_file
@@ -20,6 +22,7 @@ from tests.fixtures.studies import (
     RAY_ENV,
     check_parent_run,
     check_trial_runs,
+    check_trial_weights,
     metric_steps,
     run_study,
     study_command,
@@ -34,11 +37,6 @@ def test_smoke_study_records_every_trial(demo_data_path, smoke_study, capsys, mo
     monkeypatch.delenv("TUNE_GLOBAL_CHECKPOINT_S", raising=False)  # main() below sets it
     study_dirs, proc = smoke_study.dirs, smoke_study.proc
     assert "best config:" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
-    # the console follows the objective: Ray's table has it as a column, and names the best trial so far
-    assert "Current best trial:" in proc.stdout and "with val_recall_at_1=" in proc.stdout
-    header = [line for line in proc.stdout.splitlines() if "Trial name" in line][-1]  # the final table's
-    assert " epoch  " in header and header.index("epoch") < header.index("val_recall_at_1") < \
-        header.index("test_recall_at_1") < header.index("loss"), header
     assert f"optuna.load_study(study_name='t', storage='sqlite:///{study_dirs['storage'].parent}/optuna.db')" in proc.stdout
     client, runs, summary = trial_runs(study_dirs["tracking_uri"])
     assert len(runs) == 3 and len({r.data.tags["trial_id"] for r in runs}) == 3
@@ -55,26 +53,20 @@ def test_smoke_study_records_every_trial(demo_data_path, smoke_study, capsys, mo
         assert steps == list(range(1, len(steps) + 1)) and steps
         for key in ("test_recall_at_1", "test_map_at_r", "loss", "branch_accuracy", "images_per_s", "epoch_seconds"):
             assert key in run.data.metrics, key
-        artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "best_checkpoint")]
-        assert artifacts == ["best_checkpoint/best.pt", "best_checkpoint/retrievals.png"]  # its weights and grid
-        with tempfile.TemporaryDirectory() as folder:  # the weights of the best epoch, not of the last
-            best = torch.load(client.download_artifacts(run.info.run_id, "best_checkpoint/best.pt", folder),
-                              weights_only=True)
-        history = client.get_metric_history(run.info.run_id, "val_recall_at_1")
+        history = client.get_metric_history(run.info.run_id, "val_recall_at_1")  # the best epoch's weights
         best_value = max(m.value for m in history)
-        assert best["epoch"] == min(m.step for m in history if m.value == best_value)
+        assert antimetric.load(run.info.run_id, tracking_uri=study_dirs["tracking_uri"]).epoch == \
+            min(m.step for m in history if m.value == best_value)
+    check_trial_weights(client, runs, study_dirs["storage"])
     check_trial_runs(client, runs, summary, ["ensemble_size", "meta_class_size", "lr"])  # summary: the parent run
-    check_parent_run(client, summary[0], runs)
+    check_parent_run(client, summary[0], runs, ["ensemble_size", "meta_class_size", "lr"])
     assert summary[0].data.params["image_size"] == "32" and summary[0].data.params["num_samples"] == "3"
     files = {a.path for a in client.list_artifacts(summary[0].info.run_id)}
     assert {"trials.csv", "best_config.json", "optimization_history.png", "intermediate_values.png"} <= files
 
-    # storage holds no temporary file and no core run folder; each checkpoint one state and the best epoch's files
+    # storage holds no temporary file, no core run folder and no checkpoint (checked above)
     storage = study_dirs["storage"]
     assert not list(storage.rglob("*.tmp")) and not list(storage.rglob("last.pt"))
-    checkpoints = list(storage.glob("t/*/checkpoint_*"))
-    assert checkpoints and all(sorted(p.name for p in c.iterdir()) == ["best.pt", "retrievals.png", "state.pt"]
-                               for c in checkpoints)
     for session in smoke_study.ray_sessions:  # Ray's local copies and trials' folders are gone
         assert not (session / "artifacts").exists(), list((session / "artifacts").rglob("*"))[:10]
         assert not (session / SCRATCH).exists(), list((session / SCRATCH).rglob("*"))[:10]
@@ -100,6 +92,48 @@ def test_smoke_study_records_every_trial(demo_data_path, smoke_study, capsys, mo
     assert len(trials) == 3 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
     two_complete = sum(t.state.name == "COMPLETE" for t in trials) >= 2
     assert all((f"{name}.png" in files) == two_complete for name in ("param_importances", "parallel_coordinate", "slice"))
+
+
+@pytest.mark.slow
+def test_the_console_is_short_and_names_the_best_trial_by_its_selected_epoch(smoke_study):
+    """Ray's own table reporter (studies/console.py), without the boxes Ray's newer output prints as every trial
+    starts and ends, and without the libraries' chatter."""
+    out = smoke_study.proc.stdout + smoke_study.proc.stderr
+    assert len(out.splitlines()) <= 60, out
+    for noise in ("started with configuration", "╭", "A new study created in memory", "Downloading artifacts",
+                  "tensorboard", "Result logdir", "Wrote the latest version", "Current best trial"):
+        assert noise not in out, (noise, out)
+    client, runs, _ = trial_runs(smoke_study.dirs["tracking_uri"])
+    best = [line for line in out.splitlines() if line.startswith("Best trial so far: trial ")][-1]
+    number = best.removeprefix("Best trial so far: trial ").split(",")[0]
+    run = next(r for r in runs if r.data.tags["trial_number"] == number)
+    metrics = run.data.metrics
+    assert metrics["best_val_recall_at_1"] == max(r.data.metrics["best_val_recall_at_1"] for r in runs)
+    assert f"best_val_recall_at_1={metrics['best_val_recall_at_1']:.4f} at epoch {metrics['best_epoch']:.0f} (" in best
+
+
+@pytest.mark.slow
+def test_one_name_per_trial_in_trials_csv_mlflow_optuna_ray_and_the_grid(smoke_study):
+    """"trial N" (from 0, in the order Ray created the trials) in trials.csv's first column, MLflow's run names,
+    Ray's trial folders and the title of each trial's retrieval grid. (The Optuna record numbers the trials by
+    their start times, and trials created together may start in either order: not yet the same numbers.)"""
+    client, runs, parents = trial_runs(smoke_study.dirs["tracking_uri"])
+    with tempfile.TemporaryDirectory() as folder:
+        table = pd.read_csv(client.download_artifacts(parents[0].info.run_id, "trials.csv", folder))
+    assert list(table.columns[:2]) == ["trial", "mlflow_run_id"] and "trial_id" not in table
+    storage = smoke_study.dirs["storage"]
+    optuna_numbers = {t.user_attrs["ray_trial_id"]: t.number for t in optuna.load_study(
+        study_name="t", storage=f"sqlite:///{storage.parent / 'optuna.db'}").trials}
+    assert sorted(table["trial"]) == [f"trial {n}" for n in range(len(runs))]
+    assert set(optuna_numbers.values()) == set(range(len(runs)))
+    for row in table.itertuples():
+        run = client.get_run(row.mlflow_run_id)
+        assert run.info.run_name.startswith(f"{row.trial}: ") and run.data.tags["trial_id"] == row.ray_trial_id
+        assert row.trial_dir == run.data.tags["trial_dir"] and row.trial_dir.startswith(row.trial.replace(" ", "_") + "_")
+        assert (storage / "t" / row.trial_dir).is_dir()  # Ray's folder, named by Ray's name of the trial
+        with tempfile.TemporaryDirectory() as folder:
+            grid = Image.open(client.download_artifacts(row.mlflow_run_id, "retrievals.png", folder))
+            assert grid.text["Title"].startswith(f"{row.trial} · epoch {run.data.metrics['best_epoch']:.0f} · test Recall@1 ")
 
 
 def test_a_cut_short_state_file_is_found(tmp_path):
@@ -198,6 +232,8 @@ def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs, tmp_path)
     for run in runs:
         steps = metric_steps(client, run)
         assert steps == list(range(1, len(steps) + 1)), steps  # no epoch logged twice
+    check_trial_weights(client, runs, dirs["storage"])  # logged once each, across the kill and the resumes
+    assert str(client.get_model_version_by_alias("t-ensemble", "best").version) == "1"
 
 
 @pytest.mark.slow

@@ -81,5 +81,7 @@ def test_a_study_without_a_successful_trial_fails(demo_data_path, study_dirs):
     assert lines == [lines[-1]] and lines[0].startswith("error: no trial of the study succeeded (all 1 failed); the "
                                                         "first failed with: "), proc.stderr[-3000:]
     assert "the training loss became nan" in lines[0]
+    # the console still shows Ray's report of the failed trial, by its name, and the table of error files
+    assert "Trial task failed for trial trial 0" in proc.stderr and "Number of errored trials: 1" in proc.stdout
     _, runs, parents = trial_runs(study_dirs["tracking_uri"])
     assert [r.info.status for r in [*runs, *parents]] == ["FAILED", "FAILED"]

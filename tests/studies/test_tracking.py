@@ -6,6 +6,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from ray.tune.result import AUTO_RESULT_KEYS
 
+from studies.study_note import NOTE_TAG as NOTE
 from studies.study_run import VIEW_TAG, log_summary, open_study_run, runs_table_url, ui_command
 from studies.tracking import ensure_experiment, selected, trial_metrics, trial_run_name
 
@@ -66,7 +67,7 @@ def test_the_summary_goes_on_the_parent_run(tmp_path):
     assert log_summary(uri, experiment_id, "s", {"trials": table}, summary, {"lr": 0.002}) == parent
     run = client.get_run(parent)
     assert run.info.status == "FINISHED"
-    assert run.data.metrics == {"trials": 3, "trials_done": 2, "trials_stopped_early": 1, "trials_failed": 1,
+    assert run.data.metrics == {"trials_done": 2, "trials_stopped_early": 1, "trials_failed": 1,  # not also trials
                                 "best_val_recall_at_1": 0.5, "best_test_recall_at_1": 0.25,
                                 "untrained_test_recall_at_1": 0.125}
     assert {a.path for a in client.list_artifacts(parent)} == {"trials.csv", "best_config.json", "search_space.json"}
@@ -104,3 +105,24 @@ def test_a_local_stores_artifacts_stay_beside_it(tmp_path, monkeypatch):
     client.log_text(run.info.run_id, "x", "error.txt")
     assert not (tmp_path / "elsewhere" / "mlruns").exists()
     assert list((tmp_path / "store" / "artifacts" / "t").rglob("error.txt"))
+
+
+def test_the_summary_names_its_winner_and_logs_its_params_once(tmp_path, capsys):
+    """Tags and description follow the latest summary (a confirmation stage's winner replaces the search's);
+    params best.* cannot change in MLflow: a summary again with other values keeps them and says so."""
+    uri, experiment_id, client = _store(tmp_path)
+    parent = open_study_run(uri, experiment_id, "s", PARAMS, {}, SPACE, new=True)
+    summary = {"trials": 1, "stopped_early": 0, "failed": 0}
+    capsys.readouterr()  # MLflow's notes on making its store
+    log_summary(uri, experiment_id, "s", {}, summary, {}, tags={"best_trial": "trial 2", NOTE: "search"})
+    log_summary(uri, experiment_id, "s", {}, summary, {}, tags={"best_trial": "trial 0", NOTE: "confirmed"},
+                params={"best.lr": 0.002, "best.ensemble_size": 8})
+    assert capsys.readouterr().err == ""
+    log_summary(uri, experiment_id, "s", {}, summary, {}, params={"best.lr": 0.003, "best.ensemble_size": 8})
+    assert capsys.readouterr().err == ("note: the study's run keeps its earlier params best.lr (MLflow params cannot "
+                                       "change); its tags and description name the winner now\n")
+    run = client.get_run(parent)
+    assert run.data.tags["best_trial"] == "trial 0" and run.data.tags[NOTE] == "confirmed"
+    assert {k: v for k, v in run.data.params.items() if k.startswith("best.")} == {"best.lr": "0.002",
+                                                                                  "best.ensemble_size": "8"}
+

@@ -1,0 +1,161 @@
+"""A trial's best weights in MLflow as soon as it ends, and its Ray checkpoints deleted then.
+
+A trial's run gets, once, its best epoch's weights as the pyfunc logged model `model` (pyfunc_model.py), the one
+copy of them in MLflow (registry.py registers the study's best from it, without a copy), and that epoch's
+retrievals.png at the run's artifact root. Then the trial's checkpoint folders are deleted from the study's
+storage: an ended trial is never resumed, so a resume needs none of them. They are deleted only once Ray's saved
+experiment state (which Ray writes after the callbacks ran, and copies to storage in the background) records the
+trial as ended, so that a driver killed at any moment leaves a study whose unfinished trials can resume, and whose
+ended trials' weights are in MLflow or still in their checkpoints (the study's summary logs those: log_ended_trial).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+from mlflow.tracking import MlflowClient
+from pyarrow.fs import FileSelector, FileType
+
+from antimetric.atomic import torch_save
+from antimetric.checkpoints import checkpoint_config, read_torch_file
+from antimetric.cost import branch_dim
+from antimetric.train import BEST_FILE, RETRIEVALS_FILE
+from studies.pyfunc_model import model_arguments
+
+MODEL_ARTIFACT = "model"  # the logged model's name in its run
+CHECKPOINT_FOLDER = re.compile(r"^checkpoint_\d{6}$")  # the folders Ray writes a trial's checkpoints to
+ENDED = ("TERMINATED", "ERROR")
+BEST_KEYS = ("epoch", "model", "meta_ids", "config", "metrics")  # what antimetric.load reads; no optimiser state
+
+
+def logged_model(client: MlflowClient, run) -> Any | None:
+    """The run's logged model `model` (a LoggedModel), if it has one."""
+    found = client.search_logged_models([run.info.experiment_id], max_results=10,
+                                        filter_string=f"source_run_id = '{run.info.run_id}' AND name = '{MODEL_ARTIFACT}'")
+    return found[0] if found else None
+
+
+def compact_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's keys antimetric.load reads, its convolution and linear weights (tensors of 2 or more
+    dimensions) in bf16 when it serves in bf16 (its config's precision): autocast rounds exactly those to bf16
+    before every product, so the embeddings, and Recall@K, are the fp32 weights' bit for bit, at half the bytes.
+    An fp32 ensemble keeps fp32 weights (bf16 ones would move its embeddings)."""
+    kept = {key: state[key] for key in BEST_KEYS if key in state}
+    if state.get("config", {}).get("precision") == "bf16":
+        kept["model"] = {name: tensor.to(torch.bfloat16) if tensor.is_floating_point() and tensor.dim() >= 2 else tensor
+                         for name, tensor in state["model"].items()}
+    return kept
+
+
+def log_best_weights(tracking_uri: str, run_id: str, folder: Path) -> bool:
+    """Log the best epoch's files of a checkpoint `folder` to the run: best.pt inside the pyfunc logged model
+    `model` (linked to the run's metrics at that epoch), retrievals.png at the run's root. False: no best.pt."""
+    path = folder / BEST_FILE
+    if not path.is_file():
+        return False
+    client = MlflowClient(tracking_uri)
+    if (folder / RETRIEVALS_FILE).is_file():
+        client.log_artifact(run_id, str(folder / RETRIEVALS_FILE))
+    best = compact_weights(read_torch_file(path))
+    config = checkpoint_config(best.get("config"), path)
+    status = client.get_run(run_id).info.status
+    with tempfile.TemporaryDirectory() as out:
+        checkpoint = Path(out) / BEST_FILE
+        torch_save(checkpoint, best)
+        with tracking_uri_for_fluent_api(tracking_uri), _quiet("mlflow"), mlflow.start_run(run_id=run_id):
+            embedding_dim = config.model.ensemble_size * branch_dim(config.model)
+            mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, step=int(best.get("epoch", 0)),
+                                    **model_arguments(checkpoint, embedding_dim))
+            mlflow.end_run(status)  # as it was: the callback or the summary ends the run
+    return True
+
+
+def log_ended_trial(tracking_uri: str, run, checkpoint) -> None:
+    """The best weights of an ended trial's `checkpoint` (a tune.Checkpoint, or None) in its run, unless
+    logged before (by the MLflow callback when the trial ended, or before the study was resumed)."""
+    if checkpoint is None or logged_model(MlflowClient(tracking_uri), run) is not None:
+        return
+    if checkpoint.filesystem.get_file_info(checkpoint.path).type == FileType.NotFound:
+        return  # deleted after a trial that logged nothing (it had no best epoch)
+    with checkpoint.as_directory() as folder:
+        log_best_weights(tracking_uri, run.info.run_id, Path(folder))
+
+
+def delete_checkpoints(filesystem, folder: str) -> None:
+    """Delete the checkpoint folders Ray wrote in an ended trial's `folder` on its storage's pyarrow `filesystem`;
+    nothing else of that folder."""
+    for info in filesystem.get_file_info(FileSelector(folder, allow_not_found=True)):
+        if info.type == FileType.Directory and CHECKPOINT_FOLDER.match(info.base_name):
+            filesystem.delete_dir(info.path)
+
+
+def saved_as_ended(trial) -> bool:
+    """Whether the experiment state Ray saved in storage last records `trial` as ended: only then may its
+    checkpoints go (a driver killed before would resume it from them). A state file being copied, or none,
+    says no."""
+    storage = trial.storage
+    filesystem, folder = storage.storage_filesystem, storage.experiment_fs_path
+    states = sorted(info.path for info in filesystem.get_file_info(FileSelector(folder, allow_not_found=True))
+                    if info.base_name.startswith("experiment_state-") and info.base_name.endswith(".json"))
+    if not states:
+        return False
+    try:
+        with filesystem.open_input_stream(states[-1]) as stream:
+            trials = json.loads(stream.read())["trial_data"]
+        for trial_state, _ in trials:
+            state = json.loads(trial_state)
+            if state.get("trial_id") == trial.trial_id:
+                return state.get("status") in ENDED
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def tracking_uri_for_fluent_api(tracking_uri: str):
+    """MLflow's fluent API (what log_model uses) on `tracking_uri` for a moment."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str):
+    """MLflow's INFO and WARNING lines (its notes on cloudpickle and on validating the example) off for a
+    moment, and no progress bar; errors still show."""
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        with no_progress_bar():
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
+def no_progress_bar():
+    """No progress bar of MLflow's for the few files of a checkpoint, unless MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+    says otherwise."""
+    name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
