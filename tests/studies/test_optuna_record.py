@@ -296,3 +296,25 @@ def test_the_printed_dashboard_command_shows_the_study(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=20)
+
+
+def test_the_record_numbers_trials_in_the_order_ray_made_them(tmp_path):
+    """Trial 1 starting before trial 0 (made together, started in either order): trial 0 is recorded first,
+    WAITING, so that Optuna's numbers are Ray's and MLflow's "trial N"; then RUNNING when it starts."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+
+    from studies.optuna_live import OptunaRecordCallback
+
+    def made(trial_id: str) -> Trial:
+        return Trial("train_ensemble", trial_id=trial_id, config={"ensemble_size": 3, "lr": 2e-3}, stub=True,
+                     storage=StorageContext(storage_path=str(tmp_path), experiment_dir_name="s"))
+
+    trials = [made("first"), made("second")]
+    callback = OptunaRecordCallback(_storage(tmp_path), "s", DISTRIBUTIONS)
+    callback.on_trial_start(0, trials, trials[1])
+    recorded = optuna.load_study(study_name="s", storage=_storage(tmp_path)).trials
+    assert [(t.number, t.user_attrs["ray_trial_id"], t.state) for t in recorded] == [
+        (0, "first", TrialState.WAITING), (1, "second", TrialState.RUNNING)]
+    callback.on_trial_start(0, trials, trials[0])
+    assert optuna.load_study(study_name="s", storage=_storage(tmp_path)).trials[0].state == TrialState.RUNNING
