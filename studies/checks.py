@@ -107,8 +107,8 @@ def quiet_store_errors() -> Iterator[None]:
 
 
 def check_optuna_storage(settings: StudySettings) -> None:
-    """The SQLite file the Optuna record goes to at the study's end (optuna_record.py) can be read and
-    written now: a corrupt, read-only or locked one would otherwise fail the summary after every trial ran."""
+    """The SQLite file the Optuna record goes to as the study runs (optuna_live.py) can be read and
+    written now: a corrupt, read-only or locked one would otherwise fail the study once its first trial started."""
     uri = optuna_storage_uri(settings)
     path = Path(uri[len("sqlite:///"):])
     if not path.exists():

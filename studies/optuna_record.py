@@ -1,10 +1,11 @@
-"""A study's trials as an Optuna study in a persisted storage, in the order they ran.
+"""A study's trials as an Optuna study in a persisted storage, in the order they started.
 
 Optuna numbers trials in the order they are added, and its optimisation history, timeline and
-dashboard read that order as time. So the record is written from Ray's results sorted by the time
-each trial started, every trial included: those ASHA stopped (PRUNED) and those that errored (FAIL)
-as well as those that ran all their epochs (COMPLETE). The storage is a SQLite file beside the
-MLflow store, so `optuna.load_study` and `optuna-dashboard` read it after the study has ended.
+dashboard read that order as time. The record holds every trial: those ASHA stopped (PRUNED) and
+those that errored (FAIL) as well as those that ran all their epochs (COMPLETE). The storage is a
+SQLite file beside the MLflow store, read by `optuna.load_study` and `optuna-dashboard`. A study keeps
+it while it runs (optuna_live.py); this module makes a record from Ray's results (write_study), for
+a study begun before the record was kept live, and says how each trial ends (trial_ending).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any, Iterable
 
 import optuna
 from optuna.distributions import BaseDistribution
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune.result import EXPR_PARAM_FILE
 
@@ -88,13 +90,13 @@ def trial_records(results: Iterable, searched: list[str], cost: str | None = Non
             started = previous_start  # Ray's timestamps are whole seconds: within one, Ray's order decides
         previous_start = started
         if result.error:
-            state, error = TrialState.FAIL, _last_line(result.error)
+            state, error = TrialState.FAIL, error_line(result.error)
         elif ended_early(max(objective, default=0), config):
             state, error = TrialState.PRUNED, None
         else:
             state, error = TrialState.COMPLETE, None
         records.append(TrialRecord(ray_trial_id=str(metrics.get("trial_id", "")), state=state, started=started,
-                                   objective=objective, params={k: _plain(config[k]) for k in searched if k in config},
+                                   objective=objective, params={k: plain(config[k]) for k in searched if k in config},
                                    error=error, ended=ended, cost=cost_value))
     return records
 
@@ -115,12 +117,14 @@ def _started(report) -> float:
     return float(report["timestamp"]) - float(report.get("time_total_s") or 0.0)
 
 
-def _last_line(error: BaseException | str) -> str:
+def error_line(error: BaseException | str) -> str:
+    """An error's last line (a traceback's is the exception), what Optuna keeps as a FAIL trial's `error`."""
     lines = str(error).strip().splitlines()
     return lines[-1][:200] if lines else type(error).__name__
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A config value as Optuna stores a param: a numpy scalar as its Python value."""
     return value.item() if hasattr(value, "item") else value
 
 
@@ -132,23 +136,45 @@ def write_study(records: list[TrialRecord], storage: str, study_name: str,
     (a Pareto study), two directions: maximise OBJECTIVE, minimise the cost."""
     trials = [frozen_trial(record, distributions, two_objectives=cost is not None)
               for record in sorted(records, key=lambda r: r.started)]
+    try:
+        optuna.delete_study(study_name=study_name, storage=storage)
+    except KeyError:  # none yet
+        pass
+    study = new_study(storage, study_name, cost)
+    study.add_trials(trials)
+    return study
+
+
+def new_study(storage: str | BaseStorage, study_name: str, cost: str | None = None) -> optuna.Study:
+    """An empty study of the objective (and, with `cost`, a Pareto study's cost), its values named."""
     names = [OBJECTIVE] if cost is None else [OBJECTIVE, cost]
     verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created ..." in the summary
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created ..." in the console
     try:
-        try:
-            optuna.delete_study(study_name=study_name, storage=storage)
-        except KeyError:  # none yet
-            pass
         study = optuna.create_study(study_name=study_name, storage=storage,
                                     directions=["maximize", "minimize"][:len(names)])
-        with warnings.catch_warnings():  # experimental, and what the dashboard labels values with
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(names)
-        study.add_trials(trials)
     finally:
         optuna.logging.set_verbosity(verbosity)
+    with warnings.catch_warnings():  # experimental, and what the dashboard labels values with
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
     return study
+
+
+def trial_ending(record: TrialRecord, two_objectives: bool = False
+                 ) -> tuple[TrialState, list[float] | None, str | None]:
+    """(state, values, error) a record ends with in Optuna: a COMPLETE one's value is its best epoch's
+    objective (and, with two_objectives, its cost second); one with nothing to rank it by is a FAIL."""
+    state, error = record.state, record.error
+    finite = [v for v in record.objective.values() if math.isfinite(v)]
+    if state == TrialState.COMPLETE and not finite:
+        state, error = TrialState.FAIL, error or f"no finite {OBJECTIVE} reported"
+    if state == TrialState.COMPLETE and two_objectives and (record.cost is None or not math.isfinite(record.cost)):
+        state, error = TrialState.FAIL, error or "no cost reported"
+    values = None
+    if state == TrialState.COMPLETE:
+        values = [max(finite), record.cost] if two_objectives else [max(finite)]
+    return state, values, error
 
 
 def frozen_trial(record: TrialRecord, distributions: dict[str, BaseDistribution],
@@ -156,15 +182,7 @@ def frozen_trial(record: TrialRecord, distributions: dict[str, BaseDistribution]
     """The Optuna trial of a record: a COMPLETE one's value is its best epoch's objective (and, with
     two_objectives, its cost second); a PRUNED one has its intermediate values and no value; a FAIL one
     its error as the user attribute `error`."""
-    state, error = record.state, record.error
-    finite = [v for v in record.objective.values() if math.isfinite(v)]
-    if state == TrialState.COMPLETE and not finite:  # nothing to rank it by
-        state, error = TrialState.FAIL, error or f"no finite {OBJECTIVE} reported"
-    if state == TrialState.COMPLETE and two_objectives and (record.cost is None or not math.isfinite(record.cost)):
-        state, error = TrialState.FAIL, error or "no cost reported"
-    values = None
-    if state == TrialState.COMPLETE:
-        values = [max(finite), record.cost] if two_objectives else [max(finite)]
+    state, values, error = trial_ending(record, two_objectives)
     user_attrs: dict[str, Any] = {"ray_trial_id": record.ray_trial_id, "epochs": max(record.objective, default=0)}
     if error:
         user_attrs["error"] = error

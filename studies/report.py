@@ -9,7 +9,8 @@ from typing import Any
 import pandas as pd
 
 from antimetric.train import fit
-from studies.optuna_record import load_command, optuna_storage_uri, trial_records, write_study
+from studies.optuna_live import finish_study
+from studies.optuna_record import load_command, optuna_storage_uri, trial_records
 from studies.pareto import pareto_cost, print_front, record_front
 from studies.plots import optuna_plots
 from studies.registry import register_best_trial
@@ -96,8 +97,8 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
         table.to_csv(table_path, index=False)
         fixed = trial_config(trial_constants(settings)).to_flat()
         storage, cost = optuna_storage_uri(settings), pareto_cost(settings)
-        write_study(trial_records(results, searched, cost), storage, settings.experiment,
-                    distributions(settings.space, n_classes, fixed), cost)
+        finish_study(trial_records(results, searched, cost), storage, settings.experiment,
+                     distributions(settings.space, n_classes, fixed), cost)
         files = {"trials": table_path, **optuna_plots(storage, settings.experiment, folder)}
         metrics: dict[str, float] = {"trials": len(table), "stopped_early": int(table["stopped_early"].sum()),
                                      "failed": int((table["status"] == "ERROR").sum())}

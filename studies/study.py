@@ -31,6 +31,7 @@ from studies.checks import (
 )
 from studies.confirm_stage import confirm_path, confirm_tuner, ranked_configurations, report_confirmation
 from studies.console import StudyReporter, parameter_columns, quiet_console, quiet_optuna, trial_dirname, trial_name
+from studies.optuna_live import record_callback
 from studies.pareto import pareto_scheduler, search_objectives
 from studies.report import summarize
 from studies.resumable_asha import ResumableASHA
@@ -92,7 +93,9 @@ def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> 
         run_config=tune.RunConfig(
             name=settings.experiment,
             storage_path=str(settings.storage_path),
-            callbacks=[MLflowTrialCallback(settings.tracking_uri, experiment_id, settings.experiment)],
+            # the MLflow one first: a trial's run exists when its Optuna trial is made and names it
+            callbacks=[MLflowTrialCallback(settings.tracking_uri, experiment_id, settings.experiment),
+                       record_callback(settings, experiment_id, n_classes)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_PER_TRIAL),
             failure_config=tune.FailureConfig(max_failures=0),
             progress_reporter=StudyReporter(parameter_columns(list(space))),

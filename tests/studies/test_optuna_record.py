@@ -1,5 +1,13 @@
 """The Optuna record of a study: every trial, in the order it started, in a persisted storage."""
 import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 
@@ -7,12 +15,15 @@ import matplotlib.pyplot as plt
 import optuna
 import pandas as pd
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 from ray.tune import Result
 
-from studies.optuna_record import TrialRecord, optuna_storage_uri, trial_records, write_study
+from studies.optuna_live import NOT_RESUMED, end_trial, finish_study, open_record, report_epoch, start_trial, trial_ids
+from studies.optuna_record import TrialRecord, load_command, optuna_storage_uri, trial_records, write_study
 from studies.settings import StudySettings
 from studies.spaces import distributions
+from tests.fixtures.studies import RAY_ENV, run_study, study_command, trial_runs
 
 SPACE = {"ensemble_size": {"type": "choice", "values": [3, 4]},
          "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
@@ -137,3 +148,173 @@ def test_ray_results_become_records(tmp_path):
 def _no_open_figures():
     yield
     plt.close("all")
+
+
+def _live(tmp_path: Path, record_id: str = "study-1"):
+    """A record kept live: trials a, b, c started in that order, a and b with epochs reported."""
+    storage = optuna.storages.get_storage(_storage(tmp_path))
+    study_id = open_record(storage, "s", record_id)
+    ids = {name: start_trial(storage, study_id, name, {"ensemble_size": 3, "lr": 2e-3}, DISTRIBUTIONS, f"run-{name}")
+           for name in "abc"}
+    for name, values in (("a", [0.2, 0.5]), ("b", [0.1, 0.3])):
+        for epoch, value in enumerate(values, 1):
+            report_epoch(storage, ids[name], epoch, value)
+    return storage, study_id, ids
+
+
+def test_a_live_trial_is_running_with_its_epochs_and_run_until_it_ends(tmp_path):
+    storage, _, ids = _live(tmp_path)
+    report_epoch(storage, ids["a"], 2, 0.45)  # epoch 2 again, from an older checkpoint: the later value
+    trials = optuna.load_study(study_name="s", storage=_storage(tmp_path)).trials
+    assert [(t.number, t.state, t.user_attrs["ray_trial_id"], t.user_attrs["mlflow_run_id"]) for t in trials] == [
+        (0, TrialState.RUNNING, "a", "run-a"), (1, TrialState.RUNNING, "b", "run-b"), (2, TrialState.RUNNING, "c", "run-c")]
+    assert trials[0].intermediate_values == {1: 0.2, 2: 0.45}
+    assert trials[0].params == {"ensemble_size": 3, "lr": 2e-3}
+    end_trial(storage, ids["a"], TrialRecord("a", TrialState.PRUNED, 0.0, {1: 0.2, 2: 0.45}))
+    report_epoch(storage, ids["a"], 3, 0.9)  # a report after its end changes nothing
+    end_trial(storage, ids["a"], TrialRecord("a", TrialState.COMPLETE, 0.0, {1: 0.2, 2: 0.45, 3: 0.9}))
+    trial = optuna.load_study(study_name="s", storage=_storage(tmp_path)).trials[0]
+    assert trial.state == TrialState.PRUNED and trial.intermediate_values == {1: 0.2, 2: 0.45}
+    assert trial.user_attrs["epochs"] == 2
+
+
+def test_a_resumed_study_goes_on_with_its_record_and_a_new_one_replaces_it(tmp_path):
+    storage, study_id, ids = _live(tmp_path)
+    assert open_record(storage, "s", "study-1") == study_id and trial_ids(storage, study_id) == ids
+    open_record(storage, "s", "study-2")  # a new study of the same name (its Ray folder was removed)
+    assert optuna.load_study(study_name="s", storage=_storage(tmp_path)).trials == []
+
+
+def test_the_study_end_completes_the_live_record_in_place(tmp_path):
+    """Numbers and study kept (the dashboard's page of it stays); a trial Ray no longer holds ends FAIL."""
+    storage, study_id, ids = _live(tmp_path)
+    end_trial(storage, ids["a"], TrialRecord("a", TrialState.COMPLETE, 0.0, {1: 0.2, 2: 0.5}))
+    records = [TrialRecord("b", TrialState.COMPLETE, 5.0, {1: 0.1, 2: 0.3, 3: 0.35}),
+               TrialRecord("a", TrialState.COMPLETE, 9.0, {1: 0.2, 2: 0.5})]  # Ray's start times need not agree
+    study = finish_study(records, _storage(tmp_path), "s", DISTRIBUTIONS)
+    assert optuna.storages.get_storage(_storage(tmp_path)).get_study_id_from_name("s") == study_id
+    assert [(t.number, t.user_attrs["ray_trial_id"], t.state, t.value) for t in study.trials] == [
+        (0, "a", TrialState.COMPLETE, 0.5), (1, "b", TrialState.COMPLETE, 0.35), (2, "c", TrialState.FAIL, None)]
+    assert study.trials[1].intermediate_values == {1: 0.1, 2: 0.3, 3: 0.35} and study.trials[1].user_attrs["epochs"] == 3
+    assert study.trials[2].user_attrs["error"] == NOT_RESUMED
+
+    # a study whose trials are not all in the record (begun before it was kept live) is written anew
+    later = TrialRecord("d", TrialState.COMPLETE, 1.0, {1: 0.7}, {"ensemble_size": 4, "lr": 4e-3})
+    study = finish_study([*records, later], _storage(tmp_path), "s", DISTRIBUTIONS)
+    assert [t.user_attrs["ray_trial_id"] for t in study.trials] == ["d", "b", "a"]
+
+
+def _poll_record(driver: subprocess.Popen, storage: str, ready) -> list:
+    """The recorded trials, polled until ready(trials) holds while the study's driver still runs."""
+    path = Path(storage.removeprefix("sqlite:///"))
+    deadline, trials = time.time() + 180, []
+    while time.time() < deadline and driver.poll() is None:
+        time.sleep(0.5)
+        if not path.exists():  # Optuna would make it, and the study's check of it would find it
+            continue
+        try:
+            trials = optuna.load_study(study_name="t", storage=storage).trials
+        except (KeyError, sqlalchemy.exc.OperationalError):  # no study yet; the driver writing
+            continue
+        if ready(trials):
+            return trials
+    seen = [(t.number, t.state.name, len(t.intermediate_values)) for t in trials]
+    raise AssertionError(f"the record never got there while the study ran (exit {driver.poll()}): {seen}")
+
+
+@pytest.mark.slow
+def test_the_record_follows_a_running_study_and_its_resume(demo_data_path, study_dirs, tmp_path):
+    """optuna.load_study during a study sees its trials RUNNING with their epochs; Ctrl-C, then --resume
+    goes on with the same trials (none twice, numbers unchanged); each names its MLflow run, whose number it has."""
+    args = ("--backbone", "tiny", "--max-epochs", "4", "--num-samples", "3")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"  # beside study_dirs' MLflow store
+    with (tmp_path / "driver.err").open("w") as err:
+        driver = subprocess.Popen(study_command(demo_data_path, study_dirs, *args), stdout=subprocess.DEVNULL,
+                                  stderr=err, env={**os.environ, **RAY_ENV})
+        try:
+            live = _poll_record(driver, storage, lambda trials: any(
+                t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2 for t in trials))
+            driver.send_signal(signal.SIGINT)
+            assert driver.wait(timeout=120) == 130, (tmp_path / "driver.err").read_text()[-3000:]
+        finally:
+            driver.kill()
+            driver.wait()
+    assert [t.number for t in live] == list(range(len(live)))
+    running = next(t for t in live if t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2)
+    assert running.value is None and running.datetime_complete is None
+
+    run_study(demo_data_path, study_dirs, *args, "--resume")
+    trials = optuna.load_study(study_name="t", storage=storage).trials
+    ray_ids = [t.user_attrs["ray_trial_id"] for t in trials]
+    assert len(trials) == 3 and len(set(ray_ids)) == 3
+    assert ray_ids[:len(live)] == [t.user_attrs["ray_trial_id"] for t in live]  # numbers unchanged
+    client, runs, _ = trial_runs(study_dirs["tracking_uri"])
+    by_run_id = {run.info.run_id: run for run in runs}
+    for trial in trials:
+        run = by_run_id[trial.user_attrs["mlflow_run_id"]]
+        assert run.data.tags["trial_id"] == trial.user_attrs["ray_trial_id"]
+        assert run.data.tags["trial_number"] == str(trial.number)
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_recall_at_1")}
+        assert trial.intermediate_values == history and trial.user_attrs["epochs"] == max(history), trial.number
+        assert trial.state == (TrialState.PRUNED if run.data.tags["stopped_early"] == "true" else TrialState.COMPLETE)
+        if trial.state == TrialState.COMPLETE:
+            assert trial.value == max(history.values())
+
+
+def _get(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+@pytest.mark.slow
+def test_the_printed_dashboard_command_shows_the_study(tmp_path):
+    """`optuna-dashboard STORAGE` as the summary prints it, on a port of its own: it lists the study and its
+    trials in the order they started."""
+    settings = _settings(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "ray")
+    write_study(_records(), optuna_storage_uri(settings), "t", DISTRIBUTIONS)
+    command = shlex.split(load_command(settings).split("# or: ", 1)[1])
+    assert command[0] == "optuna-dashboard"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with (tmp_path / "dashboard.log").open("w") as log:
+        server = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], stdout=log,
+                                  stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline, studies = time.time() + 60, None
+        while studies is None and time.time() < deadline and server.poll() is None:
+            try:
+                studies = _get(port, "/api/studies")["study_summaries"]
+            except OSError:  # not listening yet
+                time.sleep(0.5)
+        assert studies is not None, (server.poll(), (tmp_path / "dashboard.log").read_text()[-2000:])
+        assert [s["study_name"] for s in studies] == ["t"]
+        trials = _get(port, f"/api/studies/{studies[0]['study_id']}")["trials"]
+        assert [(t["number"], t["state"]) for t in trials] == [(0, "Pruned"), (1, "Complete"), (2, "Complete"),
+                                                              (3, "Fail"), (4, "Complete")]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+
+
+def test_the_record_numbers_trials_in_the_order_ray_made_them(tmp_path):
+    """Trial 1 starting before trial 0 (made together, started in either order): trial 0 is recorded first,
+    WAITING, so that Optuna's numbers are Ray's and MLflow's "trial N"; then RUNNING when it starts."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+
+    from studies.optuna_live import OptunaRecordCallback
+
+    def made(trial_id: str) -> Trial:
+        return Trial("train_ensemble", trial_id=trial_id, config={"ensemble_size": 3, "lr": 2e-3}, stub=True,
+                     storage=StorageContext(storage_path=str(tmp_path), experiment_dir_name="s"))
+
+    trials = [made("first"), made("second")]
+    callback = OptunaRecordCallback(_storage(tmp_path), "s", DISTRIBUTIONS)
+    callback.on_trial_start(0, trials, trials[1])
+    recorded = optuna.load_study(study_name="s", storage=_storage(tmp_path)).trials
+    assert [(t.number, t.user_attrs["ray_trial_id"], t.state) for t in recorded] == [
+        (0, "first", TrialState.WAITING), (1, "second", TrialState.RUNNING)]
+    callback.on_trial_start(0, trials, trials[0])
+    assert optuna.load_study(study_name="s", storage=_storage(tmp_path)).trials[0].state == TrialState.RUNNING

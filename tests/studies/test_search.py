@@ -115,8 +115,7 @@ def test_the_console_is_short_and_names_the_best_trial_by_its_selected_epoch(smo
 @pytest.mark.slow
 def test_one_name_per_trial_in_trials_csv_mlflow_optuna_ray_and_the_grid(smoke_study):
     """"trial N" (from 0, in the order Ray created the trials) in trials.csv's first column, MLflow's run names,
-    Ray's trial folders and the title of each trial's retrieval grid. (The Optuna record numbers the trials by
-    their start times, and trials created together may start in either order: not yet the same numbers.)"""
+    Ray's trial folders, the Optuna record's numbers and the title of each trial's retrieval grid."""
     client, runs, parents = trial_runs(smoke_study.dirs["tracking_uri"])
     with tempfile.TemporaryDirectory() as folder:
         table = pd.read_csv(client.download_artifacts(parents[0].info.run_id, "trials.csv", folder))
@@ -126,6 +125,7 @@ def test_one_name_per_trial_in_trials_csv_mlflow_optuna_ray_and_the_grid(smoke_s
         study_name="t", storage=f"sqlite:///{storage.parent / 'optuna.db'}").trials}
     assert sorted(table["trial"]) == [f"trial {n}" for n in range(len(runs))]
     assert set(optuna_numbers.values()) == set(range(len(runs)))
+    assert all(f"trial {optuna_numbers[row.ray_trial_id]}" == row.trial for row in table.itertuples())
     for row in table.itertuples():
         run = client.get_run(row.mlflow_run_id)
         assert run.info.run_name.startswith(f"{row.trial}: ") and run.data.tags["trial_id"] == row.ray_trial_id
