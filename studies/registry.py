@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from antimetric.errors import AntimetricError
 from studies.study_run import BEST, STUDY_TAG
 from studies.tracking import NUMBER_TAG, TRIAL_TAG, runs_by_trial
-from studies.trial_weights import logged_model, tracking_uri_for_fluent_api
+from studies.trial_weights import logged_model, quiet, tracking_uri_for_fluent_api
 
 ALIAS = "best"  # the alias of the newest study's version
 STUDY_RUN_TAG = "study_run_id"  # on a version: the study it came from (one version per study)
@@ -88,7 +88,7 @@ def register_run(client: MlflowClient, tracking_uri: str, name: str, run, study:
         if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
     tags, description = version_tags(run, study, study_run_id, int(run.data.metrics.get(f"{BEST}epoch", 0)))
-    with tracking_uri_for_fluent_api(tracking_uri):
+    with tracking_uri_for_fluent_api(tracking_uri), quiet("mlflow"):  # not "Registered model ... already exists"
         version = mlflow.register_model(model.model_uri, name, tags=tags)
     client.update_model_version(name, version.version, description=description)
     client.set_registered_model_alias(name, ALIAS, version.version)

@@ -71,7 +71,7 @@ def log_best_weights(tracking_uri: str, run_id: str, folder: Path) -> bool:
     with tempfile.TemporaryDirectory() as out:
         checkpoint = Path(out) / BEST_FILE
         torch_save(checkpoint, best)
-        with tracking_uri_for_fluent_api(tracking_uri), _quiet("mlflow"), mlflow.start_run(run_id=run_id):
+        with tracking_uri_for_fluent_api(tracking_uri), quiet("mlflow"), mlflow.start_run(run_id=run_id):
             embedding_dim = config.model.ensemble_size * branch_dim(config.model)
             mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, step=int(best.get("epoch", 0)),
                                     **model_arguments(checkpoint, embedding_dim))
@@ -132,7 +132,7 @@ def tracking_uri_for_fluent_api(tracking_uri: str):
 
 
 @contextlib.contextmanager
-def _quiet(*loggers: str):
+def quiet(*loggers: str):
     """MLflow's INFO and WARNING lines (its notes on cloudpickle and on validating the example) off for a
     moment, and no progress bar; errors still show."""
     levels = {name: logging.getLogger(name).level for name in loggers}
