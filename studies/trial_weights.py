@@ -31,17 +31,24 @@ from antimetric.cost import branch_dim
 from antimetric.train import BEST_FILE, RETRIEVALS_FILE
 from studies.pyfunc_model import model_arguments
 
-MODEL_ARTIFACT = "model"  # the logged model's name in its run
+MODEL_ARTIFACT = "model"  # runs:/RUN_ID/model: the run's logged model
 CHECKPOINT_FOLDER = re.compile(r"^checkpoint_\d{6}$")  # the folders Ray writes a trial's checkpoints to
 ENDED = ("TERMINATED", "ERROR")
 BEST_KEYS = ("epoch", "model", "meta_ids", "config", "metrics")  # what antimetric.load reads; no optimiser state
 
 
 def logged_model(client: MlflowClient, run) -> Any | None:
-    """The run's logged model `model` (a LoggedModel), if it has one."""
+    """The run's logged model (a LoggedModel; a trial logs one), if it has one."""
     found = client.search_logged_models([run.info.experiment_id], max_results=10,
-                                        filter_string=f"source_run_id = '{run.info.run_id}' AND name = '{MODEL_ARTIFACT}'")
+                                        filter_string=f"source_run_id = '{run.info.run_id}'")
     return found[0] if found else None
+
+
+def logged_model_name(run_name: str) -> str:
+    """The name of a run's logged model, as the experiment's Models tab lists it: the trial's name ("trial 7:
+    ensemble_size=..." gives `trial-7`, "confirm: trial 7, repeat 1" `confirm-trial-7-repeat-1`)."""
+    head = run_name if run_name.startswith("confirm: ") else run_name.split(": ", 1)[0]
+    return re.sub(r"[^A-Za-z0-9]+", "-", head).strip("-") or MODEL_ARTIFACT
 
 
 def compact_weights(state: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +65,7 @@ def compact_weights(state: dict[str, Any]) -> dict[str, Any]:
 
 def log_best_weights(tracking_uri: str, run_id: str, folder: Path) -> bool:
     """Log the best epoch's files of a checkpoint `folder` to the run: best.pt inside the pyfunc logged model
-    `model` (linked to the run's metrics at that epoch), retrievals.png at the run's root. False: no best.pt."""
+    named after the run (logged_model_name; linked to the run's metrics at that epoch), retrievals.png at the run's root. False: no best.pt."""
     path = folder / BEST_FILE
     if not path.is_file():
         return False
@@ -67,15 +74,15 @@ def log_best_weights(tracking_uri: str, run_id: str, folder: Path) -> bool:
         client.log_artifact(run_id, str(folder / RETRIEVALS_FILE))
     best = compact_weights(read_torch_file(path))
     config = checkpoint_config(best.get("config"), path)
-    status = client.get_run(run_id).info.status
+    run = client.get_run(run_id).info
     with tempfile.TemporaryDirectory() as out:
         checkpoint = Path(out) / BEST_FILE
         torch_save(checkpoint, best)
         with tracking_uri_for_fluent_api(tracking_uri), quiet("mlflow"), mlflow.start_run(run_id=run_id):
             embedding_dim = config.model.ensemble_size * branch_dim(config.model)
-            mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, step=int(best.get("epoch", 0)),
+            mlflow.pyfunc.log_model(name=logged_model_name(run.run_name or ""), step=int(best.get("epoch", 0)),
                                     **model_arguments(checkpoint, embedding_dim))
-            mlflow.end_run(status)  # as it was: the callback or the summary ends the run
+            mlflow.end_run(run.status)  # as it was: the callback or the summary ends the run
     return True
 
 

@@ -40,7 +40,7 @@ def test_a_smoke_study_registers_its_best_trial(study, smoke_study, monkeypatch)
     version = versions[0]
     logged = mlflow.search_logged_models(experiment_ids=[best.info.experiment_id], output_format="list",
                                          filter_string=f"source_run_id = '{best.info.run_id}'")
-    assert [m.name for m in logged] == ["model"]
+    assert [m.name for m in logged] == [best.info.run_name.split(":")[0].replace(" ", "-")]  # "trial-2"
     assert version.run_id == best.info.run_id and version.source == logged[0].model_uri
     assert str(client.get_model_version_by_alias(MODEL, "best").version) == "1"
     embedding = antimetric.load(f"models:/{MODEL}@best").embed(images)

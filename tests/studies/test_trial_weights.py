@@ -34,3 +34,12 @@ def test_fp32_ensembles_keep_fp32_weights(demo_run):
     kept = compact_weights({**state, "optimizer": {}})
     assert "optimizer" not in kept
     assert all(torch.equal(kept["model"][k], v) and kept["model"][k].dtype == v.dtype for k, v in state["model"].items())
+
+
+def test_a_logged_model_is_named_after_its_trial():
+    """The experiment's Models tab lists each trial's model by the trial's name, not 20 rows of `model`."""
+    from studies.trial_weights import logged_model_name
+
+    assert logged_model_name("trial 7: ensemble_size=12, lr=2.1e-03") == "trial-7"
+    assert logged_model_name("confirm: trial 7, repeat 1") == "confirm-trial-7-repeat-1"
+    assert logged_model_name("confirm: default, repeat 0") == "confirm-default-repeat-0"
