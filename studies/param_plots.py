@@ -250,7 +250,7 @@ def slice_figure(every: optuna.Study, title: str):
         figure.delaxes(axes)
     for axes in grid[:, 0]:
         axes.set_ylabel(OBJECTIVE)
-    figure.colorbar(ScalarMappable(norm, COLORMAP), ax=grid, label="trial number (the order they started)", pad=0.01)
+    figure.colorbar(ScalarMappable(norm, COLORMAP), ax=grid, label='trial number ("trial N")', pad=0.01)
     handles, labels = grid[0, 0].get_legend_handles_labels()
     labels = [f"best: trial {best.number} ({best.value:.3f})" if label == "best" else label for label in labels]
     figure.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=9, frameon=False)

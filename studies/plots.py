@@ -100,7 +100,7 @@ def _optuna_plots(study: optuna.Study, module) -> list[tuple[str, Callable, str]
     if complete:
         plots.append(("optimization_history", partial(module.plot_optimization_history, target=target,
                                                       target_name=OBJECTIVE),
-                      f"Optimization history: {counts}, numbered in the order they started"))
+                      f"Optimization history: {counts}, by trial number"))
         if target is not None:
             plots.append(("pareto_front", partial(module.plot_pareto_front, target_names=study.metric_names),
                           f"Pareto front of {counts}: {' against '.join(study.metric_names)}"))

@@ -126,7 +126,7 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
     _print_summary(settings, table, metrics, best_config, experiment_id)
     if front is not None:
         print_front(front, settings)
-    print(f"\nOptuna study of every trial, in the order they started:\n  {load_command(settings)}")
+    print(f"\nOptuna record of the search (live while it runs; trial numbers as above):\n  {load_command(settings)}")
     if model_uri is not None:
         print(f"\nThe best trial's ensemble as an MLflow model (images in, embeddings out), e.g. served on 127.0.0.1:\n"
               f"  MLFLOW_TRACKING_URI={settings.tracking_uri} mlflow models serve -m {model_uri} --env-manager local "
