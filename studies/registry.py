@@ -8,6 +8,8 @@ its version, so that a study summarized again (after --resume) adds none.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 
 import mlflow
@@ -88,7 +90,8 @@ def register_run(client: MlflowClient, tracking_uri: str, name: str, run, study:
         if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
     tags, description = version_tags(run, study, study_run_id, int(run.data.metrics.get(f"{BEST}epoch", 0)))
-    with tracking_uri_for_fluent_api(tracking_uri), quiet("mlflow"):  # not "Registered model ... already exists"
+    # without MLflow's "Registered model ... already exists" and "Created version" lines (the study prints its URI)
+    with tracking_uri_for_fluent_api(tracking_uri), quiet("mlflow"), contextlib.redirect_stderr(io.StringIO()):
         version = mlflow.register_model(model.model_uri, name, tags=tags)
     client.update_model_version(name, version.version, description=description)
     client.set_registered_model_alias(name, ALIAS, version.version)
