@@ -31,7 +31,7 @@ from studies.study_run import (
     stopped_early,
 )
 from studies.trainable import CONFIRM, EPOCH, OBJECTIVE, trial_config, trial_cost
-from studies.trial_weights import delete_checkpoints, log_ended_trial, saved_as_ended
+from studies.trial_weights import delete_checkpoints, ended_in_saved_state, log_ended_trial
 
 DEFAULT_STORE = Path("mlruns")
 TRIAL_TAG, TRIAL_DIR_TAG, NUMBER_TAG = "trial_id", "trial_dir", "trial_number"
@@ -179,7 +179,10 @@ class MLflowTrialCallback(tune.Callback):
         self._ended.append(trial)
 
     def on_step_end(self, iteration, trials, **info) -> None:
-        for trial in [t for t in self._ended if saved_as_ended(t)]:
+        if not self._ended:
+            return
+        ended = ended_in_saved_state(self._ended[0].storage)  # Ray's state file, read once for all of them
+        for trial in [t for t in self._ended if t.trial_id in ended]:
             delete_checkpoints(trial.storage.storage_filesystem, trial.storage.trial_fs_path)
             self._ended.remove(trial)
 

@@ -105,26 +105,22 @@ def delete_checkpoints(filesystem, folder: str) -> None:
             filesystem.delete_dir(info.path)
 
 
-def saved_as_ended(trial) -> bool:
-    """Whether the experiment state Ray saved in storage last records `trial` as ended: only then may its
-    checkpoints go (a driver killed before would resume it from them). A state file being copied, or none,
-    says no."""
-    storage = trial.storage
+def ended_in_saved_state(storage) -> set[str]:
+    """The ids of the trials that the experiment state Ray saved last in `storage` (a trial's StorageContext)
+    records as ended: only their checkpoints may go (a driver killed before would resume a trial from them).
+    A state file being copied, or none, names none."""
     filesystem, folder = storage.storage_filesystem, storage.experiment_fs_path
     states = sorted(info.path for info in filesystem.get_file_info(FileSelector(folder, allow_not_found=True))
                     if info.base_name.startswith("experiment_state-") and info.base_name.endswith(".json"))
     if not states:
-        return False
+        return set()
     try:
         with filesystem.open_input_stream(states[-1]) as stream:
             trials = json.loads(stream.read())["trial_data"]
-        for trial_state, _ in trials:
-            state = json.loads(trial_state)
-            if state.get("trial_id") == trial.trial_id:
-                return state.get("status") in ENDED
+        saved = [json.loads(trial_state) for trial_state, _ in trials]
+        return {state["trial_id"] for state in saved if state.get("status") in ENDED}
     except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return False
+        return set()
 
 
 @contextlib.contextmanager
