@@ -95,7 +95,7 @@ def confirm_tuner(settings: StudySettings, experiment_id: str, ranked: list[tupl
 
 def report_confirmation(settings: StudySettings, results, experiment_id: str) -> pd.DataFrame:
     """The stage's table, plot, metrics and verdict on the study's run, the winner registered; printed too."""
-    keep_ended_trials(settings, results, experiment_id, stage=CONFIRM_STAGE)
+    keep_ended_trials(settings, results, runs_by_trial(settings.tracking_uri, experiment_id, CONFIRM_STAGE))
     close_finished_runs(settings.tracking_uri, experiment_id,
                         {Path(r.path).name: "ERROR" if r.error else "TERMINATED" for r in results},
                         {Path(r.path).name: str(r.error) for r in results if r.error}, stage=CONFIRM_STAGE)

@@ -18,7 +18,7 @@ from studies.settings import StudySettings, trial_constants
 from studies.spaces import distributions
 from studies.study_note import NOTE_TAG, best_params, search_note, summary_tags, trial_pick
 from studies.study_run import log_summary, ui_command
-from studies.tracking import NUMBER_TAG, SEARCH, close_finished_runs, runs_by_trial
+from studies.tracking import NUMBER_TAG, close_finished_runs, runs_by_trial
 from studies.trainable import COST_KEYS, EPOCH, OBJECTIVE, ended_early, trial_config
 from studies.trial_weights import delete_checkpoints, log_ended_trial
 
@@ -61,11 +61,10 @@ def _trial_dir(result) -> str:
     return Path(result.path).name
 
 
-def keep_ended_trials(settings: StudySettings, results, experiment_id: str, stage: str = SEARCH) -> None:
+def keep_ended_trials(settings: StudySettings, results, runs: dict[str, Any]) -> None:
     """Each trial's best weights (its logged model) and retrieval grid in its run, where the MLflow callback did
     not log them when it ended (a driver killed before: trial_weights.py); then its checkpoints deleted: the
-    study's state is saved, every trial ended, no resume needs them."""
-    runs = runs_by_trial(settings.tracking_uri, experiment_id, stage)
+    study's state is saved, every trial ended, no resume needs them. `runs`: the trials' runs (runs_by_trial)."""
     for result in results:
         run = runs.get(_trial_dir(result))
         if run is None:
@@ -85,8 +84,9 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
     """The search's summary. With a confirmation stage to come, the model registered is its winner's, not the
     search's best trial's (confirm_stage.py)."""
     searched = list(settings.space)
-    table = trials_table(results, searched, runs_by_trial(settings.tracking_uri, experiment_id))
-    keep_ended_trials(settings, results, experiment_id)
+    runs = runs_by_trial(settings.tracking_uri, experiment_id)
+    table = trials_table(results, searched, runs)
+    keep_ended_trials(settings, results, runs)
     close_finished_runs(settings.tracking_uri, experiment_id,
                         {_trial_dir(r): "ERROR" if r.error else "TERMINATED" for r in results},
                         {_trial_dir(r): str(r.error) for r in results if r.error})
