@@ -3,13 +3,10 @@ MLflow and the Optuna record give it ("trial 3"), and none of the libraries' cha
 errors still show)."""
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import time
-from typing import Iterator
 
-import optuna
 from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from ray import tune
 from ray.tune.utils.util import unflattened_lookup
@@ -92,15 +89,3 @@ def quiet_console() -> None:
     caller set is kept."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, "false")
-
-
-@contextlib.contextmanager
-def quiet_optuna() -> Iterator[None]:
-    """Optuna's INFO lines kept out (OptunaSearch's in-memory study says "A new study created in memory"); its
-    warnings kept."""
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(max(verbosity, optuna.logging.WARNING))
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(verbosity)

@@ -9,13 +9,14 @@ a study begun before the record was kept live, and says how each trial ends (tri
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import optuna
 from optuna.distributions import BaseDistribution
@@ -148,13 +149,9 @@ def write_study(records: list[TrialRecord], storage: str, study_name: str,
 def new_study(storage: str | BaseStorage, study_name: str, cost: str | None = None) -> optuna.Study:
     """An empty study of the objective (and, with `cost`, a Pareto study's cost), its values named."""
     names = [OBJECTIVE] if cost is None else [OBJECTIVE, cost]
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created ..." in the console
-    try:
+    with quiet_optuna():
         study = optuna.create_study(study_name=study_name, storage=storage,
                                     directions=["maximize", "minimize"][:len(names)])
-    finally:
-        optuna.logging.set_verbosity(verbosity)
     with warnings.catch_warnings():  # experimental, and what the dashboard labels values with
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(names)
@@ -194,3 +191,14 @@ def frozen_trial(record: TrialRecord, distributions: dict[str, BaseDistribution]
     trial.datetime_start = datetime.fromtimestamp(record.started)
     trial.datetime_complete = datetime.fromtimestamp(max(record.started, record.ended or record.started))
     return trial
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's INFO lines kept out (a study made says "A new study created in memory/RDB"); its warnings kept."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(verbosity, optuna.logging.WARNING))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)

@@ -19,6 +19,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 from optuna.trial import FrozenTrial, TrialState
 
+from studies.optuna_record import quiet_optuna
 from studies.trainable import OBJECTIVE
 
 MIN_IMPORTANCE_TRIALS = 5  # PED-ANOVA compares the top 10% with the rest: fewer trials rank by noise
@@ -43,12 +44,8 @@ def every_trial_study(study: optuna.Study, linear_integers: bool = False) -> opt
             distributions={k: _linear(d) if linear_integers else d for k, d in trial.distributions.items()},
             user_attrs={**trial.user_attrs, RECORDED_STATE: trial.state.name},
             intermediate_values=trial.intermediate_values))
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
-    try:
+    with quiet_optuna():
         copy = optuna.create_study(direction="maximize")
-    finally:
-        optuna.logging.set_verbosity(verbosity)
     copy.add_trials(copies)
     return copy
 

@@ -30,8 +30,9 @@ from studies.checks import (
     store_failure,
 )
 from studies.confirm_stage import confirm_path, confirm_tuner, ranked_configurations, report_confirmation
-from studies.console import StudyReporter, parameter_columns, quiet_console, quiet_optuna, trial_dirname, trial_name
+from studies.console import StudyReporter, parameter_columns, quiet_console, trial_dirname, trial_name
 from studies.optuna_live import record_callback
+from studies.optuna_record import quiet_optuna
 from studies.pareto import pareto_scheduler, search_objectives
 from studies.report import summarize
 from studies.resumable_asha import ResumableASHA
