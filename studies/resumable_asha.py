@@ -4,7 +4,7 @@ Tune saves the searcher's state with the experiment, but not the scheduler's: `T
 scheduler as it was when the study began, with empty rungs. A resumed study's ASHA would then compare new
 trials with fewer (or later) results than the uninterrupted study's did, and stop other trials; and a trial
 that re-runs an epoch after the restore (its checkpoint was older than its last result) would be judged again.
-This scheduler writes its rungs, and the trials it stopped, to `asha_rungs.json` in the experiment's folder
+This scheduler writes its rungs, and the trials it stopped, to `asha_rungs.state` (JSON) in the experiment's folder
 after every change, and reads them back before the first decision of a resumed study: the same results get
 the same decisions.
 """
@@ -18,7 +18,9 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from antimetric.atomic import write_json
 
-RUNGS_FILE = "asha_rungs.json"
+# Not *.json or *.pkl: on restore Ray downloads those files of the experiment folder into its staging folder and
+# uploads them back later, file by file, which would put a stale copy over the rungs (read empty mid-copy).
+RUNGS_FILE = "asha_rungs.state"
 
 
 class ResumableASHA(ASHAScheduler):

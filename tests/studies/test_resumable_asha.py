@@ -1,7 +1,10 @@
 """ASHA's rungs survive a study's interruption: a scheduler restored as Tuner.restore restores it (unpickled as
 it was when the study began) makes the decisions the uninterrupted one makes."""
 import pickle
+from pathlib import Path
 
+import pytest
+import ray
 from ray.train._internal.storage import StorageContext
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
@@ -53,3 +56,23 @@ def test_a_new_study_starts_with_empty_rungs(tmp_path):
     """A scheduler whose experiment folder has no rungs file (a new study) stops nothing on its first results."""
     scheduler, trials = _scheduler(tmp_path), {}
     assert [_decide(scheduler, trials, *result) for result in [("a", 1, 0.9), ("b", 1, 0.95)]] == [CONTINUE, CONTINUE]
+
+
+@pytest.mark.slow  # Ray's staging folder is in its session
+def test_ray_does_not_copy_the_rungs_back_over_themselves(tmp_path):
+    """On restore Ray downloads the experiment folder's .json and .pkl files into its staging folder and later
+    uploads that folder back, file by file: a rungs file among them would be overwritten by its stale copy (and
+    read empty while copied: seen as a JSONDecodeError on --resume). Ray must leave it out."""
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="study")
+    (tmp_path / "study").mkdir(exist_ok=True)
+    (tmp_path / "study" / RUNGS_FILE).write_text('{"rungs": [], "stopped": {}}')
+    (tmp_path / "study" / "experiment_state-x.json").write_text("{}")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        _ExperimentCheckpointManager(storage=storage, checkpoint_period=1).sync_down_experiment_state()
+        staged = {p.name for p in Path(storage.experiment_driver_staging_path).iterdir()}
+    finally:
+        ray.shutdown()
+    assert "experiment_state-x.json" in staged and RUNGS_FILE not in staged
