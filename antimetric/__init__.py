@@ -10,12 +10,12 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AntimetricError": "antimetric.errors", "ConfigError": "antimetric.errors",
     "DatasetLayoutError": "antimetric.errors",
-    "DataConfig": "antimetric.config", "EvalConfig": "antimetric.config", "ModelConfig": "antimetric.config",
-    "RunConfig": "antimetric.config", "TrainConfig": "antimetric.config", "resolve": "antimetric.config",
+    "DataConfig": "antimetric.training.config", "EvalConfig": "antimetric.training.config", "ModelConfig": "antimetric.training.config",
+    "RunConfig": "antimetric.training.config", "TrainConfig": "antimetric.training.config", "resolve": "antimetric.training.config",
     "EnsembleNet": "antimetric.model", "build_model": "antimetric.model",
-    "recall_at_k": "antimetric.evaluate", "retrieval_metrics": "antimetric.evaluate",
-    "TrainedEnsemble": "antimetric.trained", "load": "antimetric.trained",
-    "EpochResult": "antimetric.train", "FitResult": "antimetric.train", "fit": "antimetric.train",
+    "recall_at_k": "antimetric.evaluation.embed", "retrieval_metrics": "antimetric.evaluation.embed",
+    "TrainedEnsemble": "antimetric.retrieval.trained", "load": "antimetric.retrieval.trained",
+    "EpochResult": "antimetric.training.loop", "FitResult": "antimetric.training.loop", "fit": "antimetric.training.loop",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -7,7 +7,12 @@ import sys
 import warnings
 from pathlib import Path
 
-from antimetric.config import (
+from antimetric.base.extensions import RUN_TRACKER, extension
+from antimetric.data.cache import MAX_CACHE_SIZE
+from antimetric.errors import AntimetricError, AntimetricWarning, ConfigError, RunInterrupted
+from antimetric.options import add_config_arguments, given_options
+from antimetric.retrieval.cli import add_retrieval_commands
+from antimetric.training.config import (
     BACKBONE_NAMES,
     CROP_TYPES,
     DATASETS,
@@ -16,11 +21,6 @@ from antimetric.config import (
     check_crop_type,
     check_device,
 )
-from antimetric.data.cache import MAX_CACHE_SIZE
-from antimetric.errors import AntimetricError, AntimetricWarning, ConfigError, RunInterrupted
-from antimetric.extensions import RUN_TRACKER, extension
-from antimetric.options import add_config_arguments, given_options
-from antimetric.retrieval_cli import add_retrieval_commands
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +138,7 @@ def _add(parser: argparse.ArgumentParser, *names: str, **kwargs) -> None:
 
 def _prepare(args: argparse.Namespace) -> int:
     from antimetric.data.cache import CacheForm
-    from antimetric.data.manifest import prepare
+    from antimetric.data.manifest.prepare import prepare
 
     cache = None
     if args.cache_size is not None:
@@ -164,7 +164,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from antimetric.train import fit, resume_run
+    from antimetric.training.loop import fit, resume_run
 
     values = given_options(args)
     progress = not args.quiet and sys.stderr.isatty()
@@ -243,8 +243,8 @@ def _run_dataset(run_dir: Path) -> str | None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from antimetric.evaluate_model import evaluate_model, trained_data_path
-    from antimetric.trained import load
+    from antimetric.retrieval.evaluate_model import evaluate_model, trained_data_path
+    from antimetric.retrieval.trained import load
 
     check_device(args.device)
     ensemble = load(args.model, device=args.device, tracking_uri=args.tracking_uri)
@@ -259,9 +259,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from antimetric.config import ModelConfig
-    from antimetric.cost import ensemble_cost
-    from antimetric.profile import profile
+    from antimetric.model.cost import ensemble_cost
+    from antimetric.model.profile import profile
+    from antimetric.training.config import ModelConfig
 
     config = ModelConfig(backbone=args.backbone, share_type=args.share_type, ensemble_size=args.ensemble_size,
                          meta_class_size=args.meta_class_size, with_fc=args.with_fc, pretrained=False)

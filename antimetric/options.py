@@ -1,5 +1,5 @@
 """Command-line arguments built from the config's fields, so that an option is declared once
-(antimetric.config) and `antimetric train` and `studies.search` offer the same ones.
+(antimetric.training.config) and `antimetric train` and `studies.search` offer the same ones.
 
 Arguments default to "not given" (argparse.SUPPRESS): `given_options` returns only what the user
 typed, and every other value comes from the config's own defaults when it is resolved.
@@ -10,8 +10,8 @@ import argparse
 import dataclasses
 from typing import Any
 
-from antimetric.config import DATASET_DEFAULTS, SECTION_CLASSES, Option, RunConfig, value_kind
 from antimetric.errors import ConfigError
+from antimetric.training.config import DATASET_DEFAULTS, SECTION_CLASSES, Option, RunConfig, value_kind
 
 
 def option_fields() -> list[tuple[dataclasses.Field, Option]]:

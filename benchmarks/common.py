@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from antimetric.atomic import atomic_open
-from antimetric.config import DATASET_DEFAULTS, ModelConfig, TrainConfig
+from antimetric.base.atomic import atomic_open
 from antimetric.model.device_plan import cpuinfo_value
+from antimetric.training.config import DATASET_DEFAULTS, ModelConfig, TrainConfig
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
     python -m benchmarks.demo_epoch --data-path data --epochs 4 --threads 1 --json
 
 Trains the demo's best-found ensemble shape (tiny ResNet x 8, meta 12, share layer1, with_random,
-fc head, 64 px, batch 32, the 20 % validation split a study uses) as `antimetric.train.fit` runs a
+fc head, 64 px, batch 32, the 20 % validation split a study uses) as `antimetric.training.loop.fit` runs a
 study trial: one thread (what Ray gives a trial of `cpus_per_trial=1`), images loaded in the main
 process. Each variant is a whole run from the same seed, and adds one lever to the one before;
 they run interleaved in one process:
@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 
-from antimetric import session
-from antimetric.config import RunConfig
 from antimetric.data.demo import ensure_demo
-from antimetric.train import fit
+from antimetric.training import session
+from antimetric.training.config import RunConfig
+from antimetric.training.loop import fit
 from benchmarks.common import environment
 
 # The ensemble `make demo` selected on 2026-11-29 (seed 0); fixed here so that every variant trains it.

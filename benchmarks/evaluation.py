@@ -3,7 +3,7 @@
     python -m benchmarks.evaluation --device cuda --dim 24576      # 48 branches x 512 meta-classes
     python -m benchmarks.evaluation --device cpu --dim 576         # 48 x 12, bounded memory
 
-Times antimetric.metrics.retrieval_metrics (exact kNN, leave-one-out, Recall@1/10/100/1000,
+Times antimetric.evaluation.metrics.retrieval_metrics (exact kNN, leave-one-out, Recall@1/10/100/1000,
 MAP@R) on random unit-norm branch features with SOP's class structure, and reports the peak
 memory it used (GPU allocator, or the process's resident set on CPU).
 """
@@ -18,8 +18,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from antimetric.config import DATASET_DEFAULTS, EvalConfig
-from antimetric.metrics import retrieval_metrics
+from antimetric.evaluation.metrics import retrieval_metrics
+from antimetric.training.config import DATASET_DEFAULTS, EvalConfig
 from benchmarks.common import default_device, device_name, sync
 
 SOP_TEST_IMAGES, SOP_TEST_CLASSES = 60_502, 11_316

@@ -1,4 +1,4 @@
-"""Kernel-level profile of the training step `antimetric train` runs (antimetric.step.training_step),
+"""Kernel-level profile of the training step `antimetric train` runs (antimetric.training.step.training_step),
 on the fast path training picks for the device; by default the seed configuration on CUDA.
 
     python -m benchmarks.profile_step [--nchw]

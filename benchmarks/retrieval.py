@@ -6,13 +6,13 @@
 
 search: a synthetic gallery of 60,502 rows (SOP's test set) of 48 unit-norm branch vectors, stored
 as an index stores it (float16 .npy, memory-mapped), searched for the top 10 of 1 and of 16 queries
-by antimetric.neighbours.nearest: warm (file in the page cache; median of --repeats) and cold (the
+by antimetric.evaluation.neighbours.nearest: warm (file in the page cache; median of --repeats) and cold (the
 file's pages dropped with posix_fadvise first; one run each). For comparison, the same search with
 one torch thread, with the previous implementation (8,192-row chunks converted whole), with chunks
 multiplied in bfloat16 (and its error), and, with --float32, on a float32 copy of the gallery.
 The default widths: CUB's seed ensemble (48 x 12 = 576) and SOP's (48 x 512 = 24,576).
 
-build: antimetric.gallery_index.build_index end to end (decode, transform, embed, write) over real
+build: antimetric.retrieval.gallery_index.build_index end to end (decode, transform, embed, write) over real
 images: --images (default: the generated demo dataset) with --model (default: an untrained ensemble
 of the demo's shape; --untrained KEY=VALUE changes that shape, e.g. backbone=resnet18).
 """
@@ -33,15 +33,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from antimetric.config import DATASET_DEFAULTS, RunConfig, resolve
 from antimetric.data.demo import ensure_demo
-from antimetric.gallery_build import build_index
-from antimetric.gallery_images import ImageSet, find_images
+from antimetric.evaluation.neighbours import nearest
 from antimetric.model.device_plan import plan_for
 from antimetric.model.ensemble import build_model
-from antimetric.neighbours import nearest
-from antimetric.session import num_workers, pick_device
-from antimetric.trained import TrainedEnsemble, load
+from antimetric.retrieval.gallery_build import build_index
+from antimetric.retrieval.gallery_images import ImageSet, find_images
+from antimetric.retrieval.trained import TrainedEnsemble, load
+from antimetric.training.config import DATASET_DEFAULTS, RunConfig, resolve
+from antimetric.training.session import num_workers, pick_device
 from benchmarks.common import write_result
 from benchmarks.evaluation import SOP_BRANCHES, SOP_FEATURE_DIM, SOP_TEST_IMAGES
 

@@ -23,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from antimetric.model import DevicePlan, build_model, plan_for
-from antimetric.step import make_optimizer, prepare_device, training_step
+from antimetric.training.step import make_optimizer, prepare_device, training_step
 from benchmarks.common import add_configuration_arguments, add_device_argument, environment, model_config, sync
 
 
@@ -98,7 +98,7 @@ def count_step_flops(args: argparse.Namespace, device: torch.device | None = Non
 
 
 def build_step(args: argparse.Namespace, variant: Variant, device: torch.device) -> Callable[[], torch.Tensor]:
-    """One call = one antimetric.step.training_step of `variant` on a fixed random batch; returns the loss."""
+    """One call = one antimetric.training.step.training_step of `variant` on a fixed random batch; returns the loss."""
     batch = variant.batch_size or args.batch_size
     prepare_device(variant)
     if variant.cudnn_benchmark_limit is not None:  # process-wide, like prepare_device's cudnn.benchmark

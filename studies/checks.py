@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import SQLAlchemyError
 
 from antimetric.errors import ConfigError
-from antimetric.run_folder import probe, writing
+from antimetric.training.run_folder import probe, writing
 from studies.optuna_record import optuna_storage_uri
 from studies.settings import StudySettings, available_cpus
 from studies.study_run import KIND, KIND_TAG

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from antimetric.intervals import Interval, interval
+from studies.intervals import Interval, interval
 from studies.seeds import repeat_seeds
 from studies.trainable import CONFIRM, OBJECTIVE
 

@@ -1,5 +1,5 @@
 """An ensemble kept in MLflow as a local checkpoint file: what `antimetric.load` calls (through the entry point
-`antimetric.extensions:model_source`) for an MLflow run id, `runs:/RUN_ID[/PATH]` or `models:/NAME/VERSION`
+`antimetric.base.extensions:model_source`) for an MLflow run id, `runs:/RUN_ID[/PATH]` or `models:/NAME/VERSION`
 (also `models:/NAME@ALIAS` and `models:/NAME/latest`).
 
 A run's checkpoint is the one inside its logged model `model` (a study's trial: trial_weights.py, a pyfunc
@@ -22,8 +22,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from antimetric.errors import ConfigError
-from antimetric.run_folder import BEST_FILE
-from antimetric.training_state import STATE_FILE
+from antimetric.training.run_folder import BEST_FILE
+from antimetric.training.state import STATE_FILE
 from studies.checks import STORE_ERRORS, check_tracking_server, quiet_store_errors, store_failure
 from studies.tracking import CHECKPOINT_ARTIFACT, default_tracking_uri
 from studies.trial_weights import MODEL_ARTIFACT, logged_model, no_progress_bar

@@ -38,7 +38,7 @@ from PIL import Image
 
 from antimetric.data.images import MAX_BYTES, decode_rgb, open_rgb
 from antimetric.errors import AntimetricError, ConfigError
-from antimetric.trained import TrainedEnsemble, load
+from antimetric.retrieval.trained import TrainedEnsemble, load
 
 IMAGE, PATH = "image", "path"  # the input columns
 CHECKPOINT = "checkpoint"  # the artifact's key

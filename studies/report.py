@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from antimetric.train import fit
+from antimetric.training.loop import fit
 from studies.optuna_live import finish_study
 from studies.optuna_record import load_command, optuna_storage_uri, trial_records
 from studies.pareto import pareto_cost, print_front, record_front

@@ -16,7 +16,7 @@ from pathlib import Path
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from antimetric.atomic import write_json
+from antimetric.base.atomic import write_json
 
 # Not *.json or *.pkl: on restore Ray downloads those files of the experiment folder into its staging folder and
 # uploads them back later, file by file, which would put a stale copy over the rungs (read empty mid-copy).

@@ -9,7 +9,7 @@ with the error, or KILLED after Ctrl-C. `train --resume RUN_DIR` continues the M
 The store is checked before training starts, but the run is made when the first epoch ends (or when
 training fails), so that bad input (a dataset not found, a meta-class size the classes do not allow: the
 core finds these once it reads the data) is an error on the command line and leaves no run behind.
-The core reaches this class through the entry point `antimetric.extensions:run_tracker`.
+The core reaches this class through the entry point `antimetric.base.extensions:run_tracker`.
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from typing import Any
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from antimetric.config import RunConfig, resolve
 from antimetric.errors import AntimetricError, ConfigError, DatasetLayoutError, RunInterrupted
-from antimetric.run_folder import BEST_FILE, CONFIG_FILE, RETRIEVALS_FILE, OutputError
-from antimetric.train import EpochCallback, EpochResult, FitResult
+from antimetric.training.config import RunConfig, resolve
+from antimetric.training.loop import EpochCallback, EpochResult, FitResult
+from antimetric.training.run_folder import BEST_FILE, CONFIG_FILE, RETRIEVALS_FILE, OutputError
 from studies.checks import open_tracking_experiment
 from studies.settings import default_experiment
 from studies.tracking import (

@@ -8,7 +8,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from antimetric.atomic import write_json
+from antimetric.base.atomic import write_json
 from antimetric.data.table import TABLE
 from antimetric.errors import ConfigError
 
@@ -69,7 +69,7 @@ SAVED_BEFORE = {"confirm_top": 0, "repeats": 3}
 APPLIED = ("cpus_per_trial", "gpus_per_trial")
 SETTINGS_FILE = "antimetric-study.json"
 OBJECTIVES = ("recall", "pareto")  # --objective
-PARETO_COSTS = ("embedding_dims", "gflops_per_image")  # --cost: an ensemble's cost per image (antimetric/cost.py)
+PARETO_COSTS = ("embedding_dims", "gflops_per_image")  # --cost: an ensemble's cost per image (antimetric/model/cost.py)
 
 
 def default_experiment(dataset: str) -> str:

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from antimetric.config import RunConfig, resolve, value_kind
 from antimetric.errors import ConfigError
-from antimetric.memory_estimate import check_memory
 from antimetric.options import option_fields, option_names
+from antimetric.training.config import RunConfig, resolve, value_kind
+from antimetric.training.memory_estimate import check_memory
 from studies.spaces import Space
 
 # Keys a study sets itself (the dataset, its folder, the epochs of --max-epochs, the seed of --seed)

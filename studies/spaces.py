@@ -18,7 +18,7 @@ import optuna
 
 from antimetric.data.table import TABLE
 from antimetric.errors import ConfigError
-from antimetric.meta_classes import check_class_count
+from antimetric.training.meta_classes import check_class_count
 from studies.seeds import trial_seeds
 
 Space = dict[str, dict[str, Any]]

@@ -19,7 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from antimetric.data.splits import make_splits
 from antimetric.errors import ConfigError
-from antimetric.session import load_index
+from antimetric.training.session import load_index
 from studies.checks import (
     STORE_ERRORS,
     check_nodes,

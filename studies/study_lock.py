@@ -5,7 +5,7 @@ runs, trial runs of both, a registered version tagged with both). The experiment
 are two lock files: `.NAME.lock` in --storage-path (Ray's folder of the study), and, for a local SQLite
 MLflow store, `.DB.NAME.lock` beside the database, since two studies with other --storage-path values but
 the same name share its MLflow experiment. A store on a server has no file to lock beside it: studies of
-one name on two machines that share a server are not stopped. The locks are flocks (antimetric.data.locking):
+one name on two machines that share a server are not stopped. The locks are flocks (antimetric.data.manifest.locking):
 they end with the process, so a study that crashed or was killed leaves nothing to clean up.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from antimetric.data.locking import LockHeld, holding_lock
+from antimetric.data.manifest.locking import LockHeld, holding_lock
 from antimetric.errors import ConfigError
 from studies.settings import StudySettings
 from studies.tracking import local_artifact_root

@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from antimetric.intervals import Interval
 from studies.confirm import DEFAULT, describe
+from studies.intervals import Interval
 from studies.registry import ALIAS, model_name
 from studies.settings import StudySettings
 from studies.tracking import NUMBER_TAG, runs_by_trial

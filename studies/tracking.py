@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID
 
-from antimetric.train import RESOLVED_AT_START
+from antimetric.training.loop import RESOLVED_AT_START
 from studies.seeds import SEED_KEYS
 from studies.study_run import (
     BEST,

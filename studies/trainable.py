@@ -10,10 +10,10 @@ from typing import Any
 import ray
 from ray import tune
 
-from antimetric.config import RunConfig, resolve
-from antimetric.cost import EnsembleCost, ensemble_cost
 from antimetric.errors import ConfigError
-from antimetric.train import BEST_FILE, RETRIEVALS_FILE, EpochResult, fit
+from antimetric.model.cost import EnsembleCost, ensemble_cost
+from antimetric.training.config import RunConfig, resolve
+from antimetric.training.loop import BEST_FILE, RETRIEVALS_FILE, EpochResult, fit
 
 OBJECTIVE = "val_recall_at_1"  # Recall@1 on training classes held out from training
 EPOCH = "epoch"  # the time attribute ASHA schedules on
@@ -42,7 +42,7 @@ def ended_early(epochs_run: int, config: dict[str, Any]) -> bool:
 
 def trial_cost(config: RunConfig) -> dict[str, float]:
     """What the trial's ensemble costs to embed one test image: embedding_dims, params, gflops_per_image
-    (antimetric/cost.py; counted on the meta device, in milliseconds)."""
+    (antimetric/model/cost.py; counted on the meta device, in milliseconds)."""
     return asdict(ensemble_cost(config.model, config.data.image_size))
 
 

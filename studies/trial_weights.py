@@ -25,10 +25,10 @@ from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.tracking import MlflowClient
 from pyarrow.fs import FileSelector, FileType
 
-from antimetric.atomic import torch_save
-from antimetric.checkpoints import checkpoint_config, read_torch_file
-from antimetric.cost import branch_dim
-from antimetric.train import BEST_FILE, RETRIEVALS_FILE
+from antimetric.base.atomic import torch_save
+from antimetric.model.cost import branch_dim
+from antimetric.training.checkpoints import checkpoint_config, read_torch_file
+from antimetric.training.loop import BEST_FILE, RETRIEVALS_FILE
 from studies.pyfunc_model import model_arguments
 
 MODEL_ARTIFACT = "model"  # runs:/RUN_ID/model: the run's logged model

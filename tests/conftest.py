@@ -33,8 +33,8 @@ def demo_run(demo_data_path, tmp_path_factory) -> Path:
     """The folder of a short real training run on the demo dataset (2 epochs, best epoch chosen on a
     validation split), with a study-style checkpoint folder of its last epoch in `<run>/../state`.
     Shared by the tests of what uses a trained ensemble: read it, never change it."""
-    from antimetric.config import RunConfig
-    from antimetric.train import fit
+    from antimetric.training.config import RunConfig
+    from antimetric.training.loop import fit
 
     out = tmp_path_factory.mktemp("demo-run")
     config = RunConfig.from_flat(dict(data_name="demo", data_path=str(demo_data_path), output_dir=str(out),

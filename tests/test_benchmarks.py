@@ -113,7 +113,7 @@ def test_evaluation_and_loader_benchmarks():
 
 @pytest.mark.slow
 def test_profile_step_profiles_a_whole_training_step():
-    """Forward, backward and the fused Adam step of antimetric.step.training_step all show in the table."""
+    """Forward, backward and the fused Adam step of antimetric.training.step.training_step all show in the table."""
     table = run_module("profile_step", "--device", "cpu", "--backbone", "tiny", "--ensemble-size", "2",
                        "--meta-class-size", "4", "--image-size", "32", "--batch-size", "2", "--warmup", "1",
                        "--steps", "1", "--rows", "200")

@@ -1,5 +1,5 @@
 """The core stands alone: `antimetric` and each of its modules import without Ray, MLflow, Optuna, pandas or
-the `studies` package (the core reaches those only through antimetric/extensions.py's entry points)."""
+the `studies` package (the core reaches those only through antimetric/base/extensions.py's entry points)."""
 import ast
 import json
 import os
@@ -106,7 +106,7 @@ def _imported_names(tree: ast.AST):
 
 def test_no_core_source_imports_the_studies_stack_even_lazily():
     """Also inside functions, which the import check above does not run: the core calls studies' code only
-    through entry points (antimetric/extensions.py)."""
+    through entry points (antimetric/base/extensions.py)."""
     found = [f"{path.relative_to(CORE.parent)}:{line}: {name}" for path in source_files()
              for line, name in _imported_names(ast.parse(path.read_text(), str(path)))
              if name.partition(".")[0] in FORBIDDEN]

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from antimetric.atomic import atomic_open, write_json
-from antimetric.data.file_stamps import file_stamp
+from antimetric.base.atomic import atomic_open, write_json
+from antimetric.data.manifest.stamps import file_stamp
 from antimetric.data.records import ImageRecord
 from antimetric.data.transforms import resize_transform
 

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from antimetric.data.locking import dataset_lock
+from antimetric.data.manifest.locking import dataset_lock
 from antimetric.errors import ConfigError
 
 VERSION = "2"
@@ -39,7 +39,7 @@ def ensure_demo(dataset_dir: Path, *, progress: bool = False) -> Path:
     """Generate the dataset into dataset_dir unless this version is already there.
 
     Safe when several processes make their first use at once: one generates under the dataset's lock
-    (antimetric.data.locking), the others wait and find it done. A folder is replaced only when it holds
+    (antimetric.data.manifest.locking), the others wait and find it done. A folder is replaced only when it holds
     an older version of this demo; one antimetric did not generate is an error, never deleted.
     """
     dataset_dir = Path(dataset_dir)

@@ -1,6 +1,6 @@
 """The datasets antimetric knows, one row each: everything else about a dataset is derived from here.
 
-`antimetric.config` (DATASETS, BOXED_DATASETS, DATASET_DEFAULTS), `antimetric.data.transforms`
+`antimetric.training.config` (DATASETS, BOXED_DATASETS, DATASET_DEFAULTS), `antimetric.data.transforms`
 (MEAN_STD), `antimetric.data.readers` (READERS) and the studies' spaces and defaults read these rows.
 Adding a dataset is one reader module in antimetric/data/readers/ and one row below.
 

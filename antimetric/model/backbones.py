@@ -11,8 +11,8 @@ from torch import nn
 from torchvision import models
 from torchvision.models.resnet import BasicBlock
 
-from antimetric.config import SHARE_TYPES
 from antimetric.errors import AntimetricError, ConfigError
+from antimetric.training.config import SHARE_TYPES
 
 # Children of a torchvision ResNet in forward order; the trunk ends at `share_type`.
 STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")

@@ -2,7 +2,7 @@
 
 The model follows a plan (EnsembleNet.configure: memory format, activation checkpointing, the
 experimental Triton convolutions, torch.compile), and so do the training step and the optimiser
-(antimetric.step: bf16 autocast, cudnn.benchmark, fused Adam). The benchmarks measure plans
+(antimetric.training.step: bf16 autocast, cudnn.benchmark, fused Adam). The benchmarks measure plans
 (benchmarks/throughput.py's Variant is one), so that what they time is what training runs.
 """
 from __future__ import annotations

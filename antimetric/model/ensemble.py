@@ -5,13 +5,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from antimetric.config import IMPLEMENTATIONS, ModelConfig
 from antimetric.errors import ConfigError
 from antimetric.model.backbones import build_resnet, get_backbone, split_resnet
 from antimetric.model.batched import BatchedBranches
 from antimetric.model.convert import batched_to_reference, replicate_tail
 from antimetric.model.device_plan import DevicePlan
 from antimetric.model.reference import ReferenceBranches
+from antimetric.training.config import IMPLEMENTATIONS, ModelConfig
 
 
 class EnsembleNet(nn.Module):

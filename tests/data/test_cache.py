@@ -7,15 +7,15 @@ import torch
 from PIL import Image
 
 from antimetric.cli import _parser, main
-from antimetric.config import RunConfig, resolve
 from antimetric.data import transforms
 from antimetric.data.cache import CACHE_FOLDER, CacheForm, find_cache, save_cached
 from antimetric.data.dataset import ImageDataset
-from antimetric.data.manifest import load_manifest, prepare
+from antimetric.data.manifest.prepare import load_manifest, prepare
 from antimetric.data.records import ImageRecord
 from antimetric.errors import DatasetLayoutError
 from antimetric.options import given_options
-from antimetric.session import build_session
+from antimetric.training.config import RunConfig, resolve
+from antimetric.training.session import build_session
 from tests.fixtures.datasets import make_cub, make_sop
 
 SIZE = 32

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from antimetric.data import demo
-from antimetric.data import manifest as manifest_module
-from antimetric.data.locking import dataset_lock
-from antimetric.data.manifest import MANIFEST_NAME, load_or_prepare
+from antimetric.data.manifest import prepare as manifest_module
+from antimetric.data.manifest.locking import dataset_lock
+from antimetric.data.manifest.prepare import MANIFEST_NAME, load_or_prepare
 from tests.fixtures.datasets import make_cub
 
 _WORKERS = 2

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from antimetric.config import BOXED_DATASETS, DATASET_DEFAULTS, DATASETS, SECTION_CLASSES, RunConfig, resolve
 from antimetric.data.readers import READERS, index_files, read_dataset
 from antimetric.data.table import TABLE
 from antimetric.data.transforms import MEAN_STD
 from antimetric.errors import ConfigError
+from antimetric.training.config import BOXED_DATASETS, DATASET_DEFAULTS, DATASETS, SECTION_CLASSES, RunConfig, resolve
 from tests.fixtures.datasets import make_cars, make_cub, make_inshop, make_sop
 
 # A fixture per reader module, so that a dataset with a new reader is read here too.
@@ -76,7 +76,7 @@ def test_the_readme_lists_the_datasets_of_the_table():
 @pytest.mark.slow
 def test_the_config_imports_the_table_without_the_readers():
     """The config (imported by every command) reads the table; the readers, scipy among them, load on use."""
-    code = "import sys, antimetric.config; print(' '.join(sorted(sys.modules)))"
+    code = "import sys, antimetric.training.config; print(' '.join(sorted(sys.modules)))"
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
     assert "antimetric.data.table" in loaded
     assert not {"antimetric.data.readers", "scipy", "torch", "numpy"} & loaded

@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 from torchvision import transforms as tv
 
-from antimetric.config import RunConfig, resolve
 from antimetric.data import transforms
 from antimetric.data.dataset import ImageDataset
 from antimetric.data.decoded_images import DecodedImages
-from antimetric.data.manifest import load_or_prepare
+from antimetric.data.manifest.prepare import load_or_prepare
 from antimetric.errors import ConfigError
-from antimetric.session import DEFAULT_IMAGE_MEMORY_MIB, build_session
+from antimetric.training.config import RunConfig, resolve
+from antimetric.training.session import DEFAULT_IMAGE_MEMORY_MIB, build_session
 from tests.fixtures.datasets import make_cub
 
 SIZE = 32

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from antimetric.data import demo
-from antimetric.data.manifest import prepare
+from antimetric.data.manifest.prepare import prepare
 from antimetric.data.readers import read_dataset
 from antimetric.errors import ConfigError
 

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from antimetric.data import manifest as manifest_module
-from antimetric.data.manifest import MANIFEST_NAME, load_manifest, load_or_prepare, prepare
+from antimetric.data.manifest import prepare as manifest_module
+from antimetric.data.manifest.prepare import MANIFEST_NAME, load_manifest, load_or_prepare, prepare
 from antimetric.data.readers import read_dataset
 from antimetric.errors import DatasetLayoutError
 from tests.fixtures.datasets import make_cars, make_cub, make_inshop, make_sop

@@ -108,8 +108,8 @@ def test_folds_leave_two_classes_on_each_side():
 def test_a_run_config_picks_its_split_seed_and_fold():
     """--split-seed and --val-fold reach the split: without them a run holds out the --seed draw it always
     has; with them, fold R of the classes drawn with the split seed, whatever the training --seed."""
-    from antimetric.config import RunConfig
-    from antimetric.session import config_splits
+    from antimetric.training.config import RunConfig
+    from antimetric.training.session import config_splits
 
     index = _index(n_train=20)
     train_classes = list(range(20))

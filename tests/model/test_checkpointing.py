@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from antimetric.config import ModelConfig
 from antimetric.model import build_model
+from antimetric.training.config import ModelConfig
 
 
 def test_activation_checkpointing_gives_the_same_gradients():

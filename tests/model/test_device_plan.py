@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from antimetric.config import ModelConfig
 from antimetric.model import DevicePlan, build_model, plan_for
 from antimetric.model.batched import BranchConv2d
 from antimetric.model.device_plan import (
@@ -11,6 +10,7 @@ from antimetric.model.device_plan import (
     cpuinfo_value,
     resolve_precision,
 )
+from antimetric.training.config import ModelConfig
 
 CONFIG = ModelConfig(backbone="tiny", share_type="layer1", ensemble_size=2, meta_class_size=4, with_fc=True,
                      with_random=True, pretrained=False)

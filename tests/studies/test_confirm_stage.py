@@ -10,7 +10,7 @@ import subprocess
 import optuna
 import pytest
 
-from antimetric.data.manifest import load_or_prepare
+from antimetric.data.manifest.prepare import load_or_prepare
 from antimetric.data.splits import make_splits
 from tests.fixtures.studies import RAY_ENV, run_study, study_command, trial_runs, wait_for_epochs
 

@@ -6,10 +6,10 @@ import json
 import pytest
 
 from antimetric.cli import _parser as train_parser
-from antimetric.config import BACKBONE_NAMES, SHARE_TYPES, RunConfig
 from antimetric.errors import ConfigError
 from antimetric.model.backbones import BACKBONES
 from antimetric.model.backbones import SHARE_TYPES as MODEL_SHARE_TYPES
+from antimetric.training.config import BACKBONE_NAMES, SHARE_TYPES, RunConfig
 from studies.search import _parser as study_parser
 from studies.search import parse_args
 from studies.settings import save_settings

@@ -11,7 +11,7 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 import antimetric
-from antimetric.trained import load
+from antimetric.retrieval.trained import load
 from studies.pyfunc_model import save
 from tests.fixtures.images import bomb_png, fifo
 

@@ -8,8 +8,8 @@ from mlflow.tracking import MlflowClient
 
 import antimetric
 import antimetric.cli as cli
-from antimetric.config import RunConfig
-from antimetric.run_folder import EPOCHS_FILE
+from antimetric.training.config import RunConfig
+from antimetric.training.run_folder import EPOCHS_FILE
 
 TINY = ["--data-name", "cub", "--backbone", "tiny", "--no-pretrained", "--ensemble-size", "3", "--meta-class-size",
         "4", "--image-size", "32", "--batch-size", "8", "--val-fraction", "0.2", "--quiet"]

@@ -4,7 +4,7 @@ import pytest
 
 from antimetric.data.table import TABLE
 from antimetric.errors import ConfigError
-from antimetric.meta_classes import check_meta_class_size
+from antimetric.training.meta_classes import check_meta_class_size
 from studies.settings import STUDY_DEFAULTS
 from studies.space_file import check_space
 from studies.spaces import SPACES, SpaceSampler, restrict, smallest_meta_class_size

@@ -4,8 +4,8 @@ from pathlib import Path
 import torch
 
 import antimetric
-from antimetric.checkpoints import read_torch_file
-from antimetric.evaluate_model import evaluate_model
+from antimetric.retrieval.evaluate_model import evaluate_model
+from antimetric.training.checkpoints import read_torch_file
 from studies.trial_weights import compact_weights
 
 

@@ -29,7 +29,7 @@ def read_dataset(name: str, dataset_dir: Path) -> DatasetIndex:
     """Parse the index files of `dataset_dir` in the official layout of dataset `name`.
 
     Only the index files are read: images are neither opened nor checked for existence (see
-    antimetric.data.manifest.prepare for that). A missing or malformed layout raises DatasetLayoutError.
+    antimetric.data.manifest.prepare.prepare for that). A missing or malformed layout raises DatasetLayoutError.
     """
     return _reader(name).read(Path(dataset_dir), name)
 

@@ -1,0 +1,65 @@
+"""`evaluate`: the retrieval metrics of a saved ensemble on a dataset's test split, computed as training does."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from antimetric.data.splits import test_set
+from antimetric.data.transforms import test_transform
+from antimetric.errors import ConfigError
+from antimetric.evaluation.embed import embed, score
+from antimetric.retrieval.trained import TrainedEnsemble
+from antimetric.training.config import BOXED_DATASETS, DATASET_DEFAULTS, RunConfig, resolve
+from antimetric.training.session import eval_loaders, image_source, load_index, num_workers
+
+
+def trained_data_path(ensemble: TrainedEnsemble) -> Path:
+    """The data folder the ensemble was trained on. A relative data_path is relative to the folder `train` ran
+    in, which a run folder's place gives (<there>/<output_dir>/<run_name>); elsewhere (a checkpoint moved
+    out of its run folder, an MLflow download) it is taken from the current folder only when the dataset is
+    there, so that no demo is generated in a folder nobody named."""
+    config = ensemble.config
+    data_path, output_dir = Path(config.data.data_path), Path(config.output_dir)
+    if data_path.is_absolute():
+        return data_path
+    run_dir = ensemble.checkpoint.resolve().parent
+    depth = len(output_dir.parts)
+    if not output_dir.is_absolute() and ".." not in output_dir.parts and run_dir.name == config.run_name \
+            and run_dir.parent.parts[len(run_dir.parent.parts) - depth:] == output_dir.parts:
+        return run_dir.parents[depth] / data_path
+    if (data_path / config.data.data_name).is_dir():
+        return data_path
+    raise ConfigError(f"the model was trained on data in {data_path}, relative to a folder unknown here "
+                      f"(its checkpoint is outside its run folder); pass --data-path")
+
+
+def evaluation_config(ensemble: TrainedEnsemble, data_path: Path, data_name: str | None = None,
+                      crop_type: str | None = None) -> RunConfig:
+    """The ensemble's own config pointed at another data folder (or dataset). Crop type: the ensemble's own
+    where the dataset has boxes; Recall@K: the ensemble's own on its dataset, else that dataset's."""
+    trained = ensemble.config
+    name = data_name or trained.data.data_name
+    if crop_type is None:
+        crop_type = trained.data.crop_type if name in BOXED_DATASETS else "uncropped"
+    recalls = trained.eval.recalls if name == trained.data.data_name else DATASET_DEFAULTS[name]["recalls"]
+    return resolve(RunConfig.from_flat({**trained.to_flat(), "data_path": str(data_path), "data_name": name,
+                                        "crop_type": crop_type, "recalls": recalls}))
+
+
+def evaluate_model(ensemble: TrainedEnsemble, data_path: Path, data_name: str | None = None,
+                   crop_type: str | None = None, *, progress: bool = False) -> dict[str, float]:
+    """test_* Recall@K, MAP@R and R-precision, equal to what training reported for the checkpoint's epoch
+    (same images, transform, batches and search) when run on the data it was trained on."""
+    config = evaluation_config(ensemble, data_path, data_name, crop_type)
+    index = load_index(config, progress)
+    test = test_set(index)
+    image_root, crop = image_source(config, index, progress)
+    # the network's own normalisation, whatever dataset it now looks at
+    transform = test_transform(ensemble.config.data.data_name, config.data.crop_type, config.data.image_size)
+    loaders = eval_loaders(test, image_root, transform, crop, config.eval.eval_batch_size, num_workers(None),
+                           ensemble.device)
+    query = embed(ensemble.model, loaders.query, ensemble.device, progress=progress, desc="embed test")
+    gallery = None
+    if loaders.gallery is not None:
+        gallery = embed(ensemble.model, loaders.gallery, ensemble.device, progress=progress, desc="embed gallery")
+    scores = score(query, config.eval.recalls, gallery, device=ensemble.device, chunk_size=config.eval.chunk_size)
+    return {f"test_{key}": value for key, value in scores.items()}

@@ -1,0 +1,178 @@
+"""Everything one training run needs, built from a resolved config: data, model, optimiser."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from antimetric.data.cache import CacheForm, find_cache
+from antimetric.data.dataset import ImageDataset
+from antimetric.data.decoded_images import DecodedImages
+from antimetric.data.demo import ensure_demo
+from antimetric.data.manifest.prepare import load_or_prepare
+from antimetric.data.records import DatasetIndex
+from antimetric.data.splits import EvalSet, Splits, make_splits
+from antimetric.data.transforms import ImageTransform, test_transform, train_transform
+from antimetric.errors import ConfigError
+from antimetric.model.device_plan import DevicePlan, plan_for
+from antimetric.model.ensemble import EnsembleNet, build_model
+from antimetric.training.config import RunConfig
+from antimetric.training.memory_estimate import check_memory
+from antimetric.training.meta_classes import assign_meta_classes, check_meta_class_size, load_meta_ids
+from antimetric.training.step import make_optimizer, prepare_device
+
+
+@dataclass
+class EvalLoaders:
+    query: DataLoader
+    gallery: DataLoader | None
+
+
+@dataclass
+class TrainingSession:
+    config: RunConfig  # resolved
+    device: torch.device
+    plan: DevicePlan  # how the model trains on the device (plan_for)
+    index: DatasetIndex
+    splits: Splits
+    meta_ids: np.ndarray  # (ensemble_size, n_train_classes)
+    model: EnsembleNet
+    train_model: torch.nn.Module  # the model, or its torch.compile'd wrapper (same parameters)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.MultiStepLR
+    train_loader: DataLoader
+    val: EvalLoaders | None
+    test: EvalLoaders
+    image_root: Path  # where the images are read: the dataset's own files, or its resized cache
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def load_index(config: RunConfig, progress: bool) -> DatasetIndex:
+    data_path = Path(config.data.data_path)
+    if config.data.data_name == "demo":
+        ensure_demo(data_path / "demo", progress=progress)
+    return load_or_prepare(config.data.data_name, data_path, progress=progress)
+
+
+def config_splits(config: RunConfig, index: DatasetIndex) -> Splits:
+    """The run's splits: --val-fraction of the training classes held out, drawn with --split-seed (default
+    --seed), or its class-disjoint fold --val-fold."""
+    data = config.data
+    seed = data.split_seed if data.split_seed is not None else config.train.seed
+    return make_splits(index, data.val_fraction, data.max_per_class, seed, val_fold=data.val_fold)
+
+
+def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSession:
+    """`config` must be resolved (antimetric.training.config.resolve)."""
+    data, model_cfg, train = config.data, config.model, config.train
+    device = pick_device(train.device)
+    check_memory(config, device)  # before any data is read
+    torch.manual_seed(train.seed)
+    index = load_index(config, progress)
+    splits = config_splits(config, index)
+    meta_ids = _meta_ids(config, splits.train_classes)
+    plan = plan_for(device, model_cfg.implementation, precision=train.precision, backbone=model_cfg.backbone,
+                    activation_checkpointing=model_cfg.activation_checkpointing, compile=train.compile)
+    prepare_device(plan)
+    with device:  # initialise the weights where they will live
+        model = build_model(model_cfg, model_cfg.implementation)
+    train_model = model.configure(plan)
+    optimizer = make_optimizer(model, train.lr, plan)
+    # x0.1 after 50 % and 70 % of the epochs; never at 0, which would cut the rate before epoch 1
+    milestones = [max(1, int(0.5 * train.num_epochs)), max(1, int(0.7 * train.num_epochs))]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+
+    image_root, crop = image_source(config, index, progress)
+    workers = num_workers(data.num_workers)
+    memory = DecodedImages(image_memory_mib(data.image_memory, workers) * 2**20)
+    targets = {label: torch.as_tensor(meta_ids[:, col]) for col, label in enumerate(splits.train_classes)}
+    train_set = ImageDataset(splits.train, image_root, train_transform(data.data_name, data.crop_type, data.image_size),
+                             crop, targets, memory)
+    if len(train_set) < train.batch_size and train.train:
+        raise ConfigError(f"{len(train_set)} training images are fewer than --batch-size {train.batch_size}")
+    # Seeded again at the start of every epoch (training_state.seed_epoch). Workers are started anew
+    # each epoch, so that their seeds come from that epoch's seed: a resumed run repeats exactly.
+    generator = torch.Generator().manual_seed(train.seed)
+    # The run records what it chose where the config said auto (config.json, a study's params).
+    train.device, data.num_workers, train.precision = str(device), workers, "bf16" if plan.bf16 else "fp32"
+    data.image_memory = memory.budget_bytes // 2**20
+    train_loader = DataLoader(train_set, batch_size=train.batch_size, shuffle=True, drop_last=True,
+                              num_workers=workers, pin_memory=device.type == "cuda", generator=generator)
+
+    transform = test_transform(data.data_name, data.crop_type, data.image_size)
+
+    def loaders(eval_set: EvalSet) -> EvalLoaders:
+        return eval_loaders(eval_set, image_root, transform, crop, config.eval.eval_batch_size, workers, device, memory)
+
+    return TrainingSession(
+        config, device, plan, index, splits, meta_ids, model, train_model, optimizer, scheduler, train_loader,
+        loaders(splits.val) if splits.val is not None else None, loaders(splits.test), image_root,
+    )
+
+
+def eval_loaders(eval_set: EvalSet, image_root: Path, transform: ImageTransform, crop: bool, batch_size: int,
+                 workers: int, device: torch.device, memory: DecodedImages | None = None) -> EvalLoaders:
+    """Loaders of an evaluation set's queries (and gallery), in record order, unshuffled."""
+    def loader(records):
+        return DataLoader(ImageDataset(records, image_root, transform, crop, memory=memory), batch_size=batch_size,
+                          num_workers=workers, pin_memory=device.type == "cuda")
+    return EvalLoaders(loader(eval_set.query), loader(eval_set.gallery) if eval_set.gallery is not None else None)
+
+
+def image_source(config: RunConfig, index: DatasetIndex, progress: bool) -> tuple[Path, bool]:
+    """The folder to read images from and whether boxes still need cropping: the resized cache
+    when one matches this crop type, image size and manifest, else the dataset's own files."""
+    data = config.data
+    crop = data.crop_type == "cropped"
+    if not data.image_cache:
+        return index.root, crop
+    form = CacheForm(data.crop_type, data.image_size)
+    folder = find_cache(Path(data.data_path) / data.data_name, data.data_name, form, index.root, index.records)
+    if folder is None:
+        return index.root, crop
+    if progress:
+        print(f"reading resized images from {folder}", file=sys.stderr)
+    return folder, False  # boxes were applied when the cache was written
+
+
+def _meta_ids(config: RunConfig, train_classes: list[int]) -> np.ndarray:
+    m, d = config.model.ensemble_size, config.model.meta_class_size
+    check_meta_class_size(len(train_classes), d, m)
+    if config.train.load_ids:
+        return load_meta_ids(Path(config.train.load_ids), train_classes, d, m)
+    return assign_meta_classes(len(train_classes), d, m, config.train.seed)
+
+
+DEFAULT_IMAGE_MEMORY_MIB = 1024
+
+
+def image_memory_mib(requested: int | None, workers: int) -> int:
+    """MiB of decoded images to keep between epochs: what --image-memory asks, else 1024 MiB when the
+    images load in this process (a worker process's store would end with its epoch)."""
+    if requested is not None:
+        return requested
+    return DEFAULT_IMAGE_MEMORY_MIB if workers == 0 else 0
+
+
+def num_workers(requested: int | None) -> int:
+    """Decoding in the main process is fastest on two cores; more cores get worker processes."""
+    if requested is not None:
+        return requested
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cpus <= 2 else min(8, cpus - 1)
