@@ -9,18 +9,12 @@ from pathlib import Path
 
 from antimetric.base.extensions import RUN_TRACKER, extension
 from antimetric.data.cache import MAX_CACHE_SIZE
+from antimetric.data.settings import CROP_TYPES, DATASETS, check_crop_type
 from antimetric.errors import AntimetricError, AntimetricWarning, ConfigError, RunInterrupted
+from antimetric.model.settings import BACKBONE_NAMES, SHARE_TYPES
 from antimetric.options import add_config_arguments, given_options
 from antimetric.retrieval.cli import add_retrieval_commands
-from antimetric.training.config import (
-    BACKBONE_NAMES,
-    CROP_TYPES,
-    DATASETS,
-    SHARE_TYPES,
-    RunConfig,
-    check_crop_type,
-    check_device,
-)
+from antimetric.training.config import RunConfig, check_device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,7 +255,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _profile(args: argparse.Namespace) -> int:
     from antimetric.model.cost import ensemble_cost
     from antimetric.model.profile import profile
-    from antimetric.training.config import ModelConfig
+    from antimetric.model.settings import ModelConfig
 
     config = ModelConfig(backbone=args.backbone, share_type=args.share_type, ensemble_size=args.ensemble_size,
                          meta_class_size=args.meta_class_size, with_fc=args.with_fc, pretrained=False)

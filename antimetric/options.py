@@ -10,8 +10,9 @@ import argparse
 import dataclasses
 from typing import Any
 
+from antimetric.base.fields import Option, value_kind
 from antimetric.errors import ConfigError
-from antimetric.training.config import DATASET_DEFAULTS, SECTION_CLASSES, Option, RunConfig, value_kind
+from antimetric.training.config import DATASET_DEFAULTS, SECTION_CLASSES, RunConfig
 
 
 def option_fields() -> list[tuple[dataclasses.Field, Option]]:

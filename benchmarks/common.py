@@ -19,7 +19,8 @@ import torch
 
 from antimetric.base.atomic import atomic_open
 from antimetric.model.device_plan import cpuinfo_value
-from antimetric.training.config import DATASET_DEFAULTS, ModelConfig, TrainConfig
+from antimetric.model.settings import ModelConfig
+from antimetric.training.config import DATASET_DEFAULTS, TrainConfig
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from antimetric.evaluation.metrics import retrieval_metrics
-from antimetric.training.config import DATASET_DEFAULTS, EvalConfig
+from antimetric.evaluation.settings import EvalConfig
+from antimetric.training.config import DATASET_DEFAULTS
 from benchmarks.common import default_device, device_name, sync
 
 SOP_TEST_IMAGES, SOP_TEST_CLASSES = 60_502, 11_316

@@ -16,9 +16,9 @@ from typing import Any, Callable
 
 import torch
 
+from antimetric.data.settings import DATASETS
 from antimetric.errors import AntimetricError, ConfigError
 from antimetric.options import add_config_arguments, given_options
-from antimetric.training.config import DATASETS
 from studies.settings import (
     APPLIED,
     CONFIRM_DEFAULTS,

@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 
+from antimetric.base.fields import value_kind
 from antimetric.errors import ConfigError
 from antimetric.options import option_fields, option_names
-from antimetric.training.config import RunConfig, resolve, value_kind
+from antimetric.training.config import RunConfig, resolve
 from antimetric.training.memory_estimate import check_memory
 from studies.spaces import Space
 

@@ -12,10 +12,7 @@ from torchvision import models
 from torchvision.models.resnet import BasicBlock
 
 from antimetric.errors import AntimetricError, ConfigError
-from antimetric.training.config import SHARE_TYPES
-
-# Children of a torchvision ResNet in forward order; the trunk ends at `share_type`.
-STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+from antimetric.model.settings import BACKBONE_NAMES, BACKBONE_SOURCES, SHARE_TYPES, STAGES, check_name
 
 
 @dataclass(frozen=True)
@@ -53,18 +50,17 @@ def tiny_resnet() -> nn.Module:
     return net
 
 
-BACKBONES: dict[str, Backbone] = {
-    "resnet18": Backbone(models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1, 512),
-    "resnet34": Backbone(models.resnet34, models.ResNet34_Weights.IMAGENET1K_V1, 512),
-    "resnet50": Backbone(models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1, 2048),
-    "resnext50": Backbone(models.resnext50_32x4d, models.ResNeXt50_32X4D_Weights.IMAGENET1K_V1, 2048),
-    "tiny": Backbone(tiny_resnet, None, 128),
-}
+def _backbone(builder: str | None, weights: str | None, feature_width: int) -> Backbone:
+    if builder is None:
+        return Backbone(tiny_resnet, None, feature_width)
+    return Backbone(getattr(models, builder), getattr(models, weights).IMAGENET1K_V1, feature_width)
+
+
+BACKBONES: dict[str, Backbone] = {name: _backbone(*source) for name, source in BACKBONE_SOURCES.items()}
 
 
 def get_backbone(name: str) -> Backbone:
-    if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    check_name("backbone", name, BACKBONE_NAMES)
     return BACKBONES[name]
 
 
@@ -117,8 +113,7 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
 
 def split_resnet(net: nn.Module, share_type: str) -> tuple[nn.Sequential, nn.Sequential]:
     """(trunk, tail): the children up to and including `share_type`, and the stages after it."""
-    if share_type not in SHARE_TYPES:
-        raise ConfigError(f"unknown share type {share_type!r}; choose one of {', '.join(SHARE_TYPES)}")
+    check_name("share type", share_type, SHARE_TYPES)
     cut = STAGES.index(share_type) + 1
     trunk = nn.Sequential(OrderedDict((name, getattr(net, name)) for name in STAGES[:cut]))
     tail = nn.Sequential(OrderedDict((name, getattr(net, name)) for name in STAGES[cut:]))

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from antimetric.model.backbones import get_backbone
 from antimetric.model.profile import meta_model
-from antimetric.training.config import ModelConfig
+from antimetric.model.settings import ModelConfig
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from antimetric.model.settings import PRECISIONS, check_name
+
 # CPU flags (Linux /proc/cpuinfo) of native bf16 arithmetic, which oneDNN's bf16 convolutions and
 # matmuls use: without them torch emulates bf16 in fp32 units, slower than plain fp32.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -63,7 +65,8 @@ def plan_for(device: torch.device, implementation: str = "batched", *, precision
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`fp32` or `bf16`: what `--precision` (auto, fp32, bf16) means on `device`."""
+    """`fp32` or `bf16`: what `--precision` (PRECISIONS: auto, fp32, bf16) means on `device`."""
+    check_name("precision", precision, PRECISIONS)
     if precision != "auto":
         return precision
     return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()) else "fp32"

@@ -11,7 +11,7 @@ from antimetric.model.batched import BatchedBranches
 from antimetric.model.convert import batched_to_reference, replicate_tail
 from antimetric.model.device_plan import DevicePlan
 from antimetric.model.reference import ReferenceBranches
-from antimetric.training.config import IMPLEMENTATIONS, ModelConfig
+from antimetric.model.settings import IMPLEMENTATIONS, ModelConfig, check_name
 
 
 class EnsembleNet(nn.Module):
@@ -83,8 +83,7 @@ def build_model(config: ModelConfig, implementation: str = "batched") -> Ensembl
     draw otherwise. The reference loop gets the very weights the batched network drew, so the
     two implementations of one seed start equal.
     """
-    if implementation not in IMPLEMENTATIONS:
-        raise ConfigError(f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
+    check_name("implementation", implementation, IMPLEMENTATIONS)
     backbone = get_backbone(config.backbone)
     net = build_resnet(config.backbone, bool(config.pretrained), config.weights_file)
     trunk, tail = split_resnet(net, config.share_type)

@@ -8,7 +8,7 @@ import torch
 
 from antimetric.model.batched import BranchConv2d, BranchLinear
 from antimetric.model.ensemble import EnsembleNet, build_model
-from antimetric.training.config import ModelConfig
+from antimetric.model.settings import ModelConfig
 
 
 def meta_model(config: ModelConfig, implementation: str = "batched") -> EnsembleNet:

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from antimetric.data.settings import BOXED_DATASETS
 from antimetric.data.splits import test_set
 from antimetric.data.transforms import test_transform
 from antimetric.errors import ConfigError
 from antimetric.evaluation.embed import embed, score
 from antimetric.retrieval.trained import TrainedEnsemble
-from antimetric.training.config import BOXED_DATASETS, DATASET_DEFAULTS, RunConfig, resolve
+from antimetric.training.config import DATASET_DEFAULTS, RunConfig, resolve
 from antimetric.training.session import eval_loaders, image_source, load_index, num_workers
 
 

@@ -24,8 +24,8 @@ from antimetric.data.images import open_rgb
 from antimetric.data.manifest.prepare import load_or_prepare
 from antimetric.data.readers import read_dataset
 from antimetric.data.records import GALLERY, TEST, DatasetIndex
+from antimetric.data.settings import DATASETS
 from antimetric.errors import ConfigError, DatasetLayoutError
-from antimetric.training.config import DATASETS
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
 NO_LABEL = -1

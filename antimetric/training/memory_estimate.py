@@ -24,7 +24,8 @@ from antimetric.model.backbones import get_backbone
 from antimetric.model.batched import BatchedBlock
 from antimetric.model.device_plan import plan_for, resolve_precision
 from antimetric.model.ensemble import build_model
-from antimetric.training.config import ModelConfig, RunConfig
+from antimetric.model.settings import ModelConfig
+from antimetric.training.config import RunConfig
 
 TRAINING_BYTES_PER_PARAMETER = 16  # fp32 weights, their gradients and Adam's two moments
 INFERENCE_BYTES_PER_PARAMETER = 4

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from antimetric.data.readers import READERS, index_files, read_dataset
+from antimetric.data.settings import BOXED_DATASETS, DATASETS
 from antimetric.data.table import TABLE
 from antimetric.data.transforms import MEAN_STD
 from antimetric.errors import ConfigError
-from antimetric.training.config import BOXED_DATASETS, DATASET_DEFAULTS, DATASETS, SECTION_CLASSES, RunConfig, resolve
+from antimetric.training.config import DATASET_DEFAULTS, SECTION_CLASSES, RunConfig, resolve
 from tests.fixtures.datasets import make_cars, make_cub, make_inshop, make_sop
 
 # A fixture per reader module, so that a dataset with a new reader is read here too.

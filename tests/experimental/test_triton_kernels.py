@@ -80,7 +80,7 @@ def test_the_gpu_tile_sizes_compute_the_same():
 MODEL_CHECK = textwrap.dedent('''
     import json
     import torch
-    from antimetric.training.config import ModelConfig
+    from antimetric.model.settings import ModelConfig
     from antimetric.experimental.triton_convs import TritonBranchConv2d
     from antimetric.model import DevicePlan, build_model
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from antimetric.model import batched_to_reference, build_model, reference_to_batched
-from antimetric.training.config import ModelConfig
+from antimetric.model.settings import ModelConfig
 
 BACKBONES = ["tiny", "resnet18", "resnet34", "resnet50", "resnext50"]
 M, D = 2, 5

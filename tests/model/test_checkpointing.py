@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from antimetric.model import build_model
-from antimetric.training.config import ModelConfig
+from antimetric.model.settings import ModelConfig
 
 
 def test_activation_checkpointing_gives_the_same_gradients():

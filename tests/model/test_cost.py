@@ -6,7 +6,7 @@ from torchvision.models import ResNet18_Weights
 
 from antimetric.model.cost import branch_dim, ensemble_cost
 from antimetric.model.profile import meta_model, profile
-from antimetric.training.config import ModelConfig
+from antimetric.model.settings import ModelConfig
 
 
 def test_one_branch_costs_what_torchvision_publishes_for_resnet18():

@@ -10,7 +10,7 @@ from antimetric.model.device_plan import (
     cpuinfo_value,
     resolve_precision,
 )
-from antimetric.training.config import ModelConfig
+from antimetric.model.settings import ModelConfig
 
 CONFIG = ModelConfig(backbone="tiny", share_type="layer1", ensemble_size=2, meta_class_size=4, with_fc=True,
                      with_random=True, pretrained=False)

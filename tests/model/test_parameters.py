@@ -6,7 +6,7 @@ from antimetric.errors import AntimetricError, ConfigError
 from antimetric.model import build_model
 from antimetric.model.backbones import build_resnet
 from antimetric.model.profile import count_params, profile
-from antimetric.training.config import ModelConfig
+from antimetric.model.settings import ModelConfig
 
 SEED_TABLE = {  # backbone: (CARS196/CUB200 meta 12, SOP meta 512, In-shop meta 192)
     "resnet18": (529_365_376, 541_677_376, 533_797_696),

@@ -4,7 +4,8 @@ import pytest
 
 from antimetric.data.table import TABLE
 from antimetric.errors import ConfigError
-from antimetric.training.config import RunConfig, parse_recalls, resolve
+from antimetric.evaluation.settings import parse_recalls
+from antimetric.training.config import RunConfig, resolve
 
 
 def test_flat_round_trip_and_unknown_keys():
