@@ -12,7 +12,19 @@ import pytest
 
 import antimetric
 
-FORBIDDEN = ("ray", "mlflow", "optuna", "pandas", "studies")
+FORBIDDEN = ("ray", "mlflow", "optuna", "pandas", "studies", "kernels", "benchmarks")
+# The core's layers, low to high: a module imports only its own folder and lower layers; folders of one layer
+# (model and data) never import each other. docs/map.md draws the same picture.
+LAYERS = {
+    "errors": 0,
+    "base": 1,  # field declarations, whole-or-nothing writes, work folders, entry points
+    "model": 2, "data": 2,
+    "evaluation": 3,
+    "training": 4,
+    "retrieval": 5,
+    "face": 6,  # the package's face, its top-level modules: __init__ (antimetric.load, ...), __main__, cli, options
+    "experimental": 7,  # TEMP until kernels/ (helper)
+}
 CORE = Path(antimetric.__file__).parent
 NOT_IMPORTED = {"antimetric.__main__"}  # runs the command line when imported; the source check below covers it
 
@@ -120,3 +132,50 @@ def test_tests_import_shared_code_from_fixtures_never_from_a_conftest_or_a_test_
              for line, name in _imported_names(ast.parse(path.read_text(), str(path)))
              if any(part == "conftest" or part.startswith("test_") for part in name.split("."))]
     assert not found, found
+
+
+def _part(module: str) -> str:
+    """The folder (or top-level module) of a core module: antimetric.model.ensemble -> model."""
+    parts = module.split(".")
+    part = parts[1] if len(parts) > 1 else "__init__"
+    return "face" if part in ("__init__", "__main__", "cli", "options") else part
+
+
+def upward_imports(sources: dict[str, str]) -> list[str]:
+    """'module:line: imported' for every import (also inside functions) of a core module from a higher layer, or
+    from another folder of its own layer. sources: module name -> its source text."""
+    found = []
+    for module, text in sources.items():
+        own = _part(module)
+        for line, name in _imported_names(ast.parse(text, module)):
+            if not name.startswith("antimetric.") or name == "antimetric":
+                continue
+            other = _part(name)
+            if other != own and LAYERS[other] >= LAYERS[own]:
+                found.append(f"{module}:{line}: {name}")
+    return found
+
+
+def _sources() -> dict[str, str]:
+    return {".".join(("antimetric", *path.relative_to(CORE).with_suffix("").parts)).removesuffix(".__init__"):
+            path.read_text() for path in source_files()}
+
+
+def test_every_part_of_the_core_has_a_layer():
+    assert {_part(module) for module in _sources()} <= set(LAYERS)
+
+
+def test_no_import_arrow_runs_up_the_layers():
+    assert not upward_imports(_sources())
+
+
+@pytest.mark.parametrize("planted", [
+    ("antimetric.model.ensemble", "from antimetric.training.loop import fit"),  # up
+    ("antimetric.data.dataset", "def f():\n    from antimetric.model.ensemble import build_model"),  # sideways, lazy
+    ("antimetric.evaluation.grid", "import antimetric.retrieval.trained"),
+])
+def test_the_layer_check_finds_a_planted_upward_import(planted):
+    module, line = planted
+    sources = _sources()
+    sources[module] += "\n" + line + "\n"
+    assert len(upward_imports(sources)) == 1

@@ -10,10 +10,15 @@ from __future__ import annotations
 import io
 import os
 import stat
-from typing import BinaryIO
+from pathlib import Path
+from typing import BinaryIO, Union
 
 import numpy as np
+import torch
 from PIL import Image
+from torchvision.transforms.functional import to_pil_image
+
+from antimetric.errors import ConfigError
 
 # PIL's own bound (Image.MAX_IMAGE_PIXELS by default) where it suspects a decompression bomb; PIL only warns
 # up to twice that, and its global can be changed by any library, so the bound is checked here.
@@ -102,3 +107,50 @@ def _high_depth_to_gray(image: Image.Image) -> Image.Image:
         values = values * 255.0
     gray = np.clip(np.nan_to_num(values), 0, 255).round().astype(np.uint8)
     return Image.fromarray(gray)  # a 2-D uint8 array gives mode L
+
+
+# What antimetric.load's embed, the retrieval grid and a served model take as an image.
+ImageInput = Union[str, Path, bytes, Image.Image, torch.Tensor]
+
+
+def as_rgb(image: ImageInput) -> Image.Image:
+    """An RGB PIL image from any ImageInput; files and bytes within data.images' bounds on bytes and pixels."""
+    if isinstance(image, (str, Path)):
+        try:
+            return open_rgb(image)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"cannot read the image {image} ({_one_line(error)})") from None
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        try:
+            return decode_rgb(bytes(image))
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"cannot decode the image bytes ({_one_line(error)})") from None
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if isinstance(image, torch.Tensor):
+        return to_rgb(to_pil_image(_uint8_image(image.detach().cpu())))
+    raise ConfigError(f"cannot embed a {type(image).__name__}: give paths, bytes, PIL images or tensors")
+
+
+def _uint8_image(tensor: torch.Tensor) -> torch.Tensor:
+    """An image tensor (c, h, w) as uint8: floats must be 0..1 (torchvision's convention: to_tensor gives them,
+    to_pil_image reads them so) and are rounded, other integers must be 0..255. Floats are not guessed to be
+    0..255 from their range: a dark image would be misread."""
+    if tensor.dim() != 3 or tensor.shape[0] not in (1, 3):
+        raise ConfigError(f"an image tensor must be (c, h, w) with 1 or 3 channels, not {tuple(tensor.shape)}")
+    if tensor.dtype == torch.uint8:
+        return tensor
+    if tensor.is_floating_point():
+        kind, high, fix = "a float", 1, "divide 0..255 values by 255, or give a uint8 tensor"
+    elif tensor.dtype != torch.bool and not tensor.is_complex():
+        kind, high, fix = "an integer", 255, "give 8-bit values"
+    else:
+        raise ConfigError(f"an image tensor must hold uint8, integers or floats, not {tensor.dtype}")
+    low_seen, high_seen = tensor.min().item(), tensor.max().item()
+    if not 0 <= low_seen <= high_seen <= high:  # False for NaN too
+        raise ConfigError(f"{kind} image tensor must hold values in 0..{high}, not {low_seen:g}..{high_seen:g}; {fix}")
+    return (tensor.double() * (255 / high)).round().to(torch.uint8)
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__

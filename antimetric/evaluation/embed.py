@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from antimetric.evaluation.metrics import map_at_r, r_precision, recall_at_k, recall_key, retrieval_metrics
+from antimetric.model.device_plan import to_device_batch
 from antimetric.model.ensemble import EnsembleNet
-from antimetric.training.step import to_device_batch
 
 __all__ = ["Embeddings", "embed", "map_at_r", "r_precision", "recall_at_k", "recall_key", "retrieval_metrics",
            "score"]

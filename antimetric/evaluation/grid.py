@@ -22,10 +22,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from antimetric.base.atomic import atomic_open
+from antimetric.data.images import ImageInput, as_rgb
 from antimetric.errors import AntimetricError, ConfigError
 from antimetric.evaluation.embed import Embeddings
 from antimetric.evaluation.neighbours import nearest
-from antimetric.retrieval.trained import ImageInput, as_rgb
 
 __all__ = ["GridImage", "GridLayout", "choose_queries", "class_caption", "grid_rows_from_embeddings", "is_grid",
            "write_grid"]

@@ -64,6 +64,14 @@ def plan_for(device: torch.device, implementation: str = "batched", *, precision
     )
 
 
+def to_device_batch(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """A batch on `device`, in the memory format of the network's plan (DevicePlan.channels_last)."""
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """`fp32` or `bf16`: what `--precision` (PRECISIONS: auto, fp32, bf16) means on `device`."""
     check_name("precision", precision, PRECISIONS)

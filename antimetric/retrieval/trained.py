@@ -10,19 +10,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.functional import to_pil_image
 
 from antimetric.base.extensions import MODEL_SOURCE, extension
-from antimetric.data.images import decode_rgb, open_rgb, to_rgb
+from antimetric.data.images import ImageInput, as_rgb
 from antimetric.data.transforms import test_transform
 from antimetric.errors import ConfigError
 from antimetric.model import cost
-from antimetric.model.device_plan import plan_for
+from antimetric.model.device_plan import plan_for, to_device_batch
 from antimetric.model.ensemble import EnsembleNet, build_model
 from antimetric.training.checkpoints import check_trained_state, checkpoint_config, read_torch_file
 from antimetric.training.config import RunConfig
@@ -30,13 +29,11 @@ from antimetric.training.memory_estimate import check_memory
 from antimetric.training.run_folder import BEST_FILE
 from antimetric.training.session import pick_device
 from antimetric.training.state import STATE_FILE, weight_layout
-from antimetric.training.step import to_device_batch
 
 __all__ = ["ImageInput", "TrainedEnsemble", "checkpoint_file", "load"]
 
 # An image: a file path, encoded file bytes, a PIL image, or a tensor (c, h, w) of uint8 (or other integers)
 # 0..255 or floats 0..1, not yet normalised; a tensor (b, c, h, w) is b images.
-ImageInput = Union[str, Path, bytes, Image.Image, torch.Tensor]
 _MLFLOW_SOURCE = re.compile(r"^(models:/|runs:/|[0-9a-f]{32}$)")
 DEFAULT_BATCH_SIZE = 64
 
@@ -161,49 +158,6 @@ def _checkpoint_metrics(state: dict[str, Any], epoch: int) -> dict[str, float]:
     history = (state.get("tracker") or {}).get("history") or []  # last.pt, state.pt
     row = next((row for row in history if row.get("epoch") == epoch), {})
     return {key: value for key, value in row.items() if key != "epoch"}
-
-
-def as_rgb(image: ImageInput) -> Image.Image:
-    """An RGB PIL image from any ImageInput; files and bytes within data.images' bounds on bytes and pixels."""
-    if isinstance(image, (str, Path)):
-        try:
-            return open_rgb(image)
-        except (OSError, ValueError) as error:
-            raise ConfigError(f"cannot read the image {image} ({_one_line(error)})") from None
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        try:
-            return decode_rgb(bytes(image))
-        except (OSError, ValueError) as error:
-            raise ConfigError(f"cannot decode the image bytes ({_one_line(error)})") from None
-    if isinstance(image, Image.Image):
-        return to_rgb(image)
-    if isinstance(image, torch.Tensor):
-        return to_rgb(to_pil_image(_uint8_image(image.detach().cpu())))
-    raise ConfigError(f"cannot embed a {type(image).__name__}: give paths, bytes, PIL images or tensors")
-
-
-def _uint8_image(tensor: torch.Tensor) -> torch.Tensor:
-    """An image tensor (c, h, w) as uint8: floats must be 0..1 (torchvision's convention: to_tensor gives them,
-    to_pil_image reads them so) and are rounded, other integers must be 0..255. Floats are not guessed to be
-    0..255 from their range: a dark image would be misread."""
-    if tensor.dim() != 3 or tensor.shape[0] not in (1, 3):
-        raise ConfigError(f"an image tensor must be (c, h, w) with 1 or 3 channels, not {tuple(tensor.shape)}")
-    if tensor.dtype == torch.uint8:
-        return tensor
-    if tensor.is_floating_point():
-        kind, high, fix = "a float", 1, "divide 0..255 values by 255, or give a uint8 tensor"
-    elif tensor.dtype != torch.bool and not tensor.is_complex():
-        kind, high, fix = "an integer", 255, "give 8-bit values"
-    else:
-        raise ConfigError(f"an image tensor must hold uint8, integers or floats, not {tensor.dtype}")
-    low_seen, high_seen = tensor.min().item(), tensor.max().item()
-    if not 0 <= low_seen <= high_seen <= high:  # False for NaN too
-        raise ConfigError(f"{kind} image tensor must hold values in 0..{high}, not {low_seen:g}..{high_seen:g}; {fix}")
-    return (tensor.double() * (255 / high)).round().to(torch.uint8)
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _image_list(images: ImageInput | Iterable[ImageInput]) -> Sequence[ImageInput]:

@@ -20,6 +20,7 @@ from antimetric.errors import ConfigError, NonFiniteLossError, RunInterrupted
 from antimetric.evaluation.embed import Embeddings, embed, embeddings_arrays, score
 from antimetric.evaluation.grid import grid_rows_from_embeddings, write_grid
 from antimetric.evaluation.metrics import recall_key
+from antimetric.model.device_plan import to_device_batch
 from antimetric.training.config import RunConfig, resolve
 from antimetric.training.meta_classes import save_meta_ids
 from antimetric.training.run_folder import (
@@ -36,7 +37,7 @@ from antimetric.training.run_folder import (
 )
 from antimetric.training.session import EvalLoaders, TrainingSession, build_session
 from antimetric.training.state import BestTracker, load_training_state, save_training_state, seed_epoch
-from antimetric.training.step import to_device_batch, training_step
+from antimetric.training.step import training_step
 
 __all__ = ["BEST_FILE", "CONFIG_FILE", "EPOCHS_FILE", "FEATURES_FILE", "LAST_FILE", "META_IDS_FILE", "RETRIEVALS_FILE",
            "EpochResult", "FitResult", "RunInterrupted", "fit", "resume_run"]

@@ -19,14 +19,6 @@ def prepare_device(plan: DevicePlan) -> None:
     torch.backends.cudnn.benchmark = plan.cudnn_benchmark
 
 
-def to_device_batch(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """A batch on `device`, in the memory format of the network's plan (DevicePlan.channels_last)."""
-    images = images.to(device, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images
-
-
 def training_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                   optimizer: torch.optim.Optimizer, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy over branches of logits (b, m, d) against meta-class targets (b, m), under
