@@ -66,7 +66,7 @@ def run_variant(name: str, data_path: Path, epochs: int, output: Path) -> dict:
     resolved: dict = {}
     start = time.perf_counter()
     with nchw_plans(name in NCHW):
-        result = fit(config, lambda r, save: epochs_seen.append(r.metrics) or resolved.update(r.resolved),
+        result = fit(config, lambda r, save: epochs_seen.append(r.metrics) or resolved.update(r.decisions.as_dict()),
                      write_last=False)
     total = time.perf_counter() - start
     train = [m["epoch_seconds"] for m in epochs_seen]

@@ -41,6 +41,7 @@ from antimetric.retrieval.gallery_build import build_index
 from antimetric.retrieval.gallery_images import ImageSet, find_images
 from antimetric.retrieval.trained import TrainedEnsemble, load
 from antimetric.training.config import DATASET_DEFAULTS, RunConfig, resolve
+from antimetric.training.decisions import StartDecisions
 from antimetric.training.session import num_workers, pick_device
 from benchmarks.common import write_result
 from benchmarks.evaluation import SOP_BRANCHES, SOP_FEATURE_DIM, SOP_TEST_IMAGES
@@ -173,10 +174,12 @@ def untrained_ensemble(overrides: dict) -> TrainedEnsemble:
     device = pick_device("auto")
     with device:
         model = build_model(config.model, "batched")
-    model.configure(plan_for(device, backbone=config.model.backbone))
+    plan = plan_for(device, backbone=config.model.backbone)
+    model.configure(plan)
     model.eval()
     meta_ids = np.zeros((config.model.ensemble_size, 1), dtype=np.int64)
-    return TrainedEnsemble(model, config, meta_ids, device, Path("untrained"), "untrained")
+    decisions = StartDecisions(device=str(device), precision="bf16" if plan.bf16 else "fp32", implementation="batched")
+    return TrainedEnsemble(model, config, meta_ids, device, Path("untrained"), "untrained", decisions)
 
 
 def _first(images: ImageSet, n: int | None) -> ImageSet:

@@ -17,13 +17,13 @@ import json
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from antimetric.errors import AntimetricError, ConfigError, DatasetLayoutError, RunInterrupted
 from antimetric.training.config import RunConfig, resolve
+from antimetric.training.decisions import split_recorded
 from antimetric.training.loop import EpochCallback, EpochResult, FitResult
 from antimetric.training.run_folder import BEST_FILE, CONFIG_FILE, RETRIEVALS_FILE, OutputError
 from studies.checks import open_tracking_experiment
@@ -108,7 +108,7 @@ class RunTracker:
         values = trial_metrics(reported(result))  # the names and numbers a trial's run gets
         params = []
         if self._first_epoch:  # what the run chose where its config said auto
-            params = resolved_params(result.resolved, self.client.get_run(run_id).data.params)
+            params = resolved_params(result.decisions.as_dict(), self.client.get_run(run_id).data.params)
             if self._earlier is not None:
                 self.client.set_tag(run_id, "resumed_at_epoch", str(result.epoch))
         self._first_epoch = False
@@ -149,8 +149,8 @@ class RunTracker:
 def run_folder_config(run_dir: Path) -> RunConfig:
     """The config a run folder was trained with (its config.json)."""
     try:
-        values: dict[str, Any] = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-        return RunConfig.from_flat(values)
+        asked, _ = split_recorded(json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")))
+        return RunConfig.from_flat(asked)
     except (OSError, ValueError, AttributeError) as error:
         raise ConfigError(f"--resume: cannot read {run_dir / CONFIG_FILE} ({error}); pass the folder of a run "
                           "that finished an epoch") from None

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID
 
-from antimetric.training.loop import RESOLVED_AT_START
+from antimetric.training.decisions import DECISION_KEYS
 from studies.seeds import SEED_KEYS
 from studies.study_run import (
     BEST,
@@ -131,7 +131,7 @@ class MLflowTrialCallback(tune.Callback):
 
     def _resolved_params(self, run_id: str, result: dict[str, Any]) -> list[Param]:
         """The values a trial resolved where its config said auto, once: the run's params say what ran."""
-        if run_id in self._resolved_logged or not any(key in result for key in RESOLVED_AT_START):
+        if run_id in self._resolved_logged or not any(key in result for key in DECISION_KEYS):
             return []
         self._resolved_logged.add(run_id)
         return resolved_params(result, self.client.get_run(run_id).data.params)  # a reopened run has them
@@ -207,12 +207,12 @@ def epoch_metrics(values: dict[str, float], step: int, timestamp: int, is_best: 
 
 def config_params(flat: dict[str, Any]) -> list[Param]:
     """A run's flat config as params, but for what a run resolves when it starts (resolved_params logs those)."""
-    return [Param(k, str(v)[:MAX_PARAM]) for k, v in sorted(flat.items()) if k not in RESOLVED_AT_START]
+    return [Param(k, str(v)[:MAX_PARAM]) for k, v in sorted(flat.items()) if k not in DECISION_KEYS]
 
 
 def resolved_params(values: dict[str, Any], logged: dict[str, str]) -> list[Param]:
     """What a run chose where its config said auto (device, workers), unless logged already."""
-    return [Param(key, str(values[key])) for key in RESOLVED_AT_START if key in values and key not in logged]
+    return [Param(key, str(values[key])) for key in DECISION_KEYS if key in values and key not in logged]
 
 
 def selected(metrics: dict[str, float]) -> dict[str, float]:

@@ -66,7 +66,7 @@ def reported(result: EpochResult, cost: dict[str, float] | None = None) -> dict[
     values the trial resolved (device, workers), which the MLflow callback records as params."""
     first = {key: result.metrics[key] for key in (OBJECTIVE, "test_recall_at_1", "loss") if key in result.metrics}
     # what the trial chose where its config said auto, as text (not a metric), for its MLflow params
-    resolved = {key: str(value) for key, value in result.resolved.items()}
+    resolved = {key: str(value) for key, value in result.decisions.as_dict().items()}
     selected = {BEST_EPOCH: result.best_epoch, BEST_OBJECTIVE: result.best_metrics[OBJECTIVE]} \
         if OBJECTIVE in result.best_metrics else {}
     return {EPOCH: result.epoch, **first, **result.metrics, **selected, **(cost or {}), **resolved}

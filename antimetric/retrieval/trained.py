@@ -23,8 +23,14 @@ from antimetric.errors import ConfigError
 from antimetric.model import cost
 from antimetric.model.device_plan import plan_for, to_device_batch
 from antimetric.model.ensemble import EnsembleNet, build_model
-from antimetric.training.checkpoints import check_trained_state, checkpoint_config, read_torch_file
+from antimetric.training.checkpoints import (
+    check_trained_state,
+    checkpoint_config,
+    checkpoint_decisions,
+    read_torch_file,
+)
 from antimetric.training.config import RunConfig
+from antimetric.training.decisions import StartDecisions
 from antimetric.training.memory_estimate import check_memory
 from antimetric.training.run_folder import BEST_FILE
 from antimetric.training.session import pick_device
@@ -48,6 +54,7 @@ class TrainedEnsemble:
     device: torch.device
     checkpoint: Path  # the file the weights came from
     source: str  # as the caller named it (a path, an MLflow run id, a models:/ URI)
+    decisions: StartDecisions  # how it runs here: device, precision, the network its weights are laid out for
     epoch: int = 0
     metrics: dict[str, float] = field(default_factory=dict)  # the checkpoint epoch's, as training reported them
 
@@ -99,7 +106,8 @@ class TrainedEnsemble:
     def describe(self) -> dict[str, Any]:
         """What identifies these embeddings: the source, the checkpoint epoch, the config that made them."""
         return {"source": self.source, "checkpoint": str(self.checkpoint), "epoch": self.epoch,
-                "embedding_dim": self.embedding_dim, "config": self.config.to_flat()}
+                "embedding_dim": self.embedding_dim, "config": self.config.to_flat(),
+                "decisions": self.decisions.as_dict()}
 
 
 def load(source: str | Path, *, device: str = "auto", tracking_uri: str | None = None) -> TrainedEnsemble:
@@ -111,17 +119,20 @@ def load(source: str | Path, *, device: str = "auto", tracking_uri: str | None =
     state = read_checkpoint(path)  # checked whole, its config resolved with a run's bounds and types
     config = checkpoint_config(state["config"], path)
     torch_device = pick_device(device)
-    check_memory(config, torch_device, training=False)
     layout = weight_layout(state["model"])
+    trained_in = checkpoint_decisions(state, path).get("precision", config.train.precision)
+    plan = plan_for(torch_device, layout, precision=trained_in, backbone=config.model.backbone)
+    check_memory(config, torch_device, training=False, plan=plan)
     with torch_device:
         model = build_model(config.model, layout)
     model.load_state_dict(state["model"])
-    model.configure(plan_for(torch_device, layout, precision=config.train.precision, backbone=config.model.backbone))
+    model.configure(plan)
     model.eval()
-    config.train.device, config.model.implementation = str(torch_device), layout
+    decisions = StartDecisions(device=str(torch_device), precision="bf16" if plan.bf16 else "fp32",
+                               implementation=layout)
     epoch = int(state.get("epoch", 0))
-    return TrainedEnsemble(model, config, state["meta_ids"].cpu().numpy(), torch_device, path, str(source), epoch,
-                           _checkpoint_metrics(state, epoch))
+    return TrainedEnsemble(model, config, state["meta_ids"].cpu().numpy(), torch_device, path, str(source), decisions,
+                           epoch, _checkpoint_metrics(state, epoch))
 
 
 def checkpoint_file(source: str | Path, tracking_uri: str | None = None) -> Path:

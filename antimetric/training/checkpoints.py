@@ -19,6 +19,7 @@ import torch
 from antimetric.errors import ConfigError
 from antimetric.model.ensemble import build_model
 from antimetric.training.config import RunConfig, resolve
+from antimetric.training.decisions import DECISIONS_KEY, StartDecisions, split_recorded
 
 TRAINED_KEYS = ("model", "meta_ids", "config")  # what antimetric.load needs
 RESUME_KEYS = ("epoch", "optimizer", "scheduler", "tracker")  # what resuming needs besides
@@ -78,6 +79,7 @@ def check_trained_state(state: Any, path: Path) -> None:
         raise damaged(path, "its metrics are not a dict of numbers")
     if "tracker" in state:
         check_tracker(state["tracker"], path)
+    checkpoint_decisions(state, path)
     weights = state["model"]
     if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                 for k, v in weights.items()):
@@ -100,6 +102,14 @@ def checkpoint_config(values: Any, path: Path) -> RunConfig:
         raise ConfigError(f"{path}: the config it holds is refused ({error})") from None
     config.model.pretrained, config.model.weights_file = False, None
     return config
+
+
+def checkpoint_decisions(state: dict[str, Any], path: Path) -> dict[str, Any]:
+    """What the checkpoint's run decided when it started (StartDecisions' fields; a checkpoint from before
+    2026-12-03 holds them in its config)."""
+    if DECISIONS_KEY in state:
+        return StartDecisions.from_dict(state[DECISIONS_KEY], f"{path} is a damaged checkpoint").as_dict()
+    return split_recorded(state["config"])[1]
 
 
 def _is_count(value: Any) -> bool:

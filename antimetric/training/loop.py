@@ -22,6 +22,7 @@ from antimetric.evaluation.grid import grid_rows_from_embeddings, write_grid
 from antimetric.evaluation.metrics import recall_key
 from antimetric.model.device_plan import to_device_batch
 from antimetric.training.config import RunConfig, resolve
+from antimetric.training.decisions import DECISIONS_KEY, StartDecisions, split_recorded
 from antimetric.training.meta_classes import save_meta_ids
 from antimetric.training.run_folder import (
     BEST_FILE,
@@ -48,16 +49,12 @@ EpochCallback = Callable[["EpochResult", Callable[[Path], None]], "bool | None"]
 _NONFINITE_CHECK_STEPS = 20  # how often the loss is checked within an epoch (a check waits for the GPU)
 
 
-# Config values a run settles when it starts where the config may say auto (config.json records them).
-RESOLVED_AT_START = ("device", "num_workers", "image_memory", "precision")
-
-
 @dataclass
 class EpochResult:
     epoch: int  # 0: the untrained ensemble (--no-train)
     metrics: dict[str, float]  # loss, branch_accuracy, images_per_s, epoch_seconds, lr, val_*, test_*
     is_best: bool
-    resolved: dict[str, Any] = field(default_factory=dict)  # RESOLVED_AT_START as this run chose them
+    decisions: StartDecisions | None = None  # what the run settled when it started (device, precision, ...)
     run_dir: Path | None = None  # the run folder it was written to
     best_epoch: int = 0  # the selected epoch so far (this one included), and its metrics
     best_metrics: dict[str, float] = field(default_factory=dict)
@@ -98,16 +95,19 @@ def resume_run(run_dir: Path, on_epoch_end: EpochCallback | None = None, *, prog
     for name in (CONFIG_FILE, LAST_FILE):
         if not (run_dir / name).is_file():
             raise ConfigError(f"--resume: no {name} in {run_dir}; pass the folder of a run that finished an epoch")
+    overrides = overrides or {}
     try:
-        values = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-        if "num_workers" in (overrides or {}) and "image_memory" not in overrides:
-            values["image_memory"] = None  # recorded for the old worker count; decided anew for the new one
-        values.update(overrides or {}, output_dir=str(run_dir.parent), run_name=run_dir.name)
-        config = resolve(RunConfig.from_flat(values))
+        asked, decided = split_recorded(json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")))
+        if "num_workers" in overrides and "image_memory" not in overrides:
+            asked["image_memory"] = None  # decided for the old worker count; decided anew for the new one
+            decided.pop("image_memory", None)
+        asked.update(overrides, output_dir=str(run_dir.parent), run_name=run_dir.name)
+        config = resolve(RunConfig.from_flat(asked))
     except (OSError, ValueError, AttributeError) as error:
         raise ConfigError(f"--resume: cannot read {run_dir / CONFIG_FILE} ({error})") from None
+    pinned = {key: value for key, value in decided.items() if key not in overrides}  # decided as the run did
     probe(run_dir)
-    session = build_session(config, progress=progress)
+    session = build_session(config, progress=progress, pinned=pinned)
     return _run(session, run_dir, on_epoch_end, run_dir / LAST_FILE, progress, write_last=True)
 
 
@@ -118,19 +118,19 @@ def _run(session: TrainingSession, run_dir: Path, on_epoch_end: EpochCallback | 
          progress: bool, write_last: bool) -> FitResult:
     config = session.config
     flat = config.to_flat()
-    resolved = {key: flat[key] for key in RESOLVED_AT_START}
+    decisions = session.decisions
     tracker = BestTracker(selection_key(session))
     start_epoch = 1
     if resume_from is not None:
         start_epoch = load_training_state(Path(resume_from), session, tracker) + 1
     with writing(run_dir):
-        write_json(run_dir / CONFIG_FILE, flat)
+        write_json(run_dir / CONFIG_FILE, {**flat, DECISIONS_KEY: decisions.as_dict()})
         save_meta_ids(run_dir / META_IDS_FILE, session.meta_ids, session.splits.train_classes)
 
     if not config.train.train:
         evaluation = evaluate_session(session, progress)
         metrics = evaluation.metrics
-        result = EpochResult(0, metrics, tracker.update(0, metrics), resolved, run_dir, tracker.best_epoch,
+        result = EpochResult(0, metrics, tracker.update(0, metrics), decisions, run_dir, tracker.best_epoch,
                              tracker.best_metrics)
         _record(run_dir, session, result, tracker, evaluation)
         if on_epoch_end is not None:
@@ -144,7 +144,7 @@ def _run(session: TrainingSession, run_dir: Path, on_epoch_end: EpochCallback | 
             metrics = train_one_epoch(session, epoch, progress)
             evaluation = evaluate_session(session, progress)
             metrics.update(evaluation.metrics)
-            result = EpochResult(epoch, metrics, tracker.update(epoch, metrics), resolved, run_dir, tracker.best_epoch,
+            result = EpochResult(epoch, metrics, tracker.update(epoch, metrics), decisions, run_dir, tracker.best_epoch,
                                  tracker.best_metrics)
             _record(run_dir, session, result, tracker, evaluation)
             if write_last:
@@ -283,6 +283,7 @@ def _write_epoch_files(run_dir: Path, session: TrainingSession, result: EpochRes
         "meta_ids": torch.as_tensor(session.meta_ids),
         "metrics": result.metrics,
         "config": session.config.to_flat(),
+        DECISIONS_KEY: session.decisions.as_dict(),
     })
     arrays = embeddings_arrays("query", evaluation.test_query)
     if evaluation.test_gallery is not None:

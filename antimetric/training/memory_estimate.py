@@ -22,7 +22,7 @@ from torch import nn
 from antimetric.errors import ConfigError
 from antimetric.model.backbones import get_backbone
 from antimetric.model.batched import BatchedBlock
-from antimetric.model.device_plan import plan_for, resolve_precision
+from antimetric.model.device_plan import DevicePlan, plan_for
 from antimetric.model.ensemble import build_model
 from antimetric.model.settings import ModelConfig
 from antimetric.training.config import RunConfig
@@ -62,20 +62,23 @@ class MemoryEstimate:
         return self.parameters + self.activations
 
 
-def estimate_memory(config: RunConfig, device: torch.device, training: bool = True) -> MemoryEstimate:
+def estimate_memory(config: RunConfig, device: torch.device, training: bool = True, *,
+                    plan: DevicePlan | None = None) -> MemoryEstimate:
     """The least memory a resolved config needs on `device` to train (or, training=False, to embed a batch of
-    --eval-batch-size images): the larger of a training step and an evaluation batch."""
+    --eval-batch-size images), following `plan` (default: plan_for the config on `device`): the larger of a
+    training step and an evaluation batch."""
     model = config.model
+    if plan is None:
+        plan = plan_for(device, model.implementation, precision=config.train.precision, backbone=model.backbone,
+                        activation_checkpointing=model.activation_checkpointing)
     counts = footprint(model.backbone, model.share_type, config.data.image_size)
     head = (get_backbone(model.backbone).feature_width + 1) * model.meta_class_size if model.with_fc else 0
     params = counts.trunk_params + model.ensemble_size * (counts.branch_params + head)
-    element = 2 if resolve_precision(config.train.precision, device) == "bf16" else 4
+    element = 2 if plan.bf16 else 4
     evaluation = config.eval.eval_batch_size * element * (counts.trunk_largest + model.ensemble_size
                                                           * counts.branch_largest)
     if not training:
         return MemoryEstimate(INFERENCE_BYTES_PER_PARAMETER * params, evaluation)
-    plan = plan_for(device, model.implementation, precision=config.train.precision, backbone=model.backbone,
-                    activation_checkpointing=model.activation_checkpointing)
     checkpointing = plan.activation_checkpointing or plan.checkpoint_after_oom
     branch = counts.branch_block_values if checkpointing else KEPT_LAYER_OUTPUTS * counts.branch_values
     step = config.train.batch_size * element * (KEPT_LAYER_OUTPUTS * counts.trunk_values + model.ensemble_size * branch)
@@ -138,13 +141,13 @@ def available_memory(device: torch.device) -> int | None:
 
 
 def check_memory(config: RunConfig, device: torch.device, *, training: bool = True,
-                 available: int | None = None) -> None:
+                 available: int | None = None, plan: DevicePlan | None = None) -> None:
     """Refuse in one line a resolved config whose estimate exceeds the memory `device` has (`available`
     bytes, else available_memory(device)); nothing is refused where that cannot be told."""
     available = available_memory(device) if available is None else available
     if available is None:
         return
-    need = estimate_memory(config, device, training)
+    need = estimate_memory(config, device, training, plan=plan)
     if need.total <= available:
         return
     has = f"the {device} has {_size(available)}{' available' if device.type == 'cpu' else ''}"

@@ -5,6 +5,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from antimetric.errors import ConfigError
 from antimetric.model.device_plan import DevicePlan, plan_for
 from antimetric.model.ensemble import EnsembleNet, build_model
 from antimetric.training.config import RunConfig
+from antimetric.training.decisions import StartDecisions
 from antimetric.training.memory_estimate import check_memory
 from antimetric.training.meta_classes import assign_meta_classes, check_meta_class_size, load_meta_ids
 from antimetric.training.step import make_optimizer, prepare_device
@@ -35,7 +37,8 @@ class EvalLoaders:
 
 @dataclass
 class TrainingSession:
-    config: RunConfig  # resolved
+    config: RunConfig  # resolved: what was asked, with the dataset's defaults
+    decisions: StartDecisions  # what the session settled where the config left the choice to the machine
     device: torch.device
     plan: DevicePlan  # how the model trains on the device (plan_for)
     index: DatasetIndex
@@ -78,17 +81,20 @@ def config_splits(config: RunConfig, index: DatasetIndex) -> Splits:
     return make_splits(index, data.val_fraction, data.max_per_class, seed, val_fold=data.val_fold)
 
 
-def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSession:
-    """`config` must be resolved (antimetric.training.config.resolve)."""
+def build_session(config: RunConfig, *, progress: bool = False, pinned: dict[str, Any] | None = None) -> TrainingSession:
+    """`config` must be resolved (antimetric.training.config.resolve). `pinned`: decisions to take as they are
+    rather than decide (a resumed run's, as its run made them: StartDecisions' fields)."""
     data, model_cfg, train = config.data, config.model, config.train
-    device = pick_device(train.device)
-    check_memory(config, device)  # before any data is read
+    pinned = pinned or {}
+    device = pick_device(pinned.get("device", train.device))
+    plan = plan_for(device, model_cfg.implementation, precision=pinned.get("precision", train.precision),
+                    backbone=model_cfg.backbone, activation_checkpointing=model_cfg.activation_checkpointing,
+                    compile=train.compile)
+    check_memory(config, device, plan=plan)  # before any data is read
     torch.manual_seed(train.seed)
     index = load_index(config, progress)
     splits = config_splits(config, index)
     meta_ids = _meta_ids(config, splits.train_classes)
-    plan = plan_for(device, model_cfg.implementation, precision=train.precision, backbone=model_cfg.backbone,
-                    activation_checkpointing=model_cfg.activation_checkpointing, compile=train.compile)
     prepare_device(plan)
     with device:  # initialise the weights where they will live
         model = build_model(model_cfg, model_cfg.implementation)
@@ -99,8 +105,8 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
     image_root, crop = image_source(config, index, progress)
-    workers = num_workers(data.num_workers)
-    memory = DecodedImages(image_memory_mib(data.image_memory, workers) * 2**20)
+    workers = num_workers(pinned.get("num_workers", data.num_workers))
+    memory = DecodedImages(image_memory_mib(pinned.get("image_memory", data.image_memory), workers) * 2**20)
     targets = {label: torch.as_tensor(meta_ids[:, col]) for col, label in enumerate(splits.train_classes)}
     train_set = ImageDataset(splits.train, image_root, train_transform(data.data_name, data.crop_type, data.image_size),
                              crop, targets, memory)
@@ -109,9 +115,9 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
     # Seeded again at the start of every epoch (training_state.seed_epoch). Workers are started anew
     # each epoch, so that their seeds come from that epoch's seed: a resumed run repeats exactly.
     generator = torch.Generator().manual_seed(train.seed)
-    # The run records what it chose where the config said auto (config.json, a study's params).
-    train.device, data.num_workers, train.precision = str(device), workers, "bf16" if plan.bf16 else "fp32"
-    data.image_memory = memory.budget_bytes // 2**20
+    decisions = StartDecisions(device=str(device), precision="bf16" if plan.bf16 else "fp32",
+                               implementation=model_cfg.implementation, num_workers=workers,
+                               image_memory=memory.budget_bytes // 2**20)
     train_loader = DataLoader(train_set, batch_size=train.batch_size, shuffle=True, drop_last=True,
                               num_workers=workers, pin_memory=device.type == "cuda", generator=generator)
 
@@ -121,7 +127,7 @@ def build_session(config: RunConfig, *, progress: bool = False) -> TrainingSessi
         return eval_loaders(eval_set, image_root, transform, crop, config.eval.eval_batch_size, workers, device, memory)
 
     return TrainingSession(
-        config, device, plan, index, splits, meta_ids, model, train_model, optimizer, scheduler, train_loader,
+        config, decisions, device, plan, index, splits, meta_ids, model, train_model, optimizer, scheduler, train_loader,
         loaders(splits.val) if splits.val is not None else None, loaders(splits.test), image_root,
     )
 

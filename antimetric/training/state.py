@@ -23,6 +23,7 @@ from antimetric.training.checkpoints import (
     weight_layout,
     weights_mismatch,
 )
+from antimetric.training.decisions import DECISIONS_KEY
 from antimetric.training.session import TrainingSession
 
 STATE_FILE = "state.pt"  # a resumable state in a checkpoint folder (a run folder keeps last.pt)
@@ -79,6 +80,7 @@ def save_training_state(folder: Path, session: TrainingSession, epoch: int, trac
         "meta_ids": torch.as_tensor(session.meta_ids),
         "tracker": tracker.state_dict(),
         "config": session.config.to_flat(),
+        DECISIONS_KEY: session.decisions.as_dict(),
     })
     return path
 

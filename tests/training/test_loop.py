@@ -13,6 +13,7 @@ from antimetric.evaluation.grid import CORRECT_COLOUR, INCORRECT_COLOUR, GridLay
 from antimetric.model import plan_for
 from antimetric.model.device_plan import resolve_precision
 from antimetric.training.config import RunConfig, resolve
+from antimetric.training.decisions import DECISIONS_KEY
 from antimetric.training.loop import (
     BEST_FILE,
     CONFIG_FILE,
@@ -68,9 +69,11 @@ def test_run_folder(trained):
     run = result.run_dir
     config = json.loads((run / CONFIG_FILE).read_text())
     assert config["ensemble_size"] == 8 and config["backbone"] == "tiny"
-    # what ran, not "auto"
-    assert config["device"] == "cpu" and config["implementation"] == "batched" and config["num_workers"] >= 0
-    assert config["precision"] == resolve_precision("auto", torch.device("cpu"))
+    decided = config.pop(DECISIONS_KEY)  # what ran, beside what was asked
+    assert decided["device"] == "cpu" and decided["implementation"] == "batched" and decided["num_workers"] >= 0
+    assert decided["precision"] == resolve_precision("auto", torch.device("cpu"))
+    assert (config["device"], config["precision"], config["num_workers"]) == ("auto", "auto", None)
+    assert json.loads(json.dumps(RunConfig.from_flat(config).to_flat())) == config
     assert len(json.loads((run / META_IDS_FILE).read_text())["ids"]) == 8
     rows = list(csv.DictReader((run / EPOCHS_FILE).open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]

@@ -1,0 +1,60 @@
+"""What a run decides when it starts, where its config leaves the choice to the machine.
+
+The config is what the user asked (`--device auto`, `--precision auto`, no --num-workers); the session settles
+each of these once, in a frozen StartDecisions that training, tracking (a study's params) and loading read. A run
+folder's config.json and every checkpoint record both: the asked config, and the decisions under DECISIONS_KEY.
+A resumed run decides as the run it continues did (`pinned`), so that it repeats it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from antimetric.errors import ConfigError
+from antimetric.model.settings import IMPLEMENTATIONS
+
+DECISIONS_KEY = "decisions"  # beside the config's keys in config.json, and in a checkpoint
+
+
+@dataclass(frozen=True)
+class StartDecisions:
+    device: str  # "cpu", "cuda", "cuda:1"
+    precision: str  # of the forward pass: "bf16" or "fp32"
+    implementation: str  # the network the weights are laid out for: "batched" or "reference"
+    num_workers: int | None = None  # data-loader processes; None where nothing loads a dataset (a loaded ensemble)
+    image_memory: int | None = None  # MiB of decoded images kept between epochs; None likewise
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Any, where: str) -> "StartDecisions":
+        """Decisions a config.json or checkpoint recorded; a ConfigError naming `where` if they are damaged."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if not (isinstance(values, dict) and {"device", "precision", "implementation"} <= set(values) <= fields
+                and isinstance(values["device"], str) and values["precision"] in ("bf16", "fp32")
+                and values["implementation"] in IMPLEMENTATIONS
+                and all(_is_count_or_none(values.get(key)) for key in ("num_workers", "image_memory"))):
+            raise ConfigError(f"{where}: its {DECISIONS_KEY!r} are not the decisions of a run ({values!r:.200}); "
+                              "train it again")
+        return cls(**values)
+
+
+def _is_count_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+
+
+DECISION_KEYS = tuple(f.name for f in dataclasses.fields(StartDecisions))  # also config fields (but for their values)
+
+
+def split_recorded(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the asked config, the decisions) of a recorded config (config.json, a checkpoint's config).
+
+    A record made before 2026-12-03 holds no decisions: its config holds them in place of what was asked, and
+    they are read from there."""
+    values = dict(values)
+    decided = values.pop(DECISIONS_KEY, None)
+    if decided is None:
+        decided = {key: values[key] for key in DECISION_KEYS if values.get(key) not in (None, "auto")}
+    return values, decided
