@@ -12,7 +12,7 @@ from antimetric.data.cache import MAX_CACHE_SIZE
 from antimetric.data.settings import CROP_TYPES, DATASETS, check_crop_type
 from antimetric.errors import AntimetricError, AntimetricWarning, ConfigError, RunInterrupted
 from antimetric.model.settings import BACKBONE_NAMES, SHARE_TYPES
-from antimetric.options import add_config_arguments, given_options
+from antimetric.options import OneLineParser, add_config_arguments, given_options
 from antimetric.retrieval.cli import add_retrieval_commands
 from antimetric.training.config import RunConfig, check_device
 
@@ -51,13 +51,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         _show_default(message, category, filename, lineno, file, line)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its usage errors on one line like every other error."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
-
-
 def _cache_size(text: str) -> int:
     try:
         value = int(text)
@@ -69,7 +62,7 @@ def _cache_size(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m antimetric", description=__doc__)
+    parser = OneLineParser(prog="python -m antimetric", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="{prepare,train,evaluate,index,retrieve,profile}")
 
     prepare = commands.add_parser("prepare", help="check a dataset's layout and images, write its manifest")

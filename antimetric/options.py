@@ -15,6 +15,13 @@ from antimetric.errors import ConfigError
 from antimetric.training.config import DATASET_DEFAULTS, SECTION_CLASSES, RunConfig
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with its usage errors on one line like every other error (`antimetric`, `studies.search`)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
 def option_fields() -> list[tuple[dataclasses.Field, Option]]:
     """Every config field with its Option, in declaration order (run keys last)."""
     fields = [f for kind in SECTION_CLASSES for f in dataclasses.fields(kind)]

@@ -7,9 +7,7 @@ label or file name) and, for results, the similarity to the query. Thumbnails ar
 square without distortion; an image that cannot be read is drawn as a placeholder.
 
 The similarity shown by `grid_rows_from_embeddings` is the cosine similarity of the concatenated
-embeddings. Each branch's part is unit-length, so the concatenation of `ensemble_size` parts has norm
-sqrt(ensemble_size) and cosine = dot / ensemble_size: the mean over branches of each branch's cosine,
-from -1 to 1, ranked exactly as evaluation ranks by the dot product.
+embeddings (antimetric.model.ensemble.cosine), ranked exactly as evaluation ranks.
 """
 from __future__ import annotations
 
@@ -26,6 +24,7 @@ from antimetric.data.images import ImageInput, as_rgb
 from antimetric.errors import AntimetricError, ConfigError
 from antimetric.evaluation.embed import Embeddings
 from antimetric.evaluation.neighbours import nearest
+from antimetric.model.ensemble import cosine
 
 __all__ = ["GridImage", "GridLayout", "choose_queries", "class_caption", "grid_rows_from_embeddings", "is_grid",
            "write_grid"]
@@ -262,8 +261,7 @@ def grid_rows_from_embeddings(query: Embeddings, gallery: Embeddings | None, ima
                               n_queries: int = 8, top_k: int = 8, seed: int = 0) -> list[Row]:
     """Rows for write_grid: a seeded choice of queries and each one's top_k results, leaving the query
     itself out when there is no gallery (as evaluation does). Paths in the embeddings are relative to
-    image_root; boxes (one per image, or None) are applied before showing. The similarity is the cosine
-    (dot / ensemble_size; see the module's docstring)."""
+    image_root; boxes (one per image, or None) are applied before showing. The similarity is the cosine."""
     chosen = choose_queries(len(query.paths), n_queries, seed)
     leave_one_out = gallery is None
     gallery = query if gallery is None else gallery
@@ -276,7 +274,7 @@ def grid_rows_from_embeddings(query: Embeddings, gallery: Embeddings | None, ima
         for sim, g in zip(sims[row].tolist(), indices[row].tolist()):
             if g < 0 or (leave_one_out and g == q):
                 continue
-            results.append(_grid_image(gallery, g, image_root, gallery_boxes, sim / ensemble_size, label))
+            results.append(_grid_image(gallery, g, image_root, gallery_boxes, cosine(sim, ensemble_size), label))
         rows.append((_grid_image(query, q, image_root, query_boxes, None, None), results[:top_k]))
     return rows
 

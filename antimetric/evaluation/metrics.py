@@ -246,60 +246,29 @@ def retrieval_metrics(
     gallery_labels: _Labels | None = None,
     *,
     chunk_size: int = 4096,
+    with_map: bool = True,
 ) -> dict[str, float]:
-    """Recall@k for every k in ``ks``, MAP@R and R-precision, in one pass.
+    """Recall@k for every k in ``ks``, MAP@R and R-precision (unless ``with_map=False``, which skips their
+    per-query ranking), in one pass: the one entry point of this module.
 
-    Keys: ``recall_key(k)`` per k, ``MAP_AT_R_KEY`` and ``R_PRECISION_KEY``.
-    See the module docstring for modes, tie rules and denominators.
+    Keys: ``recall_key(k)`` per k, ``MAP_AT_R_KEY`` and ``R_PRECISION_KEY``. Each is averaged over the queries
+    with at least one relevant item (``nan`` if none). See the module docstring for modes, tie rules and
+    denominators.
     """
     ks = _check_ks(ks)
     inputs = _prepare(query, query_labels, gallery, gallery_labels, chunk_size)
-    totals = _totals(inputs, ks, with_map=True)
+    totals = _totals(inputs, ks, with_map)
     result = {recall_key(k): _mean_over_queries_with_positives(totals.hits[k], totals) for k in ks}
-    result[MAP_AT_R_KEY] = _mean_over_queries_with_positives(totals.map_sum, totals)
-    result[R_PRECISION_KEY] = _mean_over_queries_with_positives(totals.r_precision_sum, totals)
+    if with_map:
+        result[MAP_AT_R_KEY] = _mean_over_queries_with_positives(totals.map_sum, totals)
+        result[R_PRECISION_KEY] = _mean_over_queries_with_positives(totals.r_precision_sum, totals)
     return result
 
 
-def recall_at_k(
-    query: torch.Tensor,
-    query_labels: _Labels,
-    ks: Iterable[int],
-    gallery: torch.Tensor | None = None,
-    gallery_labels: _Labels | None = None,
-    *,
-    chunk_size: int = 4096,
-) -> dict[int, float]:
-    """Recall@k (fraction of the queries with a positive, in [0, 1]) for every k in ``ks``."""
+def recall_at_k(query: torch.Tensor, query_labels: _Labels, ks: Iterable[int], gallery: torch.Tensor | None = None,
+                gallery_labels: _Labels | None = None, *, chunk_size: int = 4096) -> dict[int, float]:
+    """Recall@k (fraction of the queries with a positive, in [0, 1]) by k: retrieval_metrics' recalls."""
     ks = _check_ks(ks)
-    inputs = _prepare(query, query_labels, gallery, gallery_labels, chunk_size)
-    totals = _totals(inputs, ks, with_map=False)
-    return {k: _mean_over_queries_with_positives(totals.hits[k], totals) for k in ks}
-
-
-def map_at_r(
-    query: torch.Tensor,
-    query_labels: _Labels,
-    gallery: torch.Tensor | None = None,
-    gallery_labels: _Labels | None = None,
-    *,
-    chunk_size: int = 4096,
-) -> float:
-    """MAP@R averaged over the queries with at least one relevant item (``nan`` if none)."""
-    inputs = _prepare(query, query_labels, gallery, gallery_labels, chunk_size)
-    totals = _totals(inputs, (), with_map=True)
-    return _mean_over_queries_with_positives(totals.map_sum, totals)
-
-
-def r_precision(
-    query: torch.Tensor,
-    query_labels: _Labels,
-    gallery: torch.Tensor | None = None,
-    gallery_labels: _Labels | None = None,
-    *,
-    chunk_size: int = 4096,
-) -> float:
-    """R-precision averaged over the queries with at least one relevant item (``nan`` if none)."""
-    inputs = _prepare(query, query_labels, gallery, gallery_labels, chunk_size)
-    totals = _totals(inputs, (), with_map=True)
-    return _mean_over_queries_with_positives(totals.r_precision_sum, totals)
+    metrics = retrieval_metrics(query, query_labels, ks, gallery, gallery_labels, chunk_size=chunk_size,
+                                with_map=False)
+    return {k: metrics[recall_key(k)] for k in ks}

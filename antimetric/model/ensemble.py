@@ -76,6 +76,13 @@ class EnsembleNet(nn.Module):
         return outputs if per_branch else outputs.flatten(1)
 
 
+def cosine(dot: torch.Tensor | float, ensemble_size: int) -> torch.Tensor | float:
+    """The cosine similarity of two embeddings (EnsembleNet.embed) from their dot product. Each concatenates
+    ensemble_size unit vectors, so its norm is sqrt(ensemble_size) and cosine = dot / ensemble_size: the mean of
+    the branches' cosines, from -1 to 1, ranked exactly as evaluation ranks by the dot product."""
+    return dot / ensemble_size
+
+
 def build_model(config: ModelConfig, implementation: str = "batched") -> EnsembleNet:
     """An ensemble from a resolved ModelConfig.
 

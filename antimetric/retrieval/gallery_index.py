@@ -25,6 +25,7 @@ import torch
 
 from antimetric.errors import ConfigError
 from antimetric.evaluation.neighbours import nearest
+from antimetric.model.ensemble import cosine
 from antimetric.retrieval.gallery_images import NO_LABEL, check_relative
 
 INDEX_FORMAT = "antimetric-gallery-index"
@@ -107,10 +108,9 @@ class GalleryIndex:
         return set(self.labels.tolist())
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cosine similarities (n, k'), positions (n, k')), best first; queries (n, dim) as embed() gives them.
-        An embedding concatenates ensemble_size unit vectors, so cosine = dot / ensemble_size."""
+        """(cosine similarities (n, k'), positions (n, k')), best first; queries (n, dim) as embed() gives them."""
         sims, positions = nearest(queries, self.embeddings, k)
-        return sims / self.info["ensemble_size"], positions
+        return cosine(sims, self.info["ensemble_size"]), positions
 
 
 def read_index(folder: Path) -> GalleryIndex:
@@ -179,7 +179,7 @@ def check_model(index: GalleryIndex, ensemble) -> None:
     if differing:
         raise ConfigError(f"the model {ensemble.source} differs from the model of the index ({made_by}) in "
                           f"{', '.join(differing)}; {_REMEDY}")
-    agreement = float(probe_embedding(ensemble) @ torch.from_numpy(index.probe)) / ensemble.ensemble_size
+    agreement = float(cosine(probe_embedding(ensemble) @ torch.from_numpy(index.probe), ensemble.ensemble_size))
     if not agreement >= PROBE_AGREEMENT:
         raise ConfigError(f"the model {ensemble.source} has other weights than the one that built the index "
                           f"({made_by}): their embeddings of one image agree to {agreement:.3f}; {_REMEDY}")
