@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from antimetric.base.cpus import available_cpus
 from antimetric.errors import AntimetricError, ConfigError
 from antimetric.options import add_config_arguments, given_options
 from antimetric.training.config import DATASETS
@@ -28,7 +29,6 @@ from studies.settings import (
     SMOKE,
     STUDY_DEFAULTS,
     StudySettings,
-    available_cpus,
     default_experiment,
     saved_settings,
 )

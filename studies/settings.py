@@ -3,7 +3,6 @@ file a study keeps beside Ray's state so that --resume continues it with the sam
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ class StudySettings:
 
 # Per dataset, from its study defaults: trials, epochs (by default the dataset's --num-epochs, from its row of
 # the dataset table), concurrent trials, CPUs per trial (a GPU per trial where there is one). A study on this machine asks for no more CPUs per trial
-# than it has (available_cpus), and runs as many trials at once as its CPUs and GPUs hold;
+# than it has (antimetric.base.cpus.available_cpus), and runs as many trials at once as its CPUs and GPUs hold;
 # max_concurrent is for a cluster (--address).
 STUDY_DEFAULTS: dict[str, dict[str, Any]] = {
     name: dict(num_samples=study.num_samples, max_epochs=study.max_epochs or TABLE[name].training.num_epochs,
@@ -77,13 +76,6 @@ def default_experiment(dataset: str) -> str:
     """The MLflow experiment (and Ray folder) of a dataset's studies without --experiment; `antimetric train
     --tracking-uri` records its runs there too, beside the trials."""
     return f"{dataset}-study"
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask), which may be fewer than the machine has."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def save_settings(settings: StudySettings) -> None:
