@@ -18,11 +18,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import SQLAlchemyError
 
+from antimetric.base.cpus import available_cpus
 from antimetric.errors import ConfigError
 from antimetric.training.run_folder import probe, writing
+from studies.compat import KIND, KIND_TAG, MLFLOW_SQL_STORE_LOGGER
 from studies.optuna_record import optuna_storage_uri
-from studies.settings import StudySettings, available_cpus
-from studies.study_run import KIND, KIND_TAG
+from studies.settings import StudySettings
 from studies.tracking import ensure_experiment
 
 CONNECT_TIMEOUT_S = 5
@@ -97,7 +98,7 @@ def store_failure(error: BaseException) -> str:
 def quiet_store_errors() -> Iterator[None]:
     """MLflow's SQL store logs each error it re-raises with its whole traceback (80 lines); the caller says
     it in one."""
-    logger = logging.getLogger("mlflow.store.db.utils")
+    logger = logging.getLogger(MLFLOW_SQL_STORE_LOGGER)
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     try:

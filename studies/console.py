@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import re
-import time
 
 from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
-from ray import tune
-from ray.tune.utils.util import unflattened_lookup
 
+from studies.compat import RAY_LOGDIR_LINE, TableReporter, lookup
 from studies.tracking import confirm_run_name
 from studies.trainable import BEST_EPOCH, BEST_OBJECTIVE, CONFIRM, EPOCH, OBJECTIVE
 
@@ -39,7 +37,7 @@ def trial_dirname(trial) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", f"{trial_name(trial)}_{trial.trial_id}")
 
 
-class StudyReporter(tune.CLIReporter):
+class StudyReporter(TableReporter):
     """Ray Tune's command-line table, one every REPORT_SECONDS: each trial's name, its searched values, its epoch,
     that epoch's validation and test Recall@1 and its best validation Recall@1 so far (its selected epoch's),
     finished trials best first; above it the best trial so far by that selected epoch. At the end only the
@@ -49,29 +47,26 @@ class StudyReporter(tune.CLIReporter):
         super().__init__(parameter_columns=parameter_columns, metric_columns=list(METRIC_COLUMNS),
                          sort_by_metric=True, max_report_frequency=REPORT_SECONDS, max_progress_rows=TABLE_ROWS,
                          print_intermediate_tables=True)
+        self.columns = dict(parameter_columns)
 
     def setup(self, *args, **kwargs) -> None:
         super().setup(*args, **kwargs)
-        self._last_report_time = time.time()  # no table of trials that are all still pending
+        self.restart_report_clock()  # no table of trials that are all still pending
 
     def set_search_properties(self, metric: str | None, mode: str | None) -> bool:
         """The study's objective (TuneConfig's, for its scheduler) read at the trial's selected epoch."""
         return super().set_search_properties(BEST_OBJECTIVE if metric == OBJECTIVE else metric, mode)
 
-    def _current_best_trial(self, trials):  # Ray's line names the trial by its id: report() writes it
-        return None, self._metric
-
     def report(self, trials, done: bool, *sys_info: str) -> None:
-        self._print_intermediate_tables = not done
-        best, metric = super()._current_best_trial(trials)
+        self.show_intermediate_tables(not done)
+        best, metric = self.best_trial(trials)  # Ray's own line names the trial by its id: this one by its name
         if best is not None:
-            values = ", ".join(f"{label}={_short(unflattened_lookup(key, best.config, default=None))}"
-                               for key, label in self._parameter_columns.items())
+            values = ", ".join(f"{label}={_short(lookup(key, best.config))}" for key, label in self.columns.items())
             sys_info = (*sys_info, f"Best trial so far: {best}, {metric}={best.last_result[metric]:.4f} at epoch "
                                    f"{best.last_result.get(BEST_EPOCH, '?')}" + (f" ({values})" if values else ""))
-        text = self._progress_str(trials, done, *sys_info)
+        text = self.table_text(trials, done, *sys_info)
         # Ray's "Result logdir" is its staging folder in the Ray session, which the study removes at its end
-        self._print("\n".join(line for line in text.splitlines() if not line.startswith("Result logdir:")))
+        self.print_text("\n".join(line for line in text.splitlines() if not line.startswith(RAY_LOGDIR_LINE)))
 
 
 def _short(value) -> str:

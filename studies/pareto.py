@@ -48,7 +48,7 @@ def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 
 def pareto_candidates(table: pd.DataFrame, cost: str) -> pd.DataFrame:
-    """The Pareto front of a trials table (report.trials_table: a trial per row, its best epoch's OBJECTIVE and
+    """The Pareto front of a trials table (trials_table.trials_table: a trial per row, its best epoch's OBJECTIVE and
     its cost): the rows of the finished trials (TERMINATED, both values known) that no finished trial
     dominates, best recall first. What a Pareto study confirms, in place of the best trials by recall."""
     if OBJECTIVE not in table or cost not in table:  # no trial reported

@@ -1,7 +1,7 @@
-"""The end of a study: the trials table, the trials' best weights and plots in MLflow, the printed summary."""
+"""The end of a search, recorded: the trials' best weights and the study's summary and plots in MLflow, the Optuna
+record completed, the best trial registered; then the summary printed (summary_print.py)."""
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -10,55 +10,19 @@ import pandas as pd
 
 from antimetric.training.loop import fit
 from studies.optuna_live import finish_study
-from studies.optuna_record import load_command, optuna_storage_uri, trial_records
-from studies.pareto import pareto_cost, print_front, record_front
+from studies.optuna_record import optuna_storage_uri, trial_records
+from studies.pareto import pareto_cost, record_front
 from studies.plots import optuna_plots
 from studies.registry import register_best_trial
 from studies.settings import StudySettings, trial_constants
 from studies.spaces import distributions
 from studies.study_note import NOTE_TAG, best_params, search_note, summary_tags, trial_pick
-from studies.study_run import log_summary, ui_command
-from studies.tracking import NUMBER_TAG, close_finished_runs, runs_by_trial
-from studies.trainable import COST_KEYS, EPOCH, OBJECTIVE, ended_early, trial_config
+from studies.study_run import log_summary
+from studies.summary_print import print_search_summary
+from studies.tracking import close_finished_runs, runs_by_trial
+from studies.trainable import OBJECTIVE, trial_config
 from studies.trial_weights import delete_checkpoints, log_ended_trial
-
-
-def trials_table(results, searched: list[str], runs: dict[str, Any]) -> pd.DataFrame:
-    """One row per trial, sorted by the objective: its name ("trial 3", as its MLflow run and the Optuna record
-    number it) and MLflow run id, its best validation epoch and the test metrics at that epoch, what its
-    ensemble costs, how far it ran, its searched parameters, and Ray's id and folder of it. `runs`: the trials'
-    MLflow runs by trial folder (runs_by_trial)."""
-    rows = []
-    for result in results:
-        config = result.config or {}
-        run = runs.get(_trial_dir(result))
-        row: dict[str, Any] = {"trial": f"trial {run.data.tags.get(NUMBER_TAG, '?') if run else '?'}",
-                               "mlflow_run_id": run.info.run_id if run else "",
-                               "status": "ERROR" if result.error else "TERMINATED"}
-        history = result.metrics_dataframe
-        if history is not None and len(history) and OBJECTIVE in history:
-            best = history.loc[history[OBJECTIVE].idxmax()]
-            row.update({"epochs": int(history[EPOCH].max()), "best_epoch": int(best[EPOCH]), OBJECTIVE: best[OBJECTIVE]})
-            row.update({k: best[k] for k in history.columns if k.startswith("test_")})
-            row.update({k: best[k] for k in COST_KEYS if k in history})
-        row["stopped_early"] = ended_early(row.get("epochs", 0), config) and not result.error
-        row.update({k: config.get(k) for k in searched})
-        if result.error:
-            row["error"] = str(result.error).strip().splitlines()[-1][:200]
-        row.update(ray_trial_id=(result.metrics or {}).get("trial_id", ""), trial_dir=_trial_dir(result))
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    for key in ("embedding_dims", "params"):  # counts: whole numbers, also beside a failed trial's blank
-        if key in table:
-            table[key] = table[key].astype("Int64")
-    if OBJECTIVE in table:
-        table = table.sort_values(OBJECTIVE, ascending=False, na_position="last")
-    return table.reset_index(drop=True)
-
-
-def _trial_dir(result) -> str:
-    """The trial's folder name, which its MLflow run carries as a tag (runs_by_trial's key)."""
-    return Path(result.path).name
+from studies.trials_table import trial_dir, trials_table
 
 
 def keep_ended_trials(settings: StudySettings, results, runs: dict[str, Any]) -> None:
@@ -66,7 +30,7 @@ def keep_ended_trials(settings: StudySettings, results, runs: dict[str, Any]) ->
     not log them when it ended (a driver killed before: trial_weights.py); then its checkpoints deleted: the
     study's state is saved, every trial ended, no resume needs them. `runs`: the trials' runs (runs_by_trial)."""
     for result in results:
-        run = runs.get(_trial_dir(result))
+        run = runs.get(trial_dir(result))
         if run is None:
             continue
         log_ended_trial(settings.tracking_uri, run, result.checkpoint)
@@ -88,8 +52,8 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
     table = trials_table(results, searched, runs)
     keep_ended_trials(settings, results, runs)
     close_finished_runs(settings.tracking_uri, experiment_id,
-                        {_trial_dir(r): "ERROR" if r.error else "TERMINATED" for r in results},
-                        {_trial_dir(r): str(r.error) for r in results if r.error})
+                        {trial_dir(r): "ERROR" if r.error else "TERMINATED" for r in results},
+                        {trial_dir(r): str(r.error) for r in results if r.error})
     finished = table[table["status"] == "TERMINATED"] if "status" in table else table
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -107,7 +71,7 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
         best_trial_dir = None
         if len(finished) and OBJECTIVE in finished:
             best = finished.iloc[0]
-            result = next(r for r in results if _trial_dir(r) == best["trial_dir"])
+            result = next(r for r in results if trial_dir(r) == best["trial_dir"])
             best_config, best_trial_dir = trial_config(result.config).to_flat(), best["trial_dir"]
             metrics.update({k: float(best[k]) for k in finished.columns if k == OBJECTIVE or k.startswith("test_")})
             metrics["untrained_test_recall_at_1"] = untrained_recall(result.config, folder)
@@ -123,29 +87,5 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
     if best_trial_dir is not None and not settings.confirm_top:
         model_uri = register_best_trial(settings.tracking_uri, experiment_id, settings.experiment, study_run_id,
                                         best_trial_dir)
-    _print_summary(settings, table, metrics, best_config, experiment_id)
-    if front is not None:
-        print_front(front, settings)
-    print(f"\nOptuna record of the search (live while it runs; trial numbers as above):\n  {load_command(settings)}")
-    if model_uri is not None:
-        print(f"\nThe best trial's ensemble as an MLflow model (images in, embeddings out), e.g. served on 127.0.0.1:\n"
-              f"  MLFLOW_TRACKING_URI={settings.tracking_uri} mlflow models serve -m {model_uri} --env-manager local "
-              "--host 127.0.0.1 --port 5001")
+    print_search_summary(settings, table, metrics, best_config, experiment_id, front, model_uri)
     return table
-
-
-def _print_summary(settings, table: pd.DataFrame, metrics: dict, best_config: dict, experiment_id: str) -> None:
-    with pd.option_context("display.max_columns", 30, "display.width", 200, "display.precision", 3):
-        print("\nTrials, best first:")
-        hidden = [c for c in table.columns if c in ("mlflow_run_id", "ray_trial_id", "trial_dir") or
-                  c.startswith("test_") and c not in ("test_recall_at_1", "test_map_at_r")]
-        print(table.drop(columns=hidden).to_string(index=False))
-    print(f"\n{metrics['trials']} trials, {metrics['stopped_early']} stopped early by ASHA, {metrics['failed']} failed")
-    if best_config:
-        searched = {k: best_config[k] for k in settings.space}
-        print(f"best config: {json.dumps(searched)}")
-        recalls = {k: round(v, 4) for k, v in metrics.items() if k.startswith("test_recall")}
-        print(f"its test Recall@K at its best validation epoch: {recalls}")
-        print(f"untrained ensemble of that config: test_recall_at_1 = {metrics['untrained_test_recall_at_1']:.4f}")
-    print(f"\nMLflow UI for this study (its trials, best first; the view `study` nests them under the study's run):\n"
-          f"  {ui_command(settings.tracking_uri, experiment_id)}")

@@ -17,6 +17,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from antimetric.base.atomic import write_json
+from studies.compat import asha_rungs
 
 # Not *.json or *.pkl: on restore Ray downloads those files of the experiment folder into its staging folder and
 # uploads them back later, file by file, which would put a stale copy over the rungs (read empty mid-copy).
@@ -26,8 +27,9 @@ RUNGS_FILE = "asha_rungs.state"
 class ResumableASHA(ASHAScheduler):
     """ASHAScheduler with one bracket (its default) whose state lives in the experiment folder too."""
 
-    def __init__(self, **asha_options) -> None:
-        super().__init__(**asha_options)
+    def __init__(self, time_attr: str, **asha_options) -> None:
+        super().__init__(time_attr=time_attr, **asha_options)
+        self.time_attr = time_attr
         self._state_file: Path | None = None  # found from the first trial: the experiment may have moved
         self._stopped: dict[str, float] = {}  # trial id -> the epoch ASHA stopped it at
 
@@ -40,11 +42,11 @@ class ResumableASHA(ASHAScheduler):
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         self._find_state(trial)
         stopped_at = self._stopped.get(trial.trial_id)
-        if stopped_at is not None and result.get(self._time_attr, -1) >= stopped_at:
+        if stopped_at is not None and result.get(self.time_attr, -1) >= stopped_at:
             return TrialScheduler.STOP  # stopped before the study was interrupted; its restore re-ran the epoch
         action = super().on_trial_result(tune_controller, trial, result)
-        if action == TrialScheduler.STOP and self._time_attr in result:
-            self._stopped[trial.trial_id] = result[self._time_attr]
+        if action == TrialScheduler.STOP and self.time_attr in result:
+            self._stopped[trial.trial_id] = result[self.time_attr]
         self._save()
         return action
 
@@ -53,15 +55,10 @@ class ResumableASHA(ASHAScheduler):
         super().on_trial_complete(tune_controller, trial, result)
         self._save()
 
-    def _rungs(self) -> list[tuple[float, dict[str, float]]]:
-        """(milestone, {trial id: value}) of the one bracket: Ray's own lists (ray 2.60's _Bracket._rungs)."""
-        (bracket,) = self._brackets
-        return bracket._rungs
-
     def _save(self) -> None:
         if self._state_file is None:
             return
-        write_json(self._state_file, {"rungs": [[milestone, recorded] for milestone, recorded in self._rungs()],
+        write_json(self._state_file, {"rungs": [[milestone, recorded] for milestone, recorded in asha_rungs(self)],
                                       "stopped": self._stopped})
 
     def _load(self) -> None:
@@ -69,7 +66,7 @@ class ResumableASHA(ASHAScheduler):
             return  # a new study
         state = json.loads(self._state_file.read_text())
         saved = {float(milestone): recorded for milestone, recorded in state["rungs"]}
-        for milestone, recorded in self._rungs():
+        for milestone, recorded in asha_rungs(self):
             recorded.clear()
             recorded.update(saved.get(float(milestone), {}))
         self._stopped = dict(state["stopped"])

@@ -16,9 +16,10 @@ from typing import Any, Callable
 
 import torch
 
+from antimetric.base.cpus import available_cpus
 from antimetric.data.settings import DATASETS
 from antimetric.errors import AntimetricError, ConfigError
-from antimetric.options import add_config_arguments, given_options
+from antimetric.options import OneLineParser, add_config_arguments, given_options
 from studies.settings import (
     APPLIED,
     CONFIRM_DEFAULTS,
@@ -28,7 +29,6 @@ from studies.settings import (
     SMOKE,
     STUDY_DEFAULTS,
     StudySettings,
-    available_cpus,
     default_experiment,
     saved_settings,
 )
@@ -40,13 +40,6 @@ from studies.tracking import default_tracking_uri
 from studies.trainable import TRIAL_DEFAULTS
 
 DEFAULT_STORAGE = "runs/studies"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its usage errors on one line like every other error."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
 
 def _number(convert: Callable[[str], Any], low: float, low_allowed: bool, what: str) -> Callable[[str], Any]:
@@ -82,7 +75,7 @@ def _address(text: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m studies.search", description=__doc__)
+    parser = OneLineParser(prog="python -m studies.search", description=__doc__)
     parser.add_argument("name", choices=DATASETS, help="dataset to study")
     parser.add_argument("--print-space", action=_PrintSpace, nargs=0,
                         help="print the built-in search space of NAME (the --space form) and exit")

@@ -3,7 +3,6 @@ file a study keeps beside Ray's state so that --resume continues it with the sam
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from antimetric.base.atomic import write_json
 from antimetric.data.table import TABLE
 from antimetric.errors import ConfigError
+from studies.study_defaults import DATASET_STUDY_DEFAULTS
 
 # The confirmation stage's defaults: the 3 best configurations and the default one, 3 runs each.
 CONFIRM_DEFAULTS = {"confirm_top": 3, "repeats": 3}
@@ -43,14 +43,14 @@ class StudySettings:
         return self.storage_path / self.experiment
 
 
-# Per dataset, from its row: trials, epochs (the dataset's --num-epochs), concurrent trials, CPUs per
-# trial (a GPU per trial where there is one). A study on this machine asks for no more CPUs per trial
-# than it has (available_cpus), and runs as many trials at once as its CPUs and GPUs hold;
+# Per dataset, from its study defaults: trials, epochs (by default the dataset's --num-epochs, from its row of
+# the dataset table), concurrent trials, CPUs per trial (a GPU per trial where there is one). A study on this machine asks for no more CPUs per trial
+# than it has (antimetric.base.cpus.available_cpus), and runs as many trials at once as its CPUs and GPUs hold;
 # max_concurrent is for a cluster (--address).
 STUDY_DEFAULTS: dict[str, dict[str, Any]] = {
-    name: dict(num_samples=row.study.num_samples, max_epochs=row.study.max_epochs or row.training.num_epochs,
-               max_concurrent=row.study.max_concurrent, cpus_per_trial=row.study.cpus_per_trial)
-    for name, row in TABLE.items()
+    name: dict(num_samples=study.num_samples, max_epochs=study.max_epochs or TABLE[name].training.num_epochs,
+               max_concurrent=study.max_concurrent, cpus_per_trial=study.cpus_per_trial)
+    for name, study in DATASET_STUDY_DEFAULTS.items()
 }
 # --smoke-test: seconds, not minutes: few trials on small, low-resolution data.
 SMOKE = dict(num_samples=3, max_epochs=2, fixed=dict(image_size=32, max_per_class=8))
@@ -76,13 +76,6 @@ def default_experiment(dataset: str) -> str:
     """The MLflow experiment (and Ray folder) of a dataset's studies without --experiment; `antimetric train
     --tracking-uri` records its runs there too, beside the trials."""
     return f"{dataset}-study"
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask), which may be fewer than the machine has."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def save_settings(settings: StudySettings) -> None:

@@ -1,4 +1,4 @@
-"""Search spaces as plain data, built from each dataset's row (antimetric.data.table), and their
+"""Search spaces as plain data, built from each dataset's study defaults (studies/study_defaults.py), and their
 sampling with Optuna.
 
 A space maps a config key to one of
@@ -16,17 +16,17 @@ from typing import Any, Callable
 
 import optuna
 
-from antimetric.data.table import TABLE
 from antimetric.errors import ConfigError
 from antimetric.training.meta_classes import check_class_count
 from studies.seeds import trial_seeds
+from studies.study_defaults import DATASET_STUDY_DEFAULTS
 
 Space = dict[str, dict[str, Any]]
 
 
 def dataset_space(name: str) -> Space:
-    """The built-in space of a dataset, from the ranges of its row's study defaults."""
-    study = TABLE[name].study
+    """The built-in space of a dataset, from the ranges of its study defaults."""
+    study = DATASET_STUDY_DEFAULTS[name]
     return {
         "ensemble_size": {"type": "choice", "values": list(study.ensemble_sizes)},
         "meta_class_size": {"type": "int", "low": study.meta_class_sizes[0], "high": study.meta_class_sizes[1],
@@ -38,7 +38,7 @@ def dataset_space(name: str) -> Space:
     }
 
 
-SPACES: dict[str, Callable[[], Space]] = {name: partial(dataset_space, name) for name in TABLE}
+SPACES: dict[str, Callable[[], Space]] = {name: partial(dataset_space, name) for name in DATASET_STUDY_DEFAULTS}
 
 
 def smallest_meta_class_size(n_classes: int, ensemble_size: int) -> int:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickletools
 import shutil
 import sys
@@ -12,7 +11,6 @@ from typing import Any, Callable
 
 import optuna
 import ray
-import ray._private.ray_constants as ray_constants
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
@@ -29,6 +27,7 @@ from studies.checks import (
     open_experiment,
     store_failure,
 )
+from studies.compat import EXPERIMENT_STATE_GLOB, RAY_STAGING_FOLDER, SEARCHER_STATE_GLOB, keep_ray_on_localhost
 from studies.confirm_stage import confirm_path, confirm_tuner, ranked_configurations, report_confirmation
 from studies.console import StudyReporter, parameter_columns, quiet_console, trial_dirname, trial_name
 from studies.optuna_live import record_callback
@@ -141,7 +140,7 @@ def run_study(settings: StudySettings) -> None:
         finally:
             ray.shutdown()
             if session_dir is not None:  # Ray's local copies of trial folders and state files (all in storage
-                for folder in ("artifacts", SCRATCH):  # now), and what trials stopped at once left
+                for folder in (RAY_STAGING_FOLDER, SCRATCH):  # now), and what trials stopped at once left
                     shutil.rmtree(Path(session_dir) / folder, ignore_errors=True)
 
 
@@ -246,10 +245,7 @@ def start_ray(settings: StudySettings) -> str | None:
             raise ConfigError(f"--address {settings.address}: {exc}") from None
         sigterm_as_ctrl_c()
         return None
-    # Ray binds its ports and registers the node on the machine's IP unless this is off; it reads the
-    # variable once, when imported, so both it (for Ray's own processes) and the constant are set.
-    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    keep_ray_on_localhost()
     context = ray.init(include_dashboard=False, log_to_driver=False)
     sigterm_as_ctrl_c()
     return context.address_info["session_dir"]
@@ -262,7 +258,7 @@ def cut_short_state_file(experiment_path: Path) -> Path | None:
     a driver killed during a copy leaves a partial file there (seen: an empty searcher state, after
     which Tune logged "Failed to restore the run state" and restarted the whole study). The check parses
     the files' structure only: pickle opcodes are listed without building any object."""
-    searcher_states = sorted(experiment_path.glob("searcher-state-*.pkl"))
+    searcher_states = sorted(experiment_path.glob(SEARCHER_STATE_GLOB))
     if searcher_states:  # Tune restores max() of these names
         try:
             with searcher_states[-1].open("rb") as handle:
@@ -270,7 +266,7 @@ def cut_short_state_file(experiment_path: Path) -> Path | None:
                     pass
         except (ValueError, OSError):
             return searcher_states[-1]
-    experiment_states = sorted(experiment_path.glob("experiment_state-*.json"))
+    experiment_states = sorted(experiment_path.glob(EXPERIMENT_STATE_GLOB))
     if experiment_states:
         try:
             json.loads(experiment_states[-1].read_text(encoding="utf-8"))

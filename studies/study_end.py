@@ -3,8 +3,6 @@ a store that failed while it ran, or no trial that succeeded (StudyFailed). Eith
 KILLED or FAILED, never RUNNING or FINISHED."""
 from __future__ import annotations
 
-import logging
-import os
 import signal
 import sys
 
@@ -12,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from studies.checks import STORE_ERRORS, store_failure
+from studies.compat import hide_tune_resume_advice, tune_interrupt_watch
 from studies.settings import StudySettings
 from studies.study_run import parent_run
 from studies.tracking import fail_run, stop_interrupted_runs
@@ -56,32 +55,16 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def fit_until_interrupted(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
-    """(results, interrupted): Tuner.fit, and whether Ctrl-C (SIGINT) stopped it. On SIGINT Tune stops
-    its trials, saves the experiment state and returns as if the study had ended; it tells no one but
-    puts back the handler it had replaced, which is how we know. A second Ctrl-C raises at once."""
-    os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+    """(results, interrupted): Tuner.fit, and whether Ctrl-C (SIGINT) stopped it. On SIGINT Tune stops its
+    trials, saves the experiment state and returns as if the study had ended (compat.tune_interrupt_watch).
+    A second Ctrl-C raises at once. Tune's own advice on resuming is hidden: the study prints its command."""
 
     def second_interrupt(signum, frame):
         raise StudyInterrupted
 
-    previous = signal.signal(signal.SIGINT, second_interrupt)
-    quiet = _HideTuneResumeAdvice()
-    logging.getLogger("ray.tune.tune").addFilter(quiet)
-    try:
+    with tune_interrupt_watch(second_interrupt) as interrupted, hide_tune_resume_advice():
         results = tuner.fit()
-        return results, signal.getsignal(signal.SIGINT) is second_interrupt
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        logging.getLogger("ray.tune.tune").removeFilter(quiet)
-
-
-class _HideTuneResumeAdvice(logging.Filter):
-    """Tune's advice on Ctrl-C is Python's Tuner.restore(...); the study prints its own --resume command. Its
-    note that it wrote its result files and state at the end is not news either."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return "Tuner.restore(" not in message and not message.startswith("Wrote the latest version of all result")
+        return results, interrupted()
 
 
 def stop_runs(settings: StudySettings, experiment_id: str) -> None:

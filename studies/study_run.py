@@ -17,20 +17,16 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
+from studies.compat import KIND, KIND_TAG, VIEW_TAG_PREFIX, runs_view_tag, runs_view_url
 from studies.trainable import EPOCH, OBJECTIVE, ended_early
 
 STUDY_TAG, PARENT_TAG = "study", "study_parent"
 PARENT_ID_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under the run of this id
 BEST = "best_"  # a trial's selected epoch (best objective), and the study's best trial
 SPACE_ARTIFACT = "search_space.json"
-# MLflow 3.17's UI (read from its JS bundle, mlflow/server/js/build): an experiment tag
-# `mlflow.sharedViewState.<id>` holds a saved runs-table view (columns, sort, filter), listed under the
-# UI's saved views and opened by `#/experiments/<experiment>/runs?viewStateShareKey=<id>`. Without
-# `workflowType=machine_learning` a fresh browser shows every experiment as a GenAI app (Overview,
-# Traces); `mlflow.experimentKind` is not read while the UI's workflow switcher is on, as it is in 3.17.
-VIEW_TAG_PREFIX, VIEW_ID = "mlflow.sharedViewState.", "trials"
+# The saved runs-table view the printed UI link opens (its format and the UI's address: compat.py)
+VIEW_ID = "trials"
 VIEW_TAG = VIEW_TAG_PREFIX + VIEW_ID
-KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 MAX_PARAM = 6000  # MLflow's limit on a param value
 
 
@@ -80,16 +76,14 @@ def set_runs_view(client: MlflowClient, experiment_id: str, searched: list[str],
     table = {"selectedColumns": columns, "columnOrder": [name, *columns], "columnWidths": {name: 300}}
     now = int(time.time() * 1000)
     for view_id, state in views.items():
-        view = {"name": view_id, "createdAt": now, "updatedAt": now, "state": json.dumps({**state, **table})}
-        client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + view_id, json.dumps(view))
+        client.set_experiment_tag(experiment_id, *runs_view_tag(view_id, {**state, **table}, now))
     if experiment.tags.get(KIND_TAG) != KIND:
         client.set_experiment_tag(experiment_id, KIND_TAG, KIND)
 
 
 def runs_table_url(experiment_id: str, port: int = 5000) -> str:
     """The study's runs table, in its trials view (set_runs_view), in MLflow 3's UI."""
-    return (f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs"
-            f"?workflowType=machine_learning&viewStateShareKey={VIEW_ID}")
+    return runs_view_url(experiment_id, VIEW_ID, port)
 
 
 def ui_command(tracking_uri: str, experiment_id: str, port: int = 5000) -> str:

@@ -17,6 +17,7 @@ from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID
 
 from antimetric.training.decisions import DECISION_KEYS
+from studies.compat import trial_storage
 from studies.seeds import SEED_KEYS
 from studies.study_run import (
     BEST,
@@ -181,9 +182,10 @@ class MLflowTrialCallback(tune.Callback):
     def on_step_end(self, iteration, trials, **info) -> None:
         if not self._ended:
             return
-        ended = ended_in_saved_state(self._ended[0].storage)  # Ray's state file, read once for all of them
+        ended = ended_in_saved_state(self._ended[0])  # Ray's state file, read once for all of them
         for trial in [t for t in self._ended if t.trial_id in ended]:
-            delete_checkpoints(trial.storage.storage_filesystem, trial.storage.trial_fs_path)
+            filesystem, _, folder = trial_storage(trial)
+            delete_checkpoints(filesystem, folder)
             self._ended.remove(trial)
 
     def on_experiment_end(self, trials, **info) -> None:

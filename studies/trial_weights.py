@@ -11,7 +11,6 @@ ended trials' weights are in MLflow or still in their checkpoints (the study's s
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -29,11 +28,11 @@ from antimetric.base.atomic import torch_save
 from antimetric.model.cost import branch_dim
 from antimetric.training.checkpoints import checkpoint_config, read_torch_file
 from antimetric.training.loop import BEST_FILE, RETRIEVALS_FILE
+from studies.compat import ended_trial_ids, is_experiment_state, trial_storage
 from studies.pyfunc_model import model_arguments
 
 MODEL_ARTIFACT = "model"  # runs:/RUN_ID/model: the run's logged model
 CHECKPOINT_FOLDER = re.compile(r"^checkpoint_\d{6}$")  # the folders Ray writes a trial's checkpoints to
-ENDED = ("TERMINATED", "ERROR")
 BEST_KEYS = ("epoch", "model", "meta_ids", "config", "metrics")  # what antimetric.load reads; no optimiser state
 
 
@@ -105,20 +104,18 @@ def delete_checkpoints(filesystem, folder: str) -> None:
             filesystem.delete_dir(info.path)
 
 
-def ended_in_saved_state(storage) -> set[str]:
-    """The ids of the trials that the experiment state Ray saved last in `storage` (a trial's StorageContext)
-    records as ended: only their checkpoints may go (a driver killed before would resume a trial from them).
-    A state file being copied, or none, names none."""
-    filesystem, folder = storage.storage_filesystem, storage.experiment_fs_path
+def ended_in_saved_state(trial) -> set[str]:
+    """The ids of the trials that the experiment state Ray saved last in the storage of `trial` (any trial of
+    the experiment) records as ended: only their checkpoints may go (a driver killed before would resume a
+    trial from them). A state file being copied, or none, names none."""
+    filesystem, folder, _ = trial_storage(trial)
     states = sorted(info.path for info in filesystem.get_file_info(FileSelector(folder, allow_not_found=True))
-                    if info.base_name.startswith("experiment_state-") and info.base_name.endswith(".json"))
+                    if is_experiment_state(info.base_name))
     if not states:
         return set()
     try:
         with filesystem.open_input_stream(states[-1]) as stream:
-            trials = json.loads(stream.read())["trial_data"]
-        saved = [json.loads(trial_state) for trial_state, _ in trials]
-        return {state["trial_id"] for state in saved if state.get("status") in ENDED}
+            return ended_trial_ids(stream.read())
     except (OSError, ValueError, KeyError, TypeError):
         return set()
 

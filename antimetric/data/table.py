@@ -1,7 +1,8 @@
 """The datasets antimetric knows, one row each: everything else about a dataset is derived from here.
 
 `antimetric.training.config` (DATASETS, BOXED_DATASETS, DATASET_DEFAULTS), `antimetric.data.transforms`
-(MEAN_STD), `antimetric.data.readers` (READERS) and the studies' spaces and defaults read these rows.
+(MEAN_STD), `antimetric.data.readers` (READERS) and the studies (their trials' epochs) read these rows; a
+study's own defaults (trials, resources, search ranges) are in studies/study_defaults.py.
 Adding a dataset is one reader module in antimetric/data/readers/ and one row below.
 
 This module imports nothing but the standard library: the config imports it, and a row names its
@@ -30,23 +31,6 @@ class TrainingDefaults:
 
 
 @dataclass(frozen=True)
-class StudyDefaults:
-    """A study's defaults: its size and resources, and the ranges its built-in search space covers.
-
-    Each searched range becomes one entry of the space (studies.spaces), in the config's own units.
-    """
-
-    num_samples: int  # trials
-    meta_class_sizes: tuple[int, int]  # log-uniform int range, narrowed per trial to the valid sizes
-    max_epochs: int | None = None  # each trial's epochs (None: the training default's num_epochs)
-    max_concurrent: int = 1  # trials at once on a cluster (--address); a local study fits its CPUs and GPUs
-    cpus_per_trial: int = 8  # at most what the machine has; a GPU per trial where there is one
-    ensemble_sizes: tuple[int, ...] = (12, 24, 48)
-    share_types: tuple[str, ...] = ("maxpool", "layer1", "layer2", "layer3")
-    lr: tuple[float, float] = (3e-5, 3e-4)  # log-uniform
-
-
-@dataclass(frozen=True)
 class DatasetRow:
     name: str  # the --data-name and the dataset's folder under --data-path
     reader: str  # its reader: the module antimetric/data/readers/<reader>.py, which exports READER
@@ -55,7 +39,6 @@ class DatasetRow:
     has_boxes: bool  # its reader gives bounding boxes, which --crop-type cropped needs
     recalls: tuple[int, ...]  # the Recall@K values it reports by default
     training: TrainingDefaults
-    study: StudyDefaults
 
     def defaults(self) -> dict[str, Any]:
         """The config values this dataset gives the fields left as None."""
@@ -76,31 +59,23 @@ _ROWS = (
         recalls=(1, 2, 4, 8),
         training=TrainingDefaults(backbone="tiny", ensemble_size=12, meta_class_size=6, num_epochs=10,
                                   image_size=64, pretrained=False, with_fc=True, lr=2e-3),
-        # 8 trials of 5 epochs, up to 12 branches: search and confirmation (12 runs) in < 4 minutes on 2 cores
-        study=StudyDefaults(num_samples=8, max_epochs=5, meta_class_sizes=(2, 12), max_concurrent=2, cpus_per_trial=1,
-                            ensemble_sizes=(4, 8, 12), share_types=("layer1", "layer2", "layer3"),
-                            lr=(3e-4, 5e-3)),
     ),
     # The seed's channel statistics from here on.
     DatasetRow(
         name="cub", reader="cub", mean=(0.4707, 0.4601, 0.4549), std=(0.2767, 0.2760, 0.2850), has_boxes=True,
         recalls=(1, 2, 4, 8), training=_seed_resnet(meta_class_size=12, num_epochs=20),
-        study=StudyDefaults(num_samples=24, meta_class_sizes=(4, 48)),
     ),
     DatasetRow(
         name="car", reader="cars", mean=(0.4853, 0.4965, 0.4295), std=(0.2237, 0.2193, 0.2568), has_boxes=True,
         recalls=(1, 2, 4, 8), training=_seed_resnet(meta_class_size=12, num_epochs=20),
-        study=StudyDefaults(num_samples=24, meta_class_sizes=(4, 48)),
     ),
     DatasetRow(
         name="sop", reader="sop", mean=(0.5807, 0.5396, 0.5044), std=(0.2901, 0.2974, 0.3095), has_boxes=False,
         recalls=(1, 10, 100, 1000), training=_seed_resnet(meta_class_size=512, num_epochs=40),
-        study=StudyDefaults(num_samples=16, meta_class_sizes=(64, 1024)),
     ),
     DatasetRow(
         name="isc", reader="inshop", mean=(0.8324, 0.8109, 0.8041), std=(0.2206, 0.2378, 0.2444), has_boxes=False,
         recalls=(1, 10, 20, 30, 40, 50), training=_seed_resnet(meta_class_size=192, num_epochs=40),
-        study=StudyDefaults(num_samples=16, meta_class_sizes=(32, 512)),
     ),
 )
 TABLE: dict[str, DatasetRow] = {row.name: row for row in _ROWS}

@@ -1,7 +1,6 @@
 """Everything one training run needs, built from a resolved config: data, model, optimiser."""
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from antimetric.base.cpus import available_cpus
 from antimetric.data.cache import CacheForm, find_cache
 from antimetric.data.dataset import ImageDataset
 from antimetric.data.decoded_images import DecodedImages
@@ -180,5 +180,5 @@ def num_workers(requested: int | None) -> int:
     """Decoding in the main process is fastest on two cores; more cores get worker processes."""
     if requested is not None:
         return requested
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = available_cpus()
     return 0 if cpus <= 2 else min(8, cpus - 1)

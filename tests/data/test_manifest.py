@@ -125,7 +125,7 @@ def test_manifest_is_written_atomically(tmp_path, monkeypatch):
         replaced.append((os.path.dirname(source), os.path.dirname(target)))
         raise OSError("disk full")
 
-    monkeypatch.setattr(manifest_module.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)  # the one os module, which base.atomic calls
     with pytest.raises(DatasetLayoutError, match="cannot write manifest .*disk full"):
         prepare("cub", tmp_path, progress=False)
 

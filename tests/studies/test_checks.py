@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
+from antimetric.base.cpus import available_cpus
 from studies.search import main, parse_args
-from studies.settings import available_cpus
 from tests.fixtures.folders import read_only_folder
 from tests.fixtures.studies import RAY_ENV, study_command
 

@@ -8,6 +8,7 @@ from antimetric.training.meta_classes import check_meta_class_size
 from studies.settings import STUDY_DEFAULTS
 from studies.space_file import check_space
 from studies.spaces import SPACES, SpaceSampler, restrict, smallest_meta_class_size
+from studies.study_defaults import DATASET_STUDY_DEFAULTS
 
 
 @pytest.mark.parametrize("name,n_classes", [("demo", 24), ("demo", 5), ("cub", 80), ("car", 78), ("sop", 9054),
@@ -37,6 +38,12 @@ def test_restrict_drops_ensemble_sizes_without_a_valid_meta_class_size():
         restrict(space, 10_000, {})  # 3**8 = 6561
     with pytest.raises(ConfigError, match="the training split has 1 class, and meta-classes need 2 or more"):
         restrict(space, 1, {})
+
+
+def test_every_dataset_of_the_table_has_study_defaults_and_the_table_holds_no_study_concern():
+    assert set(DATASET_STUDY_DEFAULTS) == set(TABLE), \
+        f"datasets without study defaults (studies/study_defaults.py): {set(TABLE) ^ set(DATASET_STUDY_DEFAULTS)}"
+    assert not hasattr(TABLE["demo"], "study"), "the dataset table holds what a dataset is, not a study's defaults"
 
 
 @pytest.mark.parametrize("name", TABLE)

@@ -13,7 +13,6 @@ once prepare it once.
 
 from __future__ import annotations
 
-import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from antimetric.base.atomic import write_json
+from antimetric.base.cpus import available_cpus
 from antimetric.data.cache import CacheForm, finish_cache, resized_for_cache, save_cached, start_cache
 from antimetric.data.images import open_rgb
 from antimetric.data.manifest.locking import dataset_lock
@@ -44,7 +44,7 @@ _NO_MANIFEST = "no manifest"
 _REPORTED_UNREADABLE = 20
 _REASON_CHARS = 200
 # PIL releases the GIL while decoding, so threads check images in parallel without extra processes.
-_DECODE_THREADS = min(8, os.cpu_count() or 1)
+_DECODE_THREADS = min(8, available_cpus())
 
 
 @dataclass
