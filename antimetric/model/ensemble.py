@@ -33,7 +33,7 @@ class EnsembleNet(nn.Module):
         self.set_grad_checkpointing(plan.activation_checkpointing)
         if plan.triton_convs:
             # imported only when asked: Triton and its kernels stay off the core's import path
-            from antimetric.experimental.triton_convs import use_triton_convs
+            from kernels.triton_convs import use_triton_convs
 
             use_triton_convs(self)
         return torch.compile(self, mode=plan.compile) if plan.compile else self

@@ -57,10 +57,10 @@ def test_the_plan_turns_checkpointing_on_and_compiles_when_asked():
 
 
 def test_the_triton_plan_swaps_the_grouped_convolutions_and_keeps_the_weights():
-    """antimetric.experimental.triton_convs, asked for by the plan: the same Parameters, state dict and (on a
+    """kernels.triton_convs, asked for by the plan: the same Parameters, state dict and (on a
     CPU without Triton's interpreter, where the swapped modules fall back to torch) the same result."""
     pytest.importorskip("triton")
-    from antimetric.experimental.triton_convs import TritonBranchConv2d
+    from kernels.triton_convs import TritonBranchConv2d
 
     plain, swapped = _model(), _model()
     parameters = dict(swapped.named_parameters())

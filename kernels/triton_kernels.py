@@ -16,7 +16,7 @@ Weights are read, and weight gradients written, in the parameter's own layout (s
 in), so no weight is copied into another layout; image sizes, stride and padding are compile-time
 constants, which keeps the index arithmetic out of the inner loop's instruction budget.
 
-Opt-in (`antimetric.experimental.triton_convs.use_triton_convs`), CUDA only, for groups whose input
+Opt-in (`kernels.triton_convs.use_triton_convs`), CUDA only, for groups whose input
 and output channels are multiples of 16; other convolutions keep cuDNN. Correctness is tested on the
 CPU with Triton's interpreter (TRITON_INTERPRET=1); speed is measured by benchmarks/conv_kernels.py.
 """

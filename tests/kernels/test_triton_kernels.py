@@ -19,7 +19,7 @@ CHECK = textwrap.dedent('''
     import json, sys
     import torch
     import torch.nn.functional as F
-    from antimetric.experimental.triton_kernels import grouped_conv2d
+    from kernels.triton_kernels import grouped_conv2d
 
     cases = json.loads(sys.argv[1])
     worst = {}
@@ -81,7 +81,7 @@ MODEL_CHECK = textwrap.dedent('''
     import json
     import torch
     from antimetric.training.config import ModelConfig
-    from antimetric.experimental.triton_convs import TritonBranchConv2d
+    from kernels.triton_convs import TritonBranchConv2d
     from antimetric.model import DevicePlan, build_model
 
     config = ModelConfig(backbone="tiny", share_type="layer2", ensemble_size=2, meta_class_size=4, with_fc=True,

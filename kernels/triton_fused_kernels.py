@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 
-from antimetric.experimental.triton_kernels import triton
+from kernels.triton_kernels import triton
 
 if triton is not None:
     import triton.language as tl

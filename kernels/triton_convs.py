@@ -12,8 +12,8 @@ import os
 import torch
 from torch import nn
 
-from antimetric.experimental import triton_kernels
 from antimetric.model.batched import BranchConv2d
+from kernels import triton_kernels
 
 
 def runs_on(x: torch.Tensor) -> bool:
