@@ -81,8 +81,11 @@ MODEL_CHECK = textwrap.dedent('''
     import json
     import torch
     from antimetric.training.config import ModelConfig
+    import kernels
     from kernels.triton_convs import TritonBranchConv2d
     from antimetric.model import DevicePlan, build_model
+
+    kernels.register()
 
     config = ModelConfig(backbone="tiny", share_type="layer2", ensemble_size=2, meta_class_size=4, with_fc=True,
                          with_random=True, pretrained=False)
