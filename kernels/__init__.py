@@ -8,6 +8,7 @@ triton_kernels        implicit-GEMM grouped convolution (forward, input and weig
 triton_convs          the swap the hook calls: a batched ensemble's grouped convolutions on those kernels
 triton_fused          BatchNorm + ReLU + grouped convolution as one unit (not wired in; benchmarks only)
 triton_fused_kernels  its kernels
+implicit_gemm         the address arithmetic both kernel files share (@triton.jit helpers)
 """
 from __future__ import annotations
 
