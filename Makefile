@@ -43,7 +43,7 @@ test-fast: install
 # demo-version.txt says so; a data/demo of your own is kept). Results are never removed here.
 clean:
 	rm -rf .pytest_cache build *.egg-info
-	for folder in antimetric studies tests benchmarks; do [ ! -d $$folder ] || find $$folder -name __pycache__ -type d -prune -exec rm -rf {} +; done
+	for folder in antimetric studies kernels tests benchmarks; do [ ! -d $$folder ] || find $$folder -name __pycache__ -type d -prune -exec rm -rf {} +; done
 	if [ -f data/demo/demo-version.txt ]; then rm -rf data/demo; fi
 
 # Results: trained runs, gallery indexes, the studies' Ray folders, MLflow store and artifacts (registered

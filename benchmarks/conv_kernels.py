@@ -11,7 +11,7 @@ sizes, forward + backward and forward alone, computed as:
   grouped-cl    one grouped convolution, channels-last (the default on CUDA)
   grouped-nchw  one grouped convolution, NCHW
   per-branch    one convolution per branch on the same weights
-  triton        CUDA (or Triton's CPU interpreter, TRITON_INTERPRET=1): antimetric's implicit-GEMM Triton kernels (antimetric/experimental/triton_kernels.py),
+  triton        CUDA (or Triton's CPU interpreter, TRITON_INTERPRET=1): antimetric's implicit-GEMM Triton kernels (kernels/triton_kernels.py),
                 forward, input and weight gradients; with its largest relative error against grouped-cl
   tap-gemm      stride-1 3x3 only, forward only: the branch as the batch of 9 accumulated GEMMs
                 (torch.baddbmm) over shifted views of a zero-padded, branch-major activation;
@@ -19,7 +19,7 @@ sizes, forward + backward and forward alone, computed as:
 
 Timed only when named in --strategies (their autotuning compiles for minutes on a GPU):
   fused-unit    BatchNorm (training mode) + ReLU + this convolution as one unit on the fused Triton
-                kernels (antimetric/experimental/triton_fused.py: BN-apply + ReLU on load, the output's
+                kernels (kernels/triton_fused.py: BN-apply + ReLU on load, the output's
                 batch statistics in the epilogue, split-K weight gradient), against torch's BatchNorm,
                 ReLU and cuDNN (unfused-unit); with its largest relative error (output, statistics,
                 every gradient). Every grouped convolution is timed as the unit that conv2 of a block is.
@@ -146,7 +146,7 @@ def measure_fused(conv: dict, batch: int, device: torch.device, dtype: torch.dty
                   timed: tuple[str, ...]) -> dict:
     """The fused-unit and fused-add rows of the module docstring: errors, and times on CUDA only (the
     interpreter's say nothing of a GPU's)."""
-    from antimetric.experimental import triton_fused  # Triton only where these rows run
+    from kernels import triton_fused  # Triton only where these rows run
 
     (c_in, h, w), c_out, groups = conv["input_chw"], conv["out_channels"], conv["groups"]
     stride, pad, k = conv["stride"], conv["padding"], conv["kernel"]
@@ -213,7 +213,7 @@ def measure_conv(conv: dict, batch: int, device: torch.device, dtype: torch.dtyp
                           for xb, wb in zip(x.chunk(g, 1), weight.chunk(g, 0))], 1)
 
     def triton(x):
-        from antimetric.experimental.triton_kernels import grouped_conv2d
+        from kernels.triton_kernels import grouped_conv2d
 
         return grouped_conv2d(x, weight, conv["groups"], conv["stride"], conv["padding"])
 

@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import kernels
 from antimetric.model import DevicePlan, build_model, plan_for
 from antimetric.training.step import make_optimizer, prepare_device, training_step
 from benchmarks.common import add_configuration_arguments, add_device_argument, environment, model_config, sync
@@ -106,6 +107,8 @@ def build_step(args: argparse.Namespace, variant: Variant, device: torch.device)
     torch.manual_seed(0)  # the same weights for every variant
     with device:
         model = build_model(model_config(args), variant.implementation)
+    if variant.triton_convs:
+        kernels.register()  # the Triton convolutions, outside the antimetric package
     step_model = model.configure(variant)
     images, targets = _batch(args, batch, device)
     if variant.channels_last:

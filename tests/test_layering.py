@@ -23,7 +23,6 @@ LAYERS = {
     "training": 4,
     "retrieval": 5,
     "face": 6,  # the package's face, its top-level modules: __init__ (antimetric.load, ...), __main__, cli, options
-    "experimental": 7,  # TEMP until kernels/ (helper)
 }
 CORE = Path(antimetric.__file__).parent
 NOT_IMPORTED = {"antimetric.__main__"}  # runs the command line when imported; the source check below covers it
@@ -94,14 +93,8 @@ def test_no_core_module_loads_the_studies_stack():
     assert set(report) == {"before any module", *names}
     loads = {name: found["loaded"] for name, found in report.items() if found["loaded"]}
     assert not loads, f"modules that load what the core must not import: {loads}"
-    failed = {name: found["error"] for name, found in report.items() if "error" in found and not _optional(found)}
+    failed = {name: found["error"] for name, found in report.items() if "error" in found}
     assert not failed, failed
-
-
-def _optional(found: dict) -> bool:
-    """An optional package missing on this machine (triton, for the experimental kernels): no layering fault."""
-    missing = (found["missing"] or "").partition(".")[0]
-    return found["error"].startswith("ModuleNotFoundError") and missing not in ("", "antimetric", *FORBIDDEN)
 
 
 def _imported_names(tree: ast.AST):

@@ -37,7 +37,7 @@ class DevicePlan:
     activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     checkpoint_after_oom: bool = False  # turn activation checkpointing on when a step runs out of GPU memory
     compile: str | None = None  # a torch.compile mode ("default", "reduce-overhead", ...); None: eager
-    triton_convs: bool = False  # grouped convolutions by antimetric.experimental.triton_convs (experimental)
+    triton_convs: bool = False  # convolutions by the kernels registered in model/kernel_hook.py (experimental)
 
 
 def plan_for(device: torch.device, implementation: str = "batched", *, precision: str = "auto",

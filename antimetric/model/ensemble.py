@@ -10,6 +10,7 @@ from antimetric.model.backbones import build_resnet, get_backbone, split_resnet
 from antimetric.model.batched import BatchedBranches
 from antimetric.model.convert import batched_to_reference, replicate_tail
 from antimetric.model.device_plan import DevicePlan
+from antimetric.model.kernel_hook import swap_conv_kernels
 from antimetric.model.reference import ReferenceBranches
 from antimetric.model.settings import IMPLEMENTATIONS, ModelConfig, check_name
 
@@ -32,10 +33,7 @@ class EnsembleNet(nn.Module):
             self.to(memory_format=torch.channels_last)
         self.set_grad_checkpointing(plan.activation_checkpointing)
         if plan.triton_convs:
-            # imported only when asked: Triton and its kernels stay off the core's import path
-            from antimetric.experimental.triton_convs import use_triton_convs
-
-            use_triton_convs(self)
+            swap_conv_kernels(self)  # what kernels/ registered (model/kernel_hook.py); the core never imports it
         return torch.compile(self, mode=plan.compile) if plan.compile else self
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from antimetric.model import DevicePlan, build_model, plan_for
-from antimetric.model.batched import BranchConv2d
+from antimetric.model import build_model, plan_for
 from antimetric.model.device_plan import (
     CPU_CHANNELS_LAST_BACKBONES,
     cpu_has_native_bf16,
@@ -54,23 +53,6 @@ def test_the_plan_turns_checkpointing_on_and_compiles_when_asked():
     compiled = model.configure(plan_for(torch.device("cpu"), activation_checkpointing=True, compile=True))
     assert model.grad_checkpointing
     assert compiled is not model and compiled._orig_mod is model  # compiled lazily, on its first call
-
-
-def test_the_triton_plan_swaps_the_grouped_convolutions_and_keeps_the_weights():
-    """antimetric.experimental.triton_convs, asked for by the plan: the same Parameters, state dict and (on a
-    CPU without Triton's interpreter, where the swapped modules fall back to torch) the same result."""
-    pytest.importorskip("triton")
-    from antimetric.experimental.triton_convs import TritonBranchConv2d
-
-    plain, swapped = _model(), _model()
-    parameters = dict(swapped.named_parameters())
-    swapped.configure(DevicePlan(triton_convs=True))
-    grouped = [name for name, m in plain.named_modules() if isinstance(m, BranchConv2d) and m.branches > 1]
-    assert [name for name, m in swapped.named_modules() if isinstance(m, TritonBranchConv2d)] == grouped
-    assert len(grouped) == 7  # all but the two dense convolutions reading the shared feature
-    assert all(p is parameters[name] for name, p in swapped.named_parameters())
-    assert swapped.state_dict().keys() == plain.state_dict().keys()
-    assert torch.equal(_output_and_grads(swapped)[0], _output_and_grads(plain)[0])
 
 
 @pytest.mark.parametrize("flags, native", [("fpu avx2 avx512f avx512_bf16 sse", True), ("fpu amx_bf16 amx_tile", True),

@@ -23,7 +23,7 @@ CHECK = textwrap.dedent('''
     import torch
     import torch.nn.functional as F
     from torch import nn
-    from antimetric.experimental.triton_fused import ChannelSums, bn_add_relu, bn_relu_conv
+    from kernels.triton_fused import ChannelSums, bn_add_relu, bn_relu_conv
 
     def rel(a, b):
         return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
@@ -195,7 +195,7 @@ def test_the_gpu_configs_compute_the_same():
 
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_running_statistics_update_as_batch_norm_does(momentum):
-    from antimetric.experimental.triton_fused import ChannelSums, update_running_stats
+    from kernels.triton_fused import ChannelSums, update_running_stats
 
     g = torch.Generator().manual_seed(0)
     reference, fused = nn.BatchNorm2d(6, momentum=momentum), nn.BatchNorm2d(6, momentum=momentum)
@@ -210,7 +210,7 @@ def test_running_statistics_update_as_batch_norm_does(momentum):
 
 def test_bad_input_is_refused_with_a_one_line_reason():
     """Refused before any kernel runs (a kernel given wrong sizes would read past its tensors)."""
-    from antimetric.experimental.triton_fused import ChannelSums, bn_add_relu, bn_relu_conv
+    from kernels.triton_fused import ChannelSums, bn_add_relu, bn_relu_conv
 
     x = torch.randn(1, 24, 4, 4)
     with pytest.raises(ValueError, match="pass both bn and x_sums"):

@@ -16,7 +16,7 @@ Weights are read, and weight gradients written, in the parameter's own layout (s
 in), so no weight is copied into another layout; image sizes, stride and padding are compile-time
 constants, which keeps the index arithmetic out of the inner loop's instruction budget.
 
-Opt-in (`antimetric.experimental.triton_convs.use_triton_convs`), CUDA only, for groups whose input
+Opt-in (`kernels.triton_convs.use_triton_convs`), CUDA only, for groups whose input
 and output channels are multiples of 16; other convolutions keep cuDNN. Correctness is tested on the
 CPU with Triton's interpreter (TRITON_INTERPRET=1); speed is measured by benchmarks/conv_kernels.py.
 """
@@ -27,16 +27,14 @@ import os
 import torch
 from torch.autograd.function import once_differentiable
 
+from kernels.implicit_gemm import triton
+
 MIN_GROUP_CHANNELS = 16  # tl.dot's smallest K and N; group channels must be multiples of it
 
-
-try:  # only the CUDA path (and its interpreter tests) need Triton
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - torch wheels for Linux ship it
-    triton = None
-
 if triton is not None:
+    import triton.language as tl
+
+    from kernels.implicit_gemm import gemm_rows, gemm_tap, wgrad_pixels
 
     @triton.jit
     def conv_fwd_kernel(x_ptr, w_ptr, y_ptr, N, H: tl.constexpr, W: tl.constexpr, HO: tl.constexpr, WO: tl.constexpr,
@@ -47,8 +45,7 @@ if triton is not None:
         """y (N, HO, WO, G*CO) from x (N, H, W, G*CI); weight element (g, reduction channel c, output channel n,
         kh, kw) at w_ptr + g*sw_g + c*sw_c + n*sw_n + kh*sw_kh + kw*sw_kw (any layout).
 
-        TRANSPOSED: program_id(2) is the output pixels' parity class (ph, pw) modulo the stride; only the taps
-        with kh = (ph + pad) mod stride (and kw likewise) reach that class, so no MMA is spent on zeros."""
+        TRANSPOSED: program_id(2) is the output pixels' parity class modulo the stride (implicit_gemm.py)."""
         pid = tl.program_id(0)
         g = tl.program_id(1)
         num_n = tl.cdiv(CO, BN)
@@ -56,53 +53,16 @@ if triton is not None:
         pid_n = pid % num_n
         offs_n = pid_n * BN + tl.arange(0, BN)
         offs_kk = tl.arange(0, BK)
-        if TRANSPOSED:
-            p = tl.program_id(2)
-            ph = p // stride
-            pw = p % stride
-            hop = (HO - ph + stride - 1) // stride  # output rows of this class
-            wop = (WO - pw + stride - 1) // stride
-            kh0 = (ph + pad) % stride
-            kw0 = (pw + pad) % stride
-            nkh = (KH - kh0 + stride - 1) // stride  # taps reaching this class (0 for 1x1 odd classes)
-            nkw = (KW - kw0 + stride - 1) // stride
-            m_total = N * hop * wop
-            offs_m = pid_m * BM + tl.arange(0, BM)
-            i = (offs_m // wop) % hop
-            j = offs_m % wop
-            n = offs_m // (wop * hop)
-            oh = ph + stride * i
-            ow = pw + stride * j
-            k_total = nkh * nkw * CI
-        else:
-            m_total = N * HO * WO
-            offs_m = pid_m * BM + tl.arange(0, BM)
-            ow = offs_m % WO
-            oh = (offs_m // WO) % HO
-            n = offs_m // (WO * HO)
-            i = oh * stride - pad
-            j = ow * stride - pad
-            k_total = KH * KW * CI
-        in_range = offs_m < m_total
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        n, oh, ow, in_range, k_total, i, j, ph, pw, kh0, kw0, nkw = gemm_rows(offs_m, N, HO, WO, CI, stride, pad,
+                                                                              KH, KW, TRANSPOSED)
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         x_rows = x_ptr + (n * (H * W)).to(tl.int64) * (G * CI) + g * CI
         w_ptrs = w_ptr + g.to(tl.int64) * sw_g + offs_kk[:, None] * sw_c + offs_n[None, :] * sw_n
         n_mask = offs_n[None, :] < CO
         for k0 in range(0, k_total, BK):
-            tap = k0 // CI
-            c0 = k0 - tap * CI
-            if TRANSPOSED:
-                kh = kh0 + stride * (tap // nkw)
-                kw = kw0 + stride * (tap % nkw)
-                ih = i + (ph + pad - kh) // stride  # exact division
-                iw = j + (pw + pad - kw) // stride
-            else:
-                kh = tap // KW
-                kw = tap % KW
-                ih = i + kh
-                iw = j + kw
-            valid = (ih >= 0) & (iw >= 0) & (ih < H) & (iw < W) & in_range
-            pix = ih * W + iw
+            c0, kh, kw, pix, valid = gemm_tap(k0, CI, i, j, in_range, ph, pw, kh0, kw0, nkw, H, W, stride, pad, KW,
+                                              TRANSPOSED)
             a = tl.load(x_rows[:, None] + (pix * (G * CI))[:, None] + (c0 + offs_kk)[None, :],
                         mask=valid[:, None], other=0.0)
             b = tl.load(w_ptrs + (c0 * sw_c + kh * sw_kh + kw * sw_kw), mask=n_mask, other=0.0)
@@ -135,13 +95,9 @@ if triton is not None:
         dy_base = dy_ptr + g * CO + offs_co[None, :]
         for m0 in range(0, m_total, BK):
             offs_m = m0 + tl.arange(0, BK)
-            ow = offs_m % WO
-            oh = (offs_m // WO) % HO
-            n = offs_m // (WO * HO)
-            ih = oh * stride - pad + kh
-            iw = ow * stride - pad + kw
-            valid = (ih >= 0) & (iw >= 0) & (ih < H) & (iw < W) & (offs_m < m_total)
-            row = ((n * H + ih) * W + iw).to(tl.int64) * (G * CI)
+            pixel, inside = wgrad_pixels(offs_m, H, W, HO, WO, stride, pad, kh, kw)
+            valid = inside & (offs_m < m_total)
+            row = pixel * (G * CI)
             a = tl.load(x_base + row[None, :], mask=valid[None, :] & ci_mask, other=0.0)  # (BM ci, BK m)
             b = tl.load(dy_base + offs_m.to(tl.int64)[:, None] * (G * CO),
                         mask=(offs_m[:, None] < m_total) & co_mask, other=0.0)  # (BK m, BN co)

@@ -2,8 +2,9 @@
 
 `use_triton_convs(model)` swaps every BranchConv2d the kernels cover for a TritonBranchConv2d that holds
 the same weight Parameter, so optimisers, state dicts and checkpoints are unchanged; the batched network
-itself knows nothing of Triton. A DevicePlan asks for it with `triton_convs=True` (benchmarks/gpu_study.py
-measures it); `antimetric train` does not, until a GPU measurement says it pays.
+itself knows nothing of Triton. `kernels.register()` hands it to antimetric's hook (model/kernel_hook.py),
+and a DevicePlan then asks for it with `triton_convs=True` (benchmarks/gpu_study.py measures it);
+`antimetric train` does not, until a GPU measurement says it pays.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import os
 import torch
 from torch import nn
 
-from antimetric.experimental import triton_kernels
 from antimetric.model.batched import BranchConv2d
+from kernels import triton_kernels
 
 
 def runs_on(x: torch.Tensor) -> bool:

@@ -19,7 +19,7 @@ CHECK = textwrap.dedent('''
     import json, sys
     import torch
     import torch.nn.functional as F
-    from antimetric.experimental.triton_kernels import grouped_conv2d
+    from kernels.triton_kernels import grouped_conv2d
 
     cases = json.loads(sys.argv[1])
     worst = {}
@@ -80,9 +80,12 @@ def test_the_gpu_tile_sizes_compute_the_same():
 MODEL_CHECK = textwrap.dedent('''
     import json
     import torch
+    import kernels
     from antimetric.model.settings import ModelConfig
-    from antimetric.experimental.triton_convs import TritonBranchConv2d
+    from kernels.triton_convs import TritonBranchConv2d
     from antimetric.model import DevicePlan, build_model
+
+    kernels.register()
 
     config = ModelConfig(backbone="tiny", share_type="layer2", ensemble_size=2, meta_class_size=4, with_fc=True,
                          with_random=True, pretrained=False)

@@ -9,7 +9,7 @@ Opt-in and experimental: nothing in the model calls this. A ResNet BasicBlock in
 so no normalised activation is written and no pass reads a convolution's output only for its
 statistics; the backward recomputes the activations from x and runs BatchNorm's full backward (the
 paths through the batch mean and variance included). The kernels are in triton_fused_kernels.py.
-Checked on the CPU with Triton's interpreter in float32 (tests/experimental/test_triton_fused.py);
+Checked on the CPU with Triton's interpreter in float32 (tests/kernels/test_triton_fused.py);
 not yet run on a GPU. What would make it a default: benchmarks/conv_kernels.py's `fused-unit` rows
 faster than cuDNN + torch BatchNorm + ReLU at the seed configuration's shapes on an H100, with errors
 at bf16 rounding (~1e-2), and then a training step built from these units faster than the default
@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from antimetric.experimental import triton_fused_kernels as fk
-from antimetric.experimental.triton_kernels import MIN_GROUP_CHANNELS, _out_size, triton
+from kernels import triton_fused_kernels as fk
+from kernels.triton_kernels import MIN_GROUP_CHANNELS, _out_size, triton
 
 
 class ChannelSums(NamedTuple):

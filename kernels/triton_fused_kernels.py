@@ -2,7 +2,7 @@
 
 triton_fused.py launches them and ties them into autograd Functions; its docstring says what is opt-in
 and what would make it a default. The layout is triton_kernels.py's (channels-last, the group as a grid
-axis, implicit GEMM, weights read in the parameter's own layout).
+axis, implicit GEMM with implicit_gemm.py's address arithmetic, weights read in the parameter's own layout).
 
 Why: in training, a BatchNorm's statistics need the whole output of the convolution before it, so
 BN-apply cannot go into that convolution's epilogue. It goes into the next one's prologue instead:
@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import os
 
-from antimetric.experimental.triton_kernels import triton
+from kernels.implicit_gemm import triton
 
 if triton is not None:
     import triton.language as tl
+
+    from kernels.implicit_gemm import gemm_rows, gemm_tap, wgrad_pixels
 
 
 def _tuning(gpu: list[dict], interpreted: dict) -> list:
@@ -92,51 +94,16 @@ if triton is not None:
         offs_n = (pid % num_n) * BN + tl.arange(0, BN)
         offs_kk = tl.arange(0, BK)
         offs_m = pid_m * BM + tl.arange(0, BM)
-        if TRANSPOSED:
-            p = tl.program_id(2)
-            ph = p // stride
-            pw = p % stride
-            hop = (HO - ph + stride - 1) // stride
-            wop = (WO - pw + stride - 1) // stride
-            kh0 = (ph + pad) % stride
-            kw0 = (pw + pad) % stride
-            nkh = (KH - kh0 + stride - 1) // stride
-            nkw = (KW - kw0 + stride - 1) // stride
-            m_total = N * hop * wop
-            n = offs_m // (wop * hop)
-            i = (offs_m // wop) % hop
-            j = offs_m % wop
-            oh = ph + stride * i
-            ow = pw + stride * j
-            k_total = nkh * nkw * CI
-        else:
-            m_total = N * HO * WO
-            ow = offs_m % WO
-            oh = (offs_m // WO) % HO
-            n = offs_m // (WO * HO)
-            i = oh * stride - pad
-            j = ow * stride - pad
-            k_total = KH * KW * CI
-        in_range = offs_m < m_total
+        n, oh, ow, in_range, k_total, i, j, ph, pw, kh0, kw0, nkw = gemm_rows(offs_m, N, HO, WO, CI, stride, pad,
+                                                                              KH, KW, TRANSPOSED)
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         x_rows = x_ptr + (n * (H * W)).to(tl.int64) * (G * CI) + g * CI
         w_ptrs = w_ptr + g.to(tl.int64) * sw_g + offs_kk[:, None] * sw_c + offs_n[None, :] * sw_n
         n_mask = offs_n[None, :] < CO
         for k0 in range(0, k_total, BK):
-            tap = k0 // CI
-            c0 = k0 - tap * CI
-            if TRANSPOSED:
-                kh = kh0 + stride * (tap // nkw)
-                kw = kw0 + stride * (tap % nkw)
-                ih = i + (ph + pad - kh) // stride
-                iw = j + (pw + pad - kw) // stride
-            else:
-                kh = tap // KW
-                kw = tap % KW
-                ih = i + kh
-                iw = j + kw
-            valid = (ih >= 0) & (iw >= 0) & (ih < H) & (iw < W) & in_range
-            a = tl.load(x_rows[:, None] + ((ih * W + iw) * (G * CI))[:, None] + (c0 + offs_kk)[None, :],
+            c0, kh, kw, pix, valid = gemm_tap(k0, CI, i, j, in_range, ph, pw, kh0, kw0, nkw, H, W, stride, pad, KW,
+                                              TRANSPOSED)
+            a = tl.load(x_rows[:, None] + (pix * (G * CI))[:, None] + (c0 + offs_kk)[None, :],
                         mask=valid[:, None], other=0.0)
             if BN_RELU and not TRANSPOSED:  # the previous BatchNorm + ReLU; padding stays 0
                 scale = tl.load(scale_ptr + g * CI + c0 + offs_kk)
@@ -195,13 +162,9 @@ if triton is not None:
             shift = tl.load(shift_ptr + g * CI + offs_ci, mask=offs_ci < CI, other=0.0)
         for m0 in range(m_start, m_end, BK):
             offs_m = m0 + tl.arange(0, BK)
-            ow = offs_m % WO
-            oh = (offs_m // WO) % HO
-            n = offs_m // (WO * HO)
-            ih = oh * stride - pad + kh
-            iw = ow * stride - pad + kw
-            valid = (ih >= 0) & (iw >= 0) & (ih < H) & (iw < W) & (offs_m < m_end)
-            row = ((n * H + ih) * W + iw).to(tl.int64) * (G * CI)
+            pixel, inside = wgrad_pixels(offs_m, H, W, HO, WO, stride, pad, kh, kw)
+            valid = inside & (offs_m < m_end)
+            row = pixel * (G * CI)
             a = tl.load(x_base + row[None, :], mask=valid[None, :] & ci_mask, other=0.0)  # (BM ci, BK m)
             if BN_RELU:
                 a = tl.maximum(a.to(tl.float32) * scale[:, None] + shift[:, None], 0.0)
