@@ -41,8 +41,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from antimetric.model import build_model
 from antimetric.model.batched import BranchConv2d
+from antimetric.model.ensemble import build_model
 from benchmarks.common import add_configuration_arguments, add_device_argument, environment, model_config, sync
 
 

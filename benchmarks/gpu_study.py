@@ -38,8 +38,8 @@ from pathlib import Path
 
 import torch
 
-from antimetric.model import build_model, plan_for
-from antimetric.model.device_plan import to_device_batch
+from antimetric.model.device_plan import plan_for, to_device_batch
+from antimetric.model.ensemble import build_model
 from benchmarks import conv_kernels, evaluation, loader
 from benchmarks.common import SEED, environment, model_config, sync, write_result
 from benchmarks.study_rows import LOOP, run_row, selected_rows, unknown_row

@@ -23,7 +23,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import kernels
-from antimetric.model import DevicePlan, build_model, plan_for
+from antimetric.model.device_plan import DevicePlan, plan_for
+from antimetric.model.ensemble import build_model
 from antimetric.training.step import make_optimizer, prepare_device, training_step
 from benchmarks.common import add_configuration_arguments, add_device_argument, environment, model_config, sync
 

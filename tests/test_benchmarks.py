@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from antimetric.model import DevicePlan, plan_for
-from antimetric.model.device_plan import resolve_precision
+from antimetric.model.device_plan import DevicePlan, plan_for, resolve_precision
 from benchmarks.common import SEED
 from benchmarks.throughput import fast_variant
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import kernels
-from antimetric.model import DevicePlan, build_model
 from antimetric.model.batched import BranchConv2d
+from antimetric.model.device_plan import DevicePlan
+from antimetric.model.ensemble import build_model
 from antimetric.model.kernel_hook import register_conv_kernels
 from antimetric.model.settings import ModelConfig
 

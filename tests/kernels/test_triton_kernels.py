@@ -83,7 +83,8 @@ MODEL_CHECK = textwrap.dedent('''
     import kernels
     from antimetric.model.settings import ModelConfig
     from kernels.triton_convs import TritonBranchConv2d
-    from antimetric.model import DevicePlan, build_model
+    from antimetric.model.device_plan import DevicePlan
+    from antimetric.model.ensemble import build_model
 
     kernels.register()
 

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from antimetric.model import batched_to_reference, build_model, reference_to_batched
+from antimetric.model.convert import batched_to_reference, reference_to_batched
+from antimetric.model.ensemble import build_model
 from antimetric.model.settings import ModelConfig
 
 BACKBONES = ["tiny", "resnet18", "resnet34", "resnet50", "resnext50"]

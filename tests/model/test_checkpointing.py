@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from antimetric.model import build_model
+from antimetric.model.ensemble import build_model
 from antimetric.model.settings import ModelConfig
 
 

@@ -2,13 +2,14 @@
 import pytest
 import torch
 
-from antimetric.model import build_model, plan_for
 from antimetric.model.device_plan import (
     CPU_CHANNELS_LAST_BACKBONES,
     cpu_has_native_bf16,
     cpuinfo_value,
+    plan_for,
     resolve_precision,
 )
+from antimetric.model.ensemble import build_model
 from antimetric.model.settings import ModelConfig
 
 CONFIG = ModelConfig(backbone="tiny", share_type="layer1", ensemble_size=2, meta_class_size=4, with_fc=True,

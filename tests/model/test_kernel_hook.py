@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from antimetric.errors import ConfigError
-from antimetric.model import DevicePlan, build_model
+from antimetric.model.device_plan import DevicePlan
+from antimetric.model.ensemble import build_model
 from antimetric.model.kernel_hook import register_conv_kernels
 from antimetric.model.settings import ModelConfig
 

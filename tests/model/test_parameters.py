@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from antimetric.errors import AntimetricError, ConfigError
-from antimetric.model import build_model
 from antimetric.model.backbones import build_resnet
+from antimetric.model.ensemble import build_model
 from antimetric.model.profile import count_params, profile
 from antimetric.model.settings import ModelConfig
 

@@ -10,8 +10,7 @@ from PIL import Image
 
 from antimetric.evaluation.embed import Embeddings
 from antimetric.evaluation.grid import CORRECT_COLOUR, INCORRECT_COLOUR, GridLayout, grid_rows_from_embeddings
-from antimetric.model import plan_for
-from antimetric.model.device_plan import resolve_precision
+from antimetric.model.device_plan import plan_for, resolve_precision
 from antimetric.training.config import RunConfig, resolve
 from antimetric.training.decisions import DECISIONS_KEY
 from antimetric.training.loop import (
