@@ -19,10 +19,9 @@ from antimetric.model.settings import PRECISIONS, check_name
 # matmuls use: without them torch emulates bf16 in fp32 units, slower than plain fp32.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 CPUINFO = Path("/proc/cpuinfo")
-# Backbones whose grouped convolutions oneDNN runs faster channels-last on a CPU. Measured on the 2-core
-# AVX512-BF16 CPU (benchmarks/RESULTS.md, 2026-11-29), bf16: tiny x 12 trains at 2.68x the fp32 loop
-# channels-last against 2.43x NCHW, and a demo trial takes 10 % less time; ResNet18 x 8 at 0.90x
-# against 1.10x.
+# Backbones whose grouped convolutions oneDNN runs faster channels-last on a CPU, in bf16: the demo's tiny
+# ensemble trains faster channels-last than NCHW (and a demo trial takes less time), ResNet18 slower.
+# Measured: benchmarks/RESULTS.md, "CPU bf16 autocast", "Channels-last on a CPU" and "The demo end to end".
 CPU_CHANNELS_LAST_BACKBONES = frozenset({"tiny"})
 
 
@@ -45,12 +44,13 @@ def plan_for(device: torch.device, implementation: str = "batched", *, precision
              triton_convs: bool = False) -> DevicePlan:
     """What trains fastest on `device` (benchmarks/RESULTS.md), given the run's options.
 
-    CUDA: bf16 autocast, channels-last and cudnn.benchmark (H100: 2.0x the seed's loop with fused Adam).
-    CPUs: bf16 autocast where the CPU computes bf16 natively (2-core AVX512-BF16: 1.5x fp32 for the demo's
-    tiny ensemble, 1.9x for ResNet18 x 8), else fp32; NCHW, but channels-last for the backbones of
-    CPU_CHANNELS_LAST_BACKBONES. Fused Adam on both (on CPUs 8x less optimiser time). The order of work
-    is the same everywhere: layer by layer, all branches at once. activation_checkpointing None (auto):
-    off, turned on when a step of the batched network runs out of GPU memory."""
+    CUDA: bf16 autocast, channels-last and cudnn.benchmark (with fused Adam, faster than the seed's loop).
+    CPUs: bf16 autocast where the CPU computes bf16 natively (faster than fp32 there, for the demo's tiny
+    ensemble and for ResNet18 x 8), else fp32; NCHW, but channels-last for the backbones of
+    CPU_CHANNELS_LAST_BACKBONES. Fused Adam on both (less optimiser time on CPUs too). The order of work is
+    the same everywhere: layer by layer, all branches at once. activation_checkpointing None (auto): off,
+    turned on when a step of the batched network runs out of GPU memory. Measured: benchmarks/RESULTS.md,
+    "GPU: one NVIDIA H100", "CPU bf16 autocast" and "CPU: this development machine"."""
     cuda = device.type == "cuda"
     return DevicePlan(
         channels_last=cuda or (device.type == "cpu" and backbone in CPU_CHANNELS_LAST_BACKBONES),

@@ -38,7 +38,8 @@ class TrainConfig:
                                         "this dataset in --output-dir", metavar="PATH", const="latest")
     precision: str = option("auto", "arithmetic of the forward pass: bf16 autocast or fp32; auto: bf16 on CUDA and "
                                     "on CPUs with native bf16 (AVX512-BF16, AMX), fp32 elsewhere", choices=PRECISIONS)
-    compile: bool = option(False, "torch.compile the network for training (H100: +9 % images/s, ~40 s to compile)")
+    compile: bool = option(False, "torch.compile the network for training (on a GPU: faster steps after a "
+                                  "compilation per process; measured: benchmarks/RESULTS.md)")
 
     def check(self) -> None:
         """The rules of a resolved training section (every None default filled in)."""
