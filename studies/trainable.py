@@ -13,7 +13,8 @@ from ray import tune
 from antimetric.errors import ConfigError
 from antimetric.model.cost import EnsembleCost, ensemble_cost
 from antimetric.training.config import RunConfig, resolve
-from antimetric.training.loop import BEST_FILE, RETRIEVALS_FILE, EpochResult, fit
+from antimetric.training.loop import EpochResult, fit
+from antimetric.training.run_folder import BEST_FILE, RETRIEVALS_FILE
 
 OBJECTIVE = "val_recall_at_1"  # Recall@1 on training classes held out from training
 EPOCH = "epoch"  # the time attribute ASHA schedules on

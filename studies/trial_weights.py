@@ -27,7 +27,7 @@ from pyarrow.fs import FileSelector, FileType
 from antimetric.base.atomic import torch_save
 from antimetric.model.cost import branch_dim
 from antimetric.training.checkpoints import checkpoint_config, read_torch_file
-from antimetric.training.loop import BEST_FILE, RETRIEVALS_FILE
+from antimetric.training.run_folder import BEST_FILE, RETRIEVALS_FILE
 from studies.compat import ended_trial_ids, is_experiment_state, trial_storage
 from studies.pyfunc_model import model_arguments
 

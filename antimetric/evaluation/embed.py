@@ -8,11 +8,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from antimetric.evaluation.metrics import recall_at_k, recall_key, retrieval_metrics
+from antimetric.evaluation.metrics import retrieval_metrics
 from antimetric.model.device_plan import to_device_batch
 from antimetric.model.ensemble import EnsembleNet
 
-__all__ = ["Embeddings", "embed", "recall_at_k", "recall_key", "retrieval_metrics", "score"]
+__all__ = ["Embeddings", "embed", "embeddings_arrays", "score"]
 
 
 @dataclass

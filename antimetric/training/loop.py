@@ -40,8 +40,7 @@ from antimetric.training.session import EvalLoaders, TrainingSession, build_sess
 from antimetric.training.state import BestTracker, load_training_state, save_training_state, seed_epoch
 from antimetric.training.step import training_step
 
-__all__ = ["BEST_FILE", "CONFIG_FILE", "EPOCHS_FILE", "FEATURES_FILE", "LAST_FILE", "META_IDS_FILE", "RETRIEVALS_FILE",
-           "EpochResult", "FitResult", "RunInterrupted", "fit", "resume_run"]
+__all__ = ["EpochResult", "FitResult", "fit", "resume_run"]
 
 # on_epoch_end(result, save_checkpoint): save_checkpoint(folder) writes a resumable state there.
 # Returning True stops training after this epoch.

@@ -107,11 +107,11 @@ def _config(data_path, tmp_path, **values) -> RunConfig:
 def test_a_session_loading_in_its_own_process_keeps_images_and_records_the_budget(cub, tmp_path):
     data_path, _ = cub
     session = build_session(_config(data_path, tmp_path, num_workers=0))
-    assert session.config.data.image_memory == DEFAULT_IMAGE_MEMORY_MIB
+    assert session.decisions.image_memory == DEFAULT_IMAGE_MEMORY_MIB and session.config.data.image_memory is None
     stores = {id(loader.dataset.memory) for loader in (session.train_loader, session.test.query)}
     assert len(stores) == 1 and session.train_loader.dataset.memory.budget_bytes == DEFAULT_IMAGE_MEMORY_MIB * 2**20
     with_workers = build_session(_config(data_path, tmp_path, num_workers=1))
-    assert with_workers.config.data.image_memory == 0
+    assert with_workers.decisions.image_memory == 0
     off = build_session(_config(data_path, tmp_path, num_workers=0, image_memory=0))
     next(iter(off.train_loader))
     assert len(off.train_loader.dataset.memory) == 0

@@ -14,7 +14,7 @@ import antimetric
 from antimetric.cli import main
 from antimetric.errors import ConfigError
 from antimetric.retrieval.evaluate_model import evaluate_model
-from antimetric.training.loop import BEST_FILE, EPOCHS_FILE, FEATURES_FILE, LAST_FILE
+from antimetric.training.run_folder import BEST_FILE, EPOCHS_FILE, FEATURES_FILE, LAST_FILE
 from tests.fixtures.datasets import make_cub
 from tests.fixtures.images import bomb_png
 

@@ -11,7 +11,8 @@ import torch
 
 from antimetric.errors import ConfigError
 from antimetric.training.config import RunConfig
-from antimetric.training.loop import BEST_FILE, CONFIG_FILE, EPOCHS_FILE, LAST_FILE, fit, resume_run
+from antimetric.training.loop import fit, resume_run
+from antimetric.training.run_folder import BEST_FILE, CONFIG_FILE, EPOCHS_FILE, LAST_FILE
 from tests.fixtures.cli import assert_one_line_error, run
 
 # with_random draws branch weights from torch's generator every step: resuming must restore it too.
