@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from antimetric.errors import ConfigError
 
-GROUP = "antimetric.base.extensions"
+GROUP = "antimetric.extensions"  # the entry-point group (pyproject.toml); a name, not this module's path
 MODEL_SOURCE = "model_source"  # (source: str, tracking_uri: str | None) -> Path of a local checkpoint file
 RUN_TRACKER = "run_tracker"  # (tracking_uri: str, experiment: str | None, config) -> RunTracker (studies/run_tracker.py)
 
