@@ -48,13 +48,14 @@ def _is_count_or_none(value: Any) -> bool:
 DECISION_KEYS = tuple(f.name for f in dataclasses.fields(StartDecisions))  # also config fields (but for their values)
 
 
-def split_recorded(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the asked config, the decisions) of a recorded config (config.json, a checkpoint's config).
+def split_recorded(values: dict[str, Any], where: str = "config") -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the asked config, the decisions) of a recorded config (config.json, a checkpoint's config); damaged
+    decisions are a ConfigError naming `where`.
 
     A record made before 2026-12-03 holds no decisions: its config holds them in place of what was asked, and
     they are read from there."""
     values = dict(values)
     decided = values.pop(DECISIONS_KEY, None)
     if decided is None:
-        decided = {key: values[key] for key in DECISION_KEYS if values.get(key) not in (None, "auto")}
-    return values, decided
+        return values, {key: values[key] for key in DECISION_KEYS if values.get(key) not in (None, "auto")}
+    return values, StartDecisions.from_dict(decided, where).as_dict()

@@ -96,7 +96,8 @@ def resume_run(run_dir: Path, on_epoch_end: EpochCallback | None = None, *, prog
             raise ConfigError(f"--resume: no {name} in {run_dir}; pass the folder of a run that finished an epoch")
     overrides = overrides or {}
     try:
-        asked, decided = split_recorded(json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")))
+        asked, decided = split_recorded(json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")),
+                                        f"--resume: {run_dir / CONFIG_FILE}")
         if "num_workers" in overrides and "image_memory" not in overrides:
             asked["image_memory"] = None  # decided for the old worker count; decided anew for the new one
             decided.pop("image_memory", None)

@@ -86,3 +86,15 @@ def test_config_json_records_the_asked_config_and_the_decisions(demo_run):
     recorded = json.loads((demo_run / "config.json").read_text())
     asked, decided = split_recorded(recorded)
     assert asked["device"] == "auto" and StartDecisions.from_dict(decided, "config.json").device == "cpu"
+
+
+def test_damaged_decisions_in_config_json_stop_a_resume_in_one_line(tmp_path):
+    from antimetric.training.loop import resume_run
+    from antimetric.training.run_folder import CONFIG_FILE, LAST_FILE
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LAST_FILE).write_bytes(b"")
+    (run / CONFIG_FILE).write_text(json.dumps({**RunConfig().to_flat(), DECISIONS_KEY: {"device": "cpu"}}))
+    with pytest.raises(ConfigError, match=r"--resume: .*config.json: its 'decisions' are not") as refused:
+        resume_run(run)
+    assert "\n" not in str(refused.value)
