@@ -1,6 +1,8 @@
 """The ensemble: a shared ResNet trunk feeding ensemble_size branches."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -8,7 +10,7 @@ from torch import nn
 from antimetric.errors import ConfigError
 from antimetric.model.backbones import build_resnet, get_backbone, split_resnet
 from antimetric.model.batched import BatchedBranches
-from antimetric.model.convert import batched_to_reference, replicate_tail
+from antimetric.model.convert import batched_to_reference, block_state, replicate_tail
 from antimetric.model.device_plan import DevicePlan
 from antimetric.model.kernel_hook import swap_conv_kernels
 from antimetric.model.reference import ReferenceBranches
@@ -23,6 +25,18 @@ class EnsembleNet(nn.Module):
         self.ensemble_size: int = branches.ensemble_size
         self.with_random = with_random
         self.plan = DevicePlan()  # how configure() set it up: plain fp32 until then
+        # The branches these are of the whole ensemble: all of them, unless this process holds one block of them
+        # (branch-parallel training, as_block).
+        self.whole_size, self.block = self.ensemble_size, range(self.ensemble_size)
+
+    def as_block(self, whole_size: int, block: range) -> "EnsembleNet":
+        """Mark this network as the branches `block` of an ensemble of `whole_size` (model/convert.py's
+        block_state gives its weights): with_random then draws every branch's weight and keeps its block's, so
+        that each branch sees the draws of a one-process run with the same seed."""
+        if len(block) != self.ensemble_size or not 0 <= block.start < block.stop <= whole_size:
+            raise ValueError(f"a network of {self.ensemble_size} branches cannot be branches {block} of {whole_size}")
+        self.whole_size, self.block = whole_size, block
+        return self
 
     def configure(self, plan: DevicePlan) -> nn.Module:
         """Follow `plan` (antimetric.model.device_plan.plan_for): memory format, activation checkpointing,
@@ -54,8 +68,9 @@ class EnsembleNet(nn.Module):
         if not self.with_random:
             return None
         if self.training:
-            return torch.rand(batch, self.ensemble_size, device=device).softmax(dim=1)
-        return torch.full((batch, self.ensemble_size), 1.0 / self.ensemble_size, device=device)
+            drawn = torch.rand(batch, self.whole_size, device=device).softmax(dim=1)  # (b, whole)
+            return drawn[:, self.block.start:self.block.stop]
+        return torch.full((batch, self.ensemble_size), 1.0 / self.whole_size, device=device)
 
     def forward(self, images: torch.Tensor, branch_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Per-branch logits (b, m, d). `branch_weights` overrides the drawn ones (tests)."""
@@ -123,3 +138,15 @@ def check_branch_output(config: ModelConfig, feature_width: int, has_tail: bool)
             "--share-type layer4 shares the whole ResNet, so without --with-fc all branches are identical; "
             "add --with-fc or share less"
         )
+
+
+def build_block(config: ModelConfig, block: range, implementation: str = "batched") -> EnsembleNet:
+    """Branches `block` of the ensemble build_model(config) builds, with exactly those branches' initial weights
+    (the whole ensemble is drawn, then cut: model/convert.py's block_state), leaving the random generators where
+    build_model leaves them, so that what is drawn next (with_random's weights) is the same as in one process."""
+    whole = build_model(config, implementation)
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):  # the block's own initialisation is thrown away, and so is its draw
+        part = build_model(dataclasses.replace(config, ensemble_size=len(block)), implementation)
+    part.load_state_dict(block_state(whole.state_dict(), config.ensemble_size, block))
+    return part.as_block(config.ensemble_size, block)

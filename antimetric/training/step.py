@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from antimetric.model.device_plan import DevicePlan
+from antimetric.model.ensemble import EnsembleNet
 
 
 def make_optimizer(model: nn.Module, lr: float, plan: DevicePlan) -> torch.optim.Adam:
@@ -30,3 +32,30 @@ def training_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
     loss.backward()
     optimizer.step()
     return loss.detach(), logits.detach()
+
+
+def branch_parallel_step(model: EnsembleNet, images: torch.Tensor, targets: torch.Tensor,
+                         optimizer: torch.optim.Optimizer, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """training_step for a process holding the trunk and one block of branches (EnsembleNet.as_block) in a
+    torch.distributed group: the whole batch through the trunk, this block's branches, its share of the loss
+    (the sum of its cross-entropies over batch x whole ensemble, so that the shares add up to training_step's
+    mean), then one all-reduce of the trunk's gradients; each process steps its own parameters. targets: this
+    block's meta-class targets (b, k). Returns (the whole ensemble's loss, this block's logits), detached."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(images)  # (b, k, d)
+        share = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum") \
+            / (images.shape[0] * model.whole_size)
+    optimizer.zero_grad(set_to_none=True)
+    share.backward()
+    grads = [p.grad for p in model.trunk.parameters() if p.grad is not None]
+    if grads:
+        flat = torch.cat([g.flatten() for g in grads])  # one all-reduce of a few MB, not one per tensor
+        dist.all_reduce(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+    optimizer.step()
+    loss = share.detach().clone()
+    dist.all_reduce(loss)
+    return loss, logits.detach()
