@@ -261,9 +261,12 @@ def trial_run(client: MlflowClient, experiment_id: str, parent_id: str, trial, s
     existing = client.search_runs([experiment_id], filter_string=f"tags.{TRIAL_TAG} = '{trial.trial_id}'",
                                   max_results=2)
     if existing:
-        run_id = existing[0].info.run_id
+        run_id, logged = existing[0].info.run_id, existing[0].data.params
         if existing[0].data.tags.get(PARENT_ID_TAG) != parent_id:  # a run from before parent runs
             client.set_tag(run_id, PARENT_ID_TAG, parent_id)
+        missing = [p for p in config_params(trial_params(trial.config)) if p.key not in logged]
+        if missing:  # the driver died between making the run and logging its params
+            client.log_batch(run_id, params=missing)
         return run_id, True
     config = trial.config
     tags = {TRIAL_TAG: trial.trial_id, TRIAL_DIR_TAG: Path(trial.path).name, STUDY_TAG: study, STAGE_TAG: stage,
@@ -278,13 +281,18 @@ def trial_run(client: MlflowClient, experiment_id: str, parent_id: str, trial, s
     else:
         name = confirm_run_name(config)
     run = client.create_run(experiment_id, run_name=name, tags=tags)
+    client.log_batch(run.info.run_id, params=config_params(trial_params(config)))  # the resolved ones as the
+    return run.info.run_id, False  # trial reports them
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's run config, flat, and what it costs; for an invalid config (it fails the trial itself) what was
+    asked for."""
     try:
         run_config = trial_config(config)
-        params = {**run_config.to_flat(), **trial_cost(run_config)}  # what it costs, beside what it is
-    except Exception:  # an invalid config fails the trial itself; log what was asked for
-        params = dict(config)
-    client.log_batch(run.info.run_id, params=config_params(params))  # the resolved ones as the trial reports them
-    return run.info.run_id, False
+        return {**run_config.to_flat(), **trial_cost(run_config)}
+    except Exception:
+        return dict(config)
 
 
 def trial_error_text(trial) -> str:

@@ -126,3 +126,27 @@ def test_the_summary_names_its_winner_and_logs_its_params_once(tmp_path, capsys)
     assert {k: v for k, v in run.data.params.items() if k.startswith("best.")} == {"best.lr": "0.002",
                                                                                   "best.ensemble_size": "8"}
 
+
+
+def test_a_run_the_killed_driver_made_but_gave_no_params_gets_them_on_resume(tmp_path):
+    """The driver can die between creating a trial's run and logging its params; the resumed study finds the
+    run by its trial id and logs what it lacks (once: MLflow refuses a param logged again with another value)."""
+    from types import SimpleNamespace
+
+    from ray.tune.experiment import Trial
+
+    from studies.study_run import parent_run
+    from studies.tracking import TRIAL_TAG, trial_run
+
+    uri, experiment_id, client = _store(tmp_path)
+    open_study_run(uri, experiment_id, "s", PARAMS, {}, SPACE, new=True)
+    parent_id, _ = parent_run(client, experiment_id, "s")
+    storage = SimpleNamespace(experiment_driver_staging_path=str(tmp_path), trial_driver_staging_path=str(tmp_path / "t"))
+    trial = Trial("train_ensemble", trial_id="abc_00000", config={"lr": 2e-3, "ensemble_size": 2, "data_name": "demo"},
+                  stub=True, storage=storage)
+    killed = client.create_run(experiment_id, run_name="trial 0", tags={TRIAL_TAG: trial.trial_id})  # no params yet
+    run_id, existed = trial_run(client, experiment_id, parent_id, trial, "s")
+    assert (run_id, existed) == (killed.info.run_id, True)
+    params = client.get_run(run_id).data.params
+    assert params["lr"] == "0.002" and params["ensemble_size"] == "2"
+    assert trial_run(client, experiment_id, parent_id, trial, "s") == (run_id, True)  # again: nothing to add
