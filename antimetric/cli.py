@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -14,7 +15,7 @@ from antimetric.errors import AntimetricError, AntimetricWarning, ConfigError, R
 from antimetric.model.settings import BACKBONE_NAMES, SHARE_TYPES
 from antimetric.options import OneLineParser, add_config_arguments, given_options
 from antimetric.retrieval.cli import add_retrieval_commands
-from antimetric.training.config import RunConfig, check_device
+from antimetric.training.config import RunConfig, check_device, resolve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,9 +26,12 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             return args.command(args)
     except AntimetricError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if _process() == 0:  # the processes of a torchrun launch refuse the same input alike: one line, not N
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except RunInterrupted as interrupted:
+        if _process() != 0:
+            return 130
         if interrupted.last_epoch:
             print(f"interrupted; epochs 1-{interrupted.last_epoch} are kept; continue with: "
                   f"python -m antimetric train --resume {interrupted.run_dir}", file=sys.stderr)
@@ -41,6 +45,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _show_default = warnings.showwarning
+
+
+def _process() -> int:
+    """This process's rank in a torchrun launch (0 outside one), read before any group forms."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -151,18 +163,37 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from antimetric.training.loop import fit, resume_run
+    """Train, or continue a run; under `torchrun --nproc-per-node N` branch-parallel on N processes, process 0
+    alone printing and recording (training/distributed.py)."""
+    from antimetric.training.distributed import check_launch, join_process_group, launched_size, leave_process_group
 
     values = given_options(args)
-    progress = not args.quiet and sys.stderr.isatty()
     config = None
     if args.resume is None:
         if values.get("load_ids") == "latest":
             values["load_ids"] = str(_latest_meta_ids(Path(values.get("output_dir", _default("output_dir"))),
                                                       values.get("data_name", _default("data_name"))))
         config = RunConfig.from_flat(values)
-    tracker = _run_tracker(args, config)
-    report = _epoch_printer(args) if tracker is None else tracker.callback(_epoch_printer(args))
+    device = values.get("device", _default("device"))
+    if launched_size() > 1:
+        if config is not None:  # a resumed run's ensemble is checked when its config is read, before its data
+            check_launch(resolve(config).model.ensemble_size, device)
+        join_process_group(device)
+    try:
+        return _train_here(args, values, config)
+    finally:
+        leave_process_group()
+
+
+def _train_here(args: argparse.Namespace, values: dict, config: RunConfig | None) -> int:
+    from antimetric.training.distributed import rank
+    from antimetric.training.loop import fit, resume_run
+
+    first = rank() == 0
+    progress = not args.quiet and sys.stderr.isatty() and first
+    tracker = _run_tracker(args, config) if first else None
+    printer = _epoch_printer(args) if first else None
+    report = printer if tracker is None else tracker.callback(printer)
     try:
         if args.resume is not None:
             result = resume_run(Path(args.resume), report, progress=progress, overrides=values)
@@ -172,6 +203,8 @@ def _train(args: argparse.Namespace) -> int:
         if tracker is not None:
             tracker.end(error)
         raise
+    if not first:
+        return 0
     if tracker is not None:
         tracker.finish(result)
         if not args.json:

@@ -157,3 +157,24 @@ def test_demo_epoch_times_a_trial_before_and_after(demo_data_path):
     assert result["threads"] == 1 and result["trial"]["ensemble_size"] == 8
     assert (before["precision"], before["image_memory_mib"]) == ("fp32", 0)
     assert after["image_memory_mib"] > 0 and after["precision"] == "bf16"
+
+
+def test_branch_parallel_on_paper_splits_the_memory_and_sums_only_the_trunk():
+    from benchmarks.branch_parallel import paper
+
+    rows = {(r["backbone"], r["processes"]): r for r in paper()}
+    one, eight = rows["resnext50", 1], rows["resnext50", 8]
+    assert one["params_per_gpu_m"] == pytest.approx(1094, abs=1)  # RESULTS.md's count of ResNeXt50 x 48
+    assert eight["branches_per_gpu"] == 6 and eight["estimate_gib"] < one["estimate_gib"] / 6
+    assert one["sent_per_step_mib_branch_parallel"] == one["sent_per_step_mib_ddp"] == 0  # nothing to sum
+    assert eight["sent_per_step_mib_ddp"] > 1000 * eight["sent_per_step_mib_branch_parallel"]
+
+
+@pytest.mark.slow
+def test_branch_parallel_measures_two_processes_against_one(demo_data_path):
+    result = run_json("branch_parallel", "measure", "--data-path", str(demo_data_path), "--epochs", "1", "--json")
+    rows = result["rows"]
+    assert [r["processes"] for r in rows] == [1] * (len(rows) - 1) + [2]
+    assert len(rows[-1]["peak_rss_mib"]) == 2 and all(m > 0 for m in rows[-1]["peak_rss_mib"])
+    alone = next(r for r in rows if r["processes"] == 1 and r["threads_each"] == rows[-1]["threads_each"])
+    assert rows[-1]["losses"] == pytest.approx(alone["losses"], rel=1e-2)  # the same run, to bf16 rounding

@@ -23,6 +23,7 @@ from antimetric.evaluation.metrics import recall_key
 from antimetric.model.device_plan import to_device_batch
 from antimetric.training.config import RunConfig, resolve
 from antimetric.training.decisions import DECISIONS_KEY, StartDecisions, split_recorded
+from antimetric.training.distributed import broadcast, check_shared_folder, every, gather, on_first, rank
 from antimetric.training.meta_classes import save_meta_ids
 from antimetric.training.run_folder import (
     BEST_FILE,
@@ -38,7 +39,8 @@ from antimetric.training.run_folder import (
 )
 from antimetric.training.session import EvalLoaders, TrainingSession, build_session
 from antimetric.training.state import BestTracker, load_training_state, save_training_state, seed_epoch
-from antimetric.training.step import training_step
+from antimetric.training.step import branch_parallel_step, training_step
+from antimetric.training.whole_state import whole_model_state
 
 __all__ = ["EpochResult", "FitResult", "fit", "resume_run"]
 
@@ -72,13 +74,19 @@ def fit(config: RunConfig, on_epoch_end: EpochCallback | None = None, *, resume_
     """Train and evaluate in a new run folder (made, and checked writable, before any data is read).
 
     resume_from: a state saved by on_epoch_end's save_checkpoint (a folder) or a last.pt, to continue
-    from. write_last=False skips the run folder's last.pt (for callers that keep their own states)."""
+    from. write_last=False skips the run folder's last.pt (for callers that keep their own states).
+
+    In a group of processes (training/distributed.py) every process calls fit() alike and trains its block of
+    branches; process 0 alone makes and writes the run folder and shows progress, and the others' on_epoch_end
+    get the same results (save_checkpoint must be called on every process: it gathers the branches)."""
     config = resolve(config)
-    run_dir = create_run_dir(config)
+    progress = progress and rank() == 0
+    run_dir = on_first(lambda: create_run_dir(config))
     try:
         session = build_session(config, progress=progress)
     except BaseException:
-        _remove_if_empty(run_dir)
+        if rank() == 0:
+            _remove_if_empty(run_dir)
         raise
     return _run(session, run_dir, on_epoch_end, resume_from, progress, write_last)
 
@@ -88,12 +96,12 @@ def resume_run(run_dir: Path, on_epoch_end: EpochCallback | None = None, *, prog
     """Continue a run in its own folder from its last.pt, with its own config.json; `overrides` may
     change only what does not change the result (device, data-loader workers)."""
     run_dir = Path(run_dir)
+    progress = progress and rank() == 0
     changed = sorted(set(overrides or {}) - set(RESUME_OVERRIDES))
     if changed:
         raise ConfigError(f"--resume continues a run with its own {CONFIG_FILE}; drop --{changed[0].replace('_', '-')}")
-    for name in (CONFIG_FILE, LAST_FILE):
-        if not (run_dir / name).is_file():
-            raise ConfigError(f"--resume: no {name} in {run_dir}; pass the folder of a run that finished an epoch")
+    on_first(lambda: _check_resumable(run_dir))
+    check_shared_folder(run_dir)  # every process of a group reads the run's state
     overrides = overrides or {}
     try:
         asked, decided = split_recorded(json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8")),
@@ -106,12 +114,18 @@ def resume_run(run_dir: Path, on_epoch_end: EpochCallback | None = None, *, prog
     except (OSError, ValueError, AttributeError) as error:
         raise ConfigError(f"--resume: cannot read {run_dir / CONFIG_FILE} ({error})") from None
     pinned = {key: value for key, value in decided.items() if key not in overrides}  # decided as the run did
-    probe(run_dir)
+    on_first(lambda: probe(run_dir))
     session = build_session(config, progress=progress, pinned=pinned)
     return _run(session, run_dir, on_epoch_end, run_dir / LAST_FILE, progress, write_last=True)
 
 
 RESUME_OVERRIDES = ("device", "num_workers", "image_memory")
+
+
+def _check_resumable(run_dir: Path) -> None:
+    for name in (CONFIG_FILE, LAST_FILE):
+        if not (run_dir / name).is_file():
+            raise ConfigError(f"--resume: no {name} in {run_dir}; pass the folder of a run that finished an epoch")
 
 
 def _run(session: TrainingSession, run_dir: Path, on_epoch_end: EpochCallback | None, resume_from: Path | None,
@@ -123,9 +137,11 @@ def _run(session: TrainingSession, run_dir: Path, on_epoch_end: EpochCallback | 
     start_epoch = 1
     if resume_from is not None:
         start_epoch = load_training_state(Path(resume_from), session, tracker) + 1
-    with writing(run_dir):
-        write_json(run_dir / CONFIG_FILE, {**flat, DECISIONS_KEY: decisions.as_dict()})
-        save_meta_ids(run_dir / META_IDS_FILE, session.meta_ids, session.splits.train_classes)
+    def write_config() -> None:
+        with writing(run_dir):
+            write_json(run_dir / CONFIG_FILE, {**flat, DECISIONS_KEY: decisions.as_dict()})
+            save_meta_ids(run_dir / META_IDS_FILE, session.meta_ids, session.splits.train_classes)
+    on_first(write_config)
 
     if not config.train.train:
         evaluation = evaluate_session(session, progress)
@@ -178,17 +194,19 @@ def train_one_epoch(session: TrainingSession, epoch: int, progress: bool) -> dic
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     batches = tqdm(session.train_loader, desc=f"epoch {epoch}", disable=not progress, leave=False)
+    step_fn = branch_parallel_step if session.branch_parallel else training_step
     for step, (images, targets) in enumerate(batches, start=1):
         images = to_device_batch(images, device, session.plan.channels_last)
-        targets = targets.to(device, non_blocking=True)  # (b, m) meta-class of each image per branch
+        targets = targets.to(device, non_blocking=True)  # (b, m) meta-class of each image per branch (of this block)
         try:
-            loss, logits = training_step(session.train_model, images, targets, opt, session.plan.bf16)
+            loss, logits = step_fn(session.train_model, images, targets, opt, session.plan.bf16)
         except torch.cuda.OutOfMemoryError:
             if not start_checkpointing_after_oom(session):
                 raise
-            loss, logits = training_step(session.train_model, images, targets, opt, session.plan.bf16)
+            loss, logits = step_fn(session.train_model, images, targets, opt, session.plan.bf16)
         loss_sum += loss * images.shape[0]
-        correct += (logits.argmax(-1) == targets).float().mean(1).sum()
+        hits = (logits.argmax(-1) == targets).float()  # (b, branches here)
+        correct += hits.sum(1).sum() / model.whole_size if session.branch_parallel else hits.mean(1).sum()
         seen += images.shape[0]
         if step % _NONFINITE_CHECK_STEPS == 0:
             _check_finite(loss_sum, epoch, lr)
@@ -197,6 +215,9 @@ def train_one_epoch(session: TrainingSession, epoch: int, progress: bool) -> dic
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
+    if session.branch_parallel:  # each block's share of the branches' accuracy, and the slowest block's time
+        correct = torch.as_tensor(sum(every(correct.item())))
+        seconds = max(every(seconds))
     return {
         "loss": (loss_sum / max(seen, 1)).item(),
         "branch_accuracy": (correct / max(seen, 1)).item(),
@@ -217,7 +238,7 @@ def _check_finite(loss_sum: torch.Tensor, epoch: int, lr: float) -> None:
 @dataclass
 class Evaluation:
     metrics: dict[str, float]  # val_* (held-out training classes) and test_* retrieval metrics
-    test_query: Embeddings
+    test_query: Embeddings | None  # the whole ensemble's: None on processes other than 0 of a group
     test_gallery: Embeddings | None
 
 
@@ -243,11 +264,25 @@ def evaluate_session(session: TrainingSession, progress: bool) -> Evaluation:
         if loaders is None:
             continue
         query, gallery = _embed_set(session, loaders, progress, prefix)
-        scores = score(query, session.config.eval.recalls, gallery, device=session.device,
-                       chunk_size=session.config.eval.chunk_size)
-        metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
-    metrics["eval_seconds"] = time.perf_counter() - start
+        if session.branch_parallel:  # the blocks' embeddings side by side, in branch order, on process 0
+            query, gallery = _whole_embeddings(query), _whole_embeddings(gallery)
+        scores = {}
+        if query is not None:
+            scores = score(query, session.config.eval.recalls, gallery, device=session.device,
+                           chunk_size=session.config.eval.chunk_size)
+        metrics.update({f"{prefix}_{k}": v for k, v in broadcast(scores).items()})
+    metrics["eval_seconds"] = broadcast(time.perf_counter() - start)
     return Evaluation(metrics, query, gallery)
+
+
+def _whole_embeddings(block: Embeddings | None) -> Embeddings | None:
+    """The whole ensemble's embeddings from every process's block of them, on process 0 (None elsewhere)."""
+    if block is None:
+        return None
+    blocks = gather(block.features)
+    if blocks is None:
+        return None
+    return Embeddings(torch.cat(blocks, dim=1), block.labels, block.paths)
 
 
 def _embed_set(session: TrainingSession, loaders: EvalLoaders, progress: bool, prefix: str
@@ -267,19 +302,23 @@ def selection_key(session: TrainingSession) -> str:
 
 def _record(run_dir: Path, session: TrainingSession, result: EpochResult, tracker: BestTracker,
             evaluation: Evaluation) -> None:
-    """Rewrite the per-epoch CSV; on a new best, the best weights and the test feature database."""
+    """Rewrite the per-epoch CSV; on a new best, the best weights and the test feature database (process 0 of a
+    group, the others giving it their branches' weights)."""
+    weights = whole_model_state(session.model) if result.is_best else None
+    if rank() != 0:
+        return
     with writing(run_dir):
-        _write_epoch_files(run_dir, session, result, tracker, evaluation)
+        _write_epoch_files(run_dir, session, result, tracker, evaluation, weights)
 
 
 def _write_epoch_files(run_dir: Path, session: TrainingSession, result: EpochResult, tracker: BestTracker,
-                       evaluation: Evaluation) -> None:
+                       evaluation: Evaluation, weights: dict[str, torch.Tensor] | None) -> None:
     write_text(run_dir / EPOCHS_FILE, _history_csv(tracker.history))
     if not result.is_best:
         return
     torch_save(run_dir / BEST_FILE, {
         "epoch": result.epoch,
-        "model": session.model.state_dict(),
+        "model": weights,
         "meta_ids": torch.as_tensor(session.meta_ids),
         "metrics": result.metrics,
         "config": session.config.to_flat(),

@@ -1,6 +1,7 @@
 """Everything one training run needs, built from a resolved config: data, model, optimiser."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,12 @@ from antimetric.data.records import DatasetIndex
 from antimetric.data.splits import EvalSet, Splits, make_splits
 from antimetric.data.transforms import ImageTransform, test_transform, train_transform
 from antimetric.errors import ConfigError
+from antimetric.model.convert import branch_blocks
 from antimetric.model.device_plan import DevicePlan, plan_for
-from antimetric.model.ensemble import EnsembleNet, build_model
+from antimetric.model.ensemble import EnsembleNet, build_block, build_model
 from antimetric.training.config import RunConfig
 from antimetric.training.decisions import StartDecisions
+from antimetric.training.distributed import group_size, local_rank, rank
 from antimetric.training.memory_estimate import check_memory
 from antimetric.training.meta_classes import assign_meta_classes, check_meta_class_size, load_meta_ids
 from antimetric.training.step import make_optimizer, prepare_device
@@ -53,10 +56,19 @@ class TrainingSession:
     test: EvalLoaders
     image_root: Path  # where the images are read: the dataset's own files, or its resized cache
 
+    @property
+    def branch_parallel(self) -> bool:
+        """Whether this process holds one block of the ensemble's branches (training/distributed.py)."""
+        return self.model.ensemble_size != self.model.whole_size
+
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device `name` (auto, cpu, cuda, cuda:K) means here; in a group of processes `cuda` and auto mean this
+    process's own GPU (LOCAL_RANK), as does a resumed run's recorded `cuda:0` (its process 0's)."""
+    if group_size() > 1 and (name.startswith("cuda") or name == "auto" and torch.cuda.is_available()):
+        name = f"cuda:{local_rank()}"
+    elif name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} asked for, but torch sees no CUDA device; use --device cpu")
@@ -90,14 +102,18 @@ def build_session(config: RunConfig, *, progress: bool = False, pinned: dict[str
     plan = plan_for(device, model_cfg.implementation, precision=pinned.get("precision", train.precision),
                     backbone=model_cfg.backbone, activation_checkpointing=model_cfg.activation_checkpointing,
                     compile=train.compile)
-    check_memory(config, device, plan=plan)  # before any data is read
+    block = branch_blocks(model_cfg.ensemble_size, group_size())[rank()]  # all of them on one process
+    check_memory(_block_config(config, block), device, plan=plan)  # before any data is read
     torch.manual_seed(train.seed)
     index = load_index(config, progress)
     splits = config_splits(config, index)
     meta_ids = _meta_ids(config, splits.train_classes)
     prepare_device(plan)
     with device:  # initialise the weights where they will live
-        model = build_model(model_cfg, model_cfg.implementation)
+        if len(block) == model_cfg.ensemble_size:
+            model = build_model(model_cfg, model_cfg.implementation)
+        else:
+            model = build_block(model_cfg, block, model_cfg.implementation)
     train_model = model.configure(plan)
     optimizer = make_optimizer(model, train.lr, plan)
     # x0.1 after 50 % and 70 % of the epochs; never at 0, which would cut the rate before epoch 1
@@ -107,7 +123,8 @@ def build_session(config: RunConfig, *, progress: bool = False, pinned: dict[str
     image_root, crop = image_source(config, index, progress)
     workers = num_workers(pinned.get("num_workers", data.num_workers))
     memory = DecodedImages(image_memory_mib(pinned.get("image_memory", data.image_memory), workers) * 2**20)
-    targets = {label: torch.as_tensor(meta_ids[:, col]) for col, label in enumerate(splits.train_classes)}
+    targets = {label: torch.as_tensor(meta_ids[block.start:block.stop, col])  # this process's branches'
+               for col, label in enumerate(splits.train_classes)}
     train_set = ImageDataset(splits.train, image_root, train_transform(data.data_name, data.crop_type, data.image_size),
                              crop, targets, memory)
     if len(train_set) < train.batch_size and train.train:
@@ -130,6 +147,13 @@ def build_session(config: RunConfig, *, progress: bool = False, pinned: dict[str
         config, decisions, device, plan, index, splits, meta_ids, model, train_model, optimizer, scheduler, train_loader,
         loaders(splits.val) if splits.val is not None else None, loaders(splits.test), image_root,
     )
+
+
+def _block_config(config: RunConfig, block: range) -> RunConfig:
+    """The config as far as this process's memory goes: its block of branches."""
+    if len(block) == config.model.ensemble_size:
+        return config
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, ensemble_size=len(block)))
 
 
 def eval_loaders(eval_set: EvalSet, image_root: Path, transform: ImageTransform, crop: bool, batch_size: int,

@@ -24,7 +24,14 @@ from antimetric.training.checkpoints import (
     weights_mismatch,
 )
 from antimetric.training.decisions import DECISIONS_KEY
+from antimetric.training.distributed import rank
 from antimetric.training.session import TrainingSession
+from antimetric.training.whole_state import (
+    block_model_state,
+    block_optimizer_state,
+    whole_model_state,
+    whole_optimizer_state,
+)
 
 STATE_FILE = "state.pt"  # a resumable state in a checkpoint folder (a run folder keeps last.pt)
 
@@ -70,12 +77,16 @@ def seed_epoch(session: TrainingSession, epoch: int) -> None:
 
 def save_training_state(folder: Path, session: TrainingSession, epoch: int, tracker: BestTracker,
                         filename: str = STATE_FILE) -> Path:
-    """Everything needed to resume after `epoch`, readable with torch.load(weights_only=True)."""
+    """Everything needed to resume after `epoch`, readable with torch.load(weights_only=True). In a group of
+    processes every one must call it: process 0 writes the whole ensemble's state, as one process would."""
     path = Path(folder) / filename
+    model, optimizer = whole_model_state(session.model), whole_optimizer_state(session.model, session.optimizer)
+    if rank() != 0:
+        return path
     torch_save(path, {
         "epoch": epoch,
-        "model": session.model.state_dict(),
-        "optimizer": session.optimizer.state_dict(),
+        "model": model,
+        "optimizer": optimizer,
         "scheduler": session.scheduler.state_dict(),
         "meta_ids": torch.as_tensor(session.meta_ids),
         "tracker": tracker.state_dict(),
@@ -87,7 +98,8 @@ def save_training_state(folder: Path, session: TrainingSession, epoch: int, trac
 
 def load_training_state(path: Path, session: TrainingSession, tracker: BestTracker) -> int:
     """Restore a state saved by save_training_state (a file or the folder holding state.pt); returns its epoch.
-    A damaged state is one ConfigError naming the file (antimetric.training.checkpoints), before anything is restored."""
+    A damaged state is one ConfigError naming the file (antimetric.training.checkpoints), before anything is restored.
+    A process holding a block of branches takes its block of the state, on any number of processes."""
     path = Path(path)
     if path.is_dir():
         path = path / STATE_FILE
@@ -102,13 +114,17 @@ def load_training_state(path: Path, session: TrainingSession, tracker: BestTrack
     if saved != wanted:
         raise ConfigError(f"{path} holds weights in the {saved} layout and this run builds the {wanted} one; "
                           f"resume it with --implementation {saved}")
-    mismatch = weights_mismatch(session.model.state_dict(), state["model"])
+    if session.branch_parallel and saved != "batched":
+        raise ConfigError(f"{path} holds weights in the {saved} layout; a run on several processes trains the "
+                          "batched one (resume it on one process)")
+    weights = block_model_state(state["model"], session.model)
+    mismatch = weights_mismatch(session.model.state_dict(), weights)
     if mismatch:
         raise ConfigError(f"{path} holds weights of another network than this run's ({mismatch})")
-    session.model.load_state_dict(state["model"])
-    for part in ("optimizer", "scheduler"):
+    session.model.load_state_dict(weights)
+    for part, cut in (("optimizer", block_optimizer_state), ("scheduler", lambda value, _: value)):
         try:
-            getattr(session, part).load_state_dict(state[part])
+            getattr(session, part).load_state_dict(cut(state[part], session.model))
         except (KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError):
             raise damaged(path, f"its {part} state does not fit this run's {part}") from None
     tracker.load_state_dict(state["tracker"])
