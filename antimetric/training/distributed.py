@@ -74,6 +74,16 @@ def check_launch(ensemble_size: int, device: str, processes: int | None = None) 
                           f"torch sees {gpus}; use --device cpu (gloo){fewer}")
 
 
+def check_group(ensemble_size: int, implementation: str) -> None:
+    """Refuse in one line an ensemble the group's processes cannot share (before its run folder is made)."""
+    if group_size() == 1:
+        return
+    if implementation != "batched":
+        raise ConfigError(f"a run on {group_size()} processes trains the batched network (a block of branches per "
+                          f"process); drop --implementation {implementation} or run on one process")
+    check_launch(ensemble_size, "cpu", group_size())
+
+
 def join_process_group(device: str) -> torch.device | None:
     """Form the group torchrun launched this process into (NCCL with one GPU per process, gloo on the CPU) and
     return this process's device; None when there is nothing to join (one process, or a group formed already)."""

@@ -23,7 +23,7 @@ from antimetric.evaluation.metrics import recall_key
 from antimetric.model.device_plan import to_device_batch
 from antimetric.training.config import RunConfig, resolve
 from antimetric.training.decisions import DECISIONS_KEY, StartDecisions, split_recorded
-from antimetric.training.distributed import broadcast, check_shared_folder, every, gather, on_first, rank
+from antimetric.training.distributed import broadcast, check_group, check_shared_folder, every, gather, on_first, rank
 from antimetric.training.meta_classes import save_meta_ids
 from antimetric.training.run_folder import (
     BEST_FILE,
@@ -80,6 +80,7 @@ def fit(config: RunConfig, on_epoch_end: EpochCallback | None = None, *, resume_
     branches; process 0 alone makes and writes the run folder and shows progress, and the others' on_epoch_end
     get the same results (save_checkpoint must be called on every process: it gathers the branches)."""
     config = resolve(config)
+    check_group(config.model.ensemble_size, config.model.implementation)
     progress = progress and rank() == 0
     run_dir = on_first(lambda: create_run_dir(config))
     try:

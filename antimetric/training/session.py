@@ -26,7 +26,7 @@ from antimetric.model.device_plan import DevicePlan, plan_for
 from antimetric.model.ensemble import EnsembleNet, build_block, build_model
 from antimetric.training.config import RunConfig
 from antimetric.training.decisions import StartDecisions
-from antimetric.training.distributed import group_size, local_rank, rank
+from antimetric.training.distributed import check_group, group_size, local_rank, rank
 from antimetric.training.memory_estimate import check_memory
 from antimetric.training.meta_classes import assign_meta_classes, check_meta_class_size, load_meta_ids
 from antimetric.training.step import make_optimizer, prepare_device
@@ -102,6 +102,7 @@ def build_session(config: RunConfig, *, progress: bool = False, pinned: dict[str
     plan = plan_for(device, model_cfg.implementation, precision=pinned.get("precision", train.precision),
                     backbone=model_cfg.backbone, activation_checkpointing=model_cfg.activation_checkpointing,
                     compile=train.compile)
+    check_group(model_cfg.ensemble_size, model_cfg.implementation)
     block = branch_blocks(model_cfg.ensemble_size, group_size())[rank()]  # all of them on one process
     check_memory(_block_config(config, block), device, plan=plan)  # before any data is read
     torch.manual_seed(train.seed)

@@ -61,6 +61,7 @@ def test_two_processes_train_into_one_run_folder(cub_path, tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (("--ensemble-size", "1", "--device", "cpu"), "2 processes cannot share 1 branch"),
     (("--device", "cuda"), "needs a GPU each"),
+    (("--device", "cpu", "--implementation", "reference"), "drop --implementation reference"),
 ])
 def test_a_launch_that_cannot_work_is_one_line_before_any_data_is_read(tmp_path, args, needle):
     if "cuda" in args and torch.cuda.device_count() >= 2:
