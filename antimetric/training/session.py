@@ -26,7 +26,7 @@ from antimetric.model.device_plan import DevicePlan, plan_for
 from antimetric.model.ensemble import EnsembleNet, build_block, build_model
 from antimetric.training.config import RunConfig
 from antimetric.training.decisions import StartDecisions
-from antimetric.training.distributed import check_group, group_size, local_rank, rank
+from antimetric.training.distributed import check_group, group_size, rank
 from antimetric.training.memory_estimate import check_memory
 from antimetric.training.meta_classes import assign_meta_classes, check_meta_class_size, load_meta_ids
 from antimetric.training.step import make_optimizer, prepare_device
@@ -64,9 +64,10 @@ class TrainingSession:
 
 def pick_device(name: str) -> torch.device:
     """The device `name` (auto, cpu, cuda, cuda:K) means here; in a group of processes `cuda` and auto mean this
-    process's own GPU (LOCAL_RANK), as does a resumed run's recorded `cuda:0` (its process 0's)."""
-    if group_size() > 1 and (name.startswith("cuda") or name == "auto" and torch.cuda.is_available()):
-        name = f"cuda:{local_rank()}"
+    process's own GPU, the current CUDA device (torchrun's processes set their LOCAL_RANK's, Ray Train's workers
+    theirs)."""
+    if group_size() > 1 and (name == "cuda" or name == "auto" and torch.cuda.is_available()):
+        name = f"cuda:{torch.cuda.current_device()}"
     elif name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
@@ -98,7 +99,7 @@ def build_session(config: RunConfig, *, progress: bool = False, pinned: dict[str
     rather than decide (a resumed run's, as its run made them: StartDecisions' fields)."""
     data, model_cfg, train = config.data, config.model, config.train
     pinned = pinned or {}
-    device = pick_device(pinned.get("device", train.device))
+    device = pick_device(_own_device(pinned.get("device", train.device), "device" in pinned))
     plan = plan_for(device, model_cfg.implementation, precision=pinned.get("precision", train.precision),
                     backbone=model_cfg.backbone, activation_checkpointing=model_cfg.activation_checkpointing,
                     compile=train.compile)
@@ -148,6 +149,11 @@ def build_session(config: RunConfig, *, progress: bool = False, pinned: dict[str
         config, decisions, device, plan, index, splits, meta_ids, model, train_model, optimizer, scheduler, train_loader,
         loaders(splits.val) if splits.val is not None else None, loaders(splits.test), image_root,
     )
+
+
+def _own_device(name: str, recorded: bool) -> str:
+    """A resumed run's recorded GPU (`cuda:0`, its process 0's) is, in a group of processes, each one's own."""
+    return "cuda" if recorded and group_size() > 1 and name.startswith("cuda") else name
 
 
 def _block_config(config: RunConfig, block: range) -> RunConfig:
