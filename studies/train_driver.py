@@ -1,0 +1,114 @@
+"""A trial on several workers (--gpus-per-trial N > 1, or --workers-per-trial N on CPUs): the Tune trial is a
+small driver that builds and fits a Ray Train TorchTrainer with N workers, which train the trial's ensemble
+branch-parallel (antimetric.training.loop.fit in a torch.distributed group that Ray Train sets up).
+
+ray 2.60.0 has Train V2 on by default; its way to run Train inside Tune (the "Hyperparameter Tuning with Ray Tune"
+user guide): the driver's RunConfig names the Train run by the trial id on the study's storage, so a resumed
+trial's driver finds the run's checkpoints again (every worker's ray.train.get_checkpoint()); TuneReportCallback
+hands rank 0's metrics of every ray.train.report to Tune, with the path of the checkpoint (Tune's own checkpoint of
+the trial stays None: trial_weights.ended_checkpoint reads that path). The driver takes DRIVER_CPU of a CPU and
+no GPU, so that a trial's driver never waits for the GPUs its workers hold; the workers take the trial's CPUs
+and one GPU each (see /work/notes/spike_v2.md for the measurements on a 2-core machine).
+
+When a scheduler stops such a trial, Tune kills its driver, with it the Train controller and the workers, but
+not the workers' placement group: Ray's PlacementGroupCleaner would remove it, but it asks the State API, which a
+Ray started without its dashboard (start_ray) does not serve, so the next trial's workers would wait for ever
+(ray#54305, still so in 2.60.0 without the dashboard). ReleaseTrainGroups removes it when the trial ends: rank 0
+reports its id (TRAIN_GROUP) every epoch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray.train
+from ray import tune
+from ray.train.torch import TorchTrainer
+
+from studies.compat import TuneReportCallback, current_placement_group_id, remove_placement_group_by_id
+from studies.trainable import EPOCH, WORLD_SIZE, train_trial, trial_config
+
+TRAIN_RUNS = "train_runs"  # the Train runs of a study's multi-worker trials, in its experiment folder, by trial id
+DRIVER_CPU = 0.01  # a trial's driver; Tune refuses a trial of 0 resources
+TRAIN_GROUP = "train_placement_group"  # reported by rank 0: the hex id of its workers' placement group
+
+
+@dataclass(frozen=True)
+class TrialWorkers:
+    """What a multi-worker trial's driver asks of Ray Train."""
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float  # 0 (gloo on CPUs) or 1 (nccl)
+    storage: str  # where the Train runs go: TRAIN_RUNS of the study's experiment folder
+    checkpoints: int  # kept per Train run: the most recent ones
+
+    @property
+    def resources_per_worker(self) -> dict[str, float]:
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.gpus_per_worker else {})}
+
+
+def trial_workers(workers: int, cpus_per_trial: float, gpus_per_trial: float, experiment_folder: Path,
+                  checkpoints: int) -> TrialWorkers:
+    """A trial's `workers`: the trial's CPUs but the driver's shared among them, a GPU each when it has GPUs."""
+    return TrialWorkers(workers=workers, cpus_per_worker=(cpus_per_trial - DRIVER_CPU) / workers,
+                        gpus_per_worker=1.0 if gpus_per_trial > 0 else 0.0,
+                        storage=str(experiment_folder / TRAIN_RUNS), checkpoints=checkpoints)
+
+
+def multi_worker_trainable(workers: TrialWorkers):
+    """The Tune trainable of a multi-worker study: train_driver with its workers, on DRIVER_CPU."""
+    return tune.with_resources(tune.with_parameters(train_driver, workers=workers), {"cpu": DRIVER_CPU})
+
+
+def train_driver(config: dict[str, Any], workers: TrialWorkers) -> None:
+    """A Tune trial: fit a TorchTrainer of `workers` on the trial's config. A config the core refuses fails the
+    trial here, before any worker starts. Raises ray.train.TrainingFailedError when a worker failed."""
+    trial_config(config)
+    context = tune.get_context()
+    trainer = TorchTrainer(
+        train_worker, train_loop_config={"config": config, "trial_name": context.get_trial_name()},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers.workers, use_gpu=workers.gpus_per_worker > 0,
+                                               resources_per_worker=workers.resources_per_worker),
+        run_config=ray.train.RunConfig(
+            name=context.get_trial_id(),  # stable across restores: the rerun driver finds the run's checkpoints
+            storage_path=workers.storage,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=workers.checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=0),
+            callbacks=[TuneReportCallback()],  # built here: it needs the trial's Tune session
+        ))
+    trainer.fit()
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker of a trial: what train_ensemble does, reporting with ray.train.report on every rank
+    (a barrier: each rank reports every epoch). Every rank writes its part of the checkpoint (the core gathers the
+    branches; rank 0 writes state.pt); rank 0's folder is the checkpoint, with the best epoch's files."""
+    context = ray.train.get_context()
+    rank, size = context.get_world_rank(), context.get_world_size()
+    group = current_placement_group_id()
+
+    def report(metrics: dict[str, Any], folder: Path) -> None:
+        values = {**metrics, WORLD_SIZE: str(size), **({TRAIN_GROUP: group} if group and rank == 0 else {})}
+        ray.train.report(values, checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None,
+                         checkpoint_dir_name=f"checkpoint_{int(metrics[EPOCH]):06d}")
+
+    train_trial(loop_config["config"], loop_config["trial_name"], ray.train.get_checkpoint(), report,
+                keep_best=rank == 0)
+
+
+class ReleaseTrainGroups(tune.Callback):
+    """Removes the placement group of an ended trial's Train workers (see the module's docstring). One already
+    removed (a Train run that ended by itself) is left alone."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._release(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._release(trial)
+
+    @staticmethod
+    def _release(trial) -> None:
+        group = (trial.last_result or {}).get(TRAIN_GROUP)
+        if group:
+            remove_placement_group_by_id(group)
