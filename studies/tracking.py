@@ -31,7 +31,7 @@ from studies.study_run import (
     set_runs_view,
     stopped_early,
 )
-from studies.trainable import CONFIRM, EPOCH, OBJECTIVE, WORLD_SIZE, trial_config, trial_cost
+from studies.trainable import CONFIRM, EPOCH, OBJECTIVE, REPORTED_AGAIN, WORLD_SIZE, trial_config, trial_cost
 from studies.trial_weights import (
     delete_checkpoints,
     delete_train_run,
@@ -153,7 +153,8 @@ class MLflowTrialCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         run_id = self.run_id(trial)
         step = int(result.get(EPOCH, result.get("training_iteration", 0)))
-        if trial.trial_id in self._reopened:  # the first epoch after a resume: record where it went on
+        if trial.trial_id in self._reopened and not result.get(REPORTED_AGAIN):  # the first epoch after a resume:
+            # record where it went on (not the epoch of its checkpoint, which a multi-worker trial reports again)
             self._reopened.discard(trial.trial_id)
             self.client.set_tag(run_id, "resumed_at_epoch", str(step))
         if step <= self._logged_epoch.get(trial.trial_id, 0):

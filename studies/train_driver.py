@@ -18,6 +18,7 @@ reports its id (TRAIN_GROUP) every epoch.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,19 @@ import ray.train
 from ray import tune
 from ray.train.torch import TorchTrainer
 
-from studies.compat import TuneReportCallback, current_placement_group_id, remove_placement_group_by_id
-from studies.trainable import EPOCH, WORLD_SIZE, train_trial, trial_config
+from antimetric.base.atomic import write_json
+from studies.compat import (
+    TRAIN_CHECKPOINT_PATH,
+    TuneReportCallback,
+    current_placement_group_id,
+    remove_placement_group_by_id,
+)
+from studies.trainable import EPOCH, REPORTED_AGAIN, WORLD_SIZE, train_trial, trial_config
 
 TRAIN_RUNS = "train_runs"  # the Train runs of a study's multi-worker trials, in its experiment folder, by trial id
 DRIVER_CPU = 0.01  # a trial's driver; Tune refuses a trial of 0 resources
 TRAIN_GROUP = "train_placement_group"  # reported by rank 0: the hex id of its workers' placement group
+REPORTED_FILE = "reported.json"  # an epoch's reported metrics, in its checkpoint
 
 
 @dataclass(frozen=True)
@@ -83,18 +91,31 @@ def train_driver(config: dict[str, Any], workers: TrialWorkers) -> None:
 def train_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker of a trial: what train_ensemble does, reporting with ray.train.report on every rank
     (a barrier: each rank reports every epoch). Every rank writes its part of the checkpoint (the core gathers the
-    branches; rank 0 writes state.pt); rank 0's folder is the checkpoint, with the best epoch's files."""
+    branches; rank 0 writes state.pt); rank 0's folder is the checkpoint, with the best epoch's files and the
+    epoch's metrics (REPORTED_FILE).
+
+    A resumed trial first reports its checkpoint's epoch again: Ray Train registers a checkpoint before Tune takes
+    its metrics, so a study stopped in between resumes from an epoch that Tune (ASHA, MLflow, Optuna) never saw.
+    Tune's callbacks take an epoch they saw again as a one-device trial's repeated epoch."""
     context = ray.train.get_context()
     rank, size = context.get_world_rank(), context.get_world_size()
     group = current_placement_group_id()
+    own = {WORLD_SIZE: str(size), **({TRAIN_GROUP: group} if group and rank == 0 else {})}
 
     def report(metrics: dict[str, Any], folder: Path) -> None:
-        values = {**metrics, WORLD_SIZE: str(size), **({TRAIN_GROUP: group} if group and rank == 0 else {})}
-        ray.train.report(values, checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None,
+        if rank == 0:
+            write_json(folder / REPORTED_FILE, metrics)
+        ray.train.report({**metrics, **own}, checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None,
                          checkpoint_dir_name=f"checkpoint_{int(metrics[EPOCH]):06d}")
 
-    train_trial(loop_config["config"], loop_config["trial_name"], ray.train.get_checkpoint(), report,
-                keep_best=rank == 0)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            saved = Path(folder) / REPORTED_FILE  # every rank has a copy: all report again, or none
+            metrics = json.loads(saved.read_text(encoding="utf-8")) if saved.is_file() else None
+        if metrics is not None:
+            ray.train.report({**metrics, **own, TRAIN_CHECKPOINT_PATH: checkpoint.path, REPORTED_AGAIN: True})
+    train_trial(loop_config["config"], loop_config["trial_name"], checkpoint, report, keep_best=rank == 0)
 
 
 class ReleaseTrainGroups(tune.Callback):

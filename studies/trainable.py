@@ -18,6 +18,7 @@ from antimetric.training.run_folder import BEST_FILE, RETRIEVALS_FILE
 
 OBJECTIVE = "val_recall_at_1"  # Recall@1 on training classes held out from training
 EPOCH = "epoch"  # the time attribute ASHA schedules on
+REPORTED_AGAIN = "reported_again"  # True on a multi-worker trial's result of its checkpoint's epoch, again on resume
 WORLD_SIZE = "world_size"  # reported by a multi-worker trial (studies/train_driver.py): its workers, a param in MLflow
 # The trial's selected epoch so far (best OBJECTIVE) and its OBJECTIVE, reported every epoch for Ray's console; MLflow
 # logs its own best_* at each new selected epoch (studies/tracking.py).
