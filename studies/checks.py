@@ -25,7 +25,7 @@ from studies.compat import KIND, KIND_TAG, MLFLOW_SQL_STORE_LOGGER
 from studies.optuna_record import optuna_storage_uri
 from studies.settings import StudySettings
 from studies.tracking import ensure_experiment
-from studies.train_driver import DRIVER_CPU, trial_workers
+from studies.trial_workers import DRIVER_CPU, trial_workers
 
 CONNECT_TIMEOUT_S = 5
 LOCKED_WAIT_S = 2  # how long the Optuna record may stay locked by another process before the study is refused

@@ -37,7 +37,8 @@ from studies.spaces import SPACES
 from studies.study import run_study, study_exists
 from studies.study_end import StudyFailed, sigterm_as_ctrl_c, sigterm_received
 from studies.tracking import default_tracking_uri
-from studies.trainable import TRIAL_DEFAULTS, trial_config
+from studies.trainable import TRIAL_DEFAULTS
+from studies.trial_workers import check_branches_per_worker, workers_and_gpus
 
 DEFAULT_STORAGE = "runs/studies"
 
@@ -170,7 +171,7 @@ def parse_args(argv: list[str] | None = None) -> StudySettings:
     if "cost" in given and values["objective"] != "pareto":
         raise ConfigError(f"--cost {given['cost']} ranks trials only in a Pareto study; add --objective pareto or "
                           "drop --cost")
-    values["workers_per_trial"], values["gpus_per_trial"] = _trial_workers(values, given, saved)
+    values["workers_per_trial"], values["gpus_per_trial"] = workers_and_gpus(values, given, saved)
     if values["workers_per_trial"] > 1 and "cpus_per_trial" not in given and saved is None and args.address is None:
         values["cpus_per_trial"] = min(max(values["cpus_per_trial"], values["workers_per_trial"]), available_cpus())
     if saved is None and "max_concurrent" not in given and args.address is None:
@@ -208,43 +209,8 @@ def _searched(raw: dict[str, Any], values: dict[str, Any], name: str, where: str
     if not space:
         raise ConfigError("nothing left to search: the training options fix every key of the space; "
                           "drop one or pass a --space")
-    workers, smallest = values["workers_per_trial"], _smallest_ensemble(space, constants)
-    if workers > smallest:
-        drawn = f"{where} draws" if "ensemble_size" in space else "--ensemble-size gives"
-        raise ConfigError(f"--workers-per-trial {workers}: a trial's branches are split among its workers, and {drawn} "
-                          f"ensembles of {smallest} branches; pass at most {smallest} workers or larger ensembles")
+    check_branches_per_worker(values["workers_per_trial"], space, constants, where)
     return space
-
-
-def _smallest_ensemble(space: dict[str, dict[str, Any]], constants: dict[str, Any]) -> int:
-    """The fewest branches a trial of the space can have."""
-    spec = space.get("ensemble_size")
-    if spec is None:
-        return trial_config(constants).model.ensemble_size
-    return int(min(spec["values"]) if spec["type"] == "choice" else spec["low"])
-
-
-def _trial_workers(values: dict[str, Any], given: dict[str, Any], saved: dict[str, Any] | None) -> tuple[int, float]:
-    """(workers per trial, GPUs per trial): --gpus-per-trial N above 1 is N workers with a GPU each;
-    --workers-per-trial N alone is N workers on CPUs. A resumed study keeps its trials' workers."""
-    gpus, workers = values["gpus_per_trial"], values.get("workers_per_trial", 1)
-    if gpus > 1:
-        if gpus != int(gpus):
-            raise ConfigError(f"--gpus-per-trial {gpus:g}: above 1 it is the trial's workers, a GPU each; pass a whole "
-                              "number")
-        if given.get("workers_per_trial", int(gpus)) != int(gpus):
-            raise ConfigError(f"--workers-per-trial {workers} with --gpus-per-trial {gpus:g}: a trial's workers have a "
-                              "GPU each; pass one of the two")
-        workers = int(gpus)
-    elif workers > 1 and gpus > 0:
-        if "gpus_per_trial" in given:
-            raise ConfigError(f"--gpus-per-trial {gpus:g} with --workers-per-trial {workers}: each worker of a trial "
-                              f"has a whole GPU; pass --gpus-per-trial {workers}, or 0 to train on CPUs")
-        gpus = 0.0  # the default GPU of a CUDA machine: --workers-per-trial trains on CPUs
-    if saved is not None and workers != saved["workers_per_trial"]:
-        raise ConfigError(f"--resume: this study's trials have {saved['workers_per_trial']} workers each, not {workers} "
-                          "(--gpus-per-trial above 1 is the trial's workers); drop the option or start a new --experiment")
-    return workers, gpus
 
 
 def _trial_device(device: str, gpus_per_trial: float) -> torch.device | None:

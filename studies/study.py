@@ -48,8 +48,9 @@ from studies.study_end import (
 from studies.study_lock import study_lock
 from studies.study_run import open_study_run
 from studies.tracking import MLflowTrialCallback, local_artifact_root
-from studies.train_driver import ReleaseTrainGroups, multi_worker_trainable, trial_workers
+from studies.train_driver import ReleaseTrainGroups, multi_worker_trainable
 from studies.trainable import EPOCH, OBJECTIVE, SCRATCH, train_ensemble, trial_config
+from studies.trial_workers import trial_workers
 
 # Checkpoints kept per trial: the two most recent. Each holds the training state to resume from
 # and the best epoch's weights so far (train_ensemble), so no older one is needed. Kept by recency,

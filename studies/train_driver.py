@@ -19,13 +19,13 @@ reports its id (TRAIN_GROUP) every epoch.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray.train
+import torch
 from ray import tune
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchTrainer, get_device
 
 from antimetric.base.atomic import write_json
 from studies.compat import (
@@ -35,33 +35,10 @@ from studies.compat import (
     remove_placement_group_by_id,
 )
 from studies.trainable import EPOCH, REPORTED_AGAIN, WORLD_SIZE, train_trial, trial_config
+from studies.trial_workers import DRIVER_CPU, TrialWorkers
 
-TRAIN_RUNS = "train_runs"  # the Train runs of a study's multi-worker trials, in its experiment folder, by trial id
-DRIVER_CPU = 0.01  # a trial's driver; Tune refuses a trial of 0 resources
 TRAIN_GROUP = "train_placement_group"  # reported by rank 0: the hex id of its workers' placement group
 REPORTED_FILE = "reported.json"  # an epoch's reported metrics, in its checkpoint
-
-
-@dataclass(frozen=True)
-class TrialWorkers:
-    """What a multi-worker trial's driver asks of Ray Train."""
-    workers: int
-    cpus_per_worker: float
-    gpus_per_worker: float  # 0 (gloo on CPUs) or 1 (nccl)
-    storage: str  # where the Train runs go: TRAIN_RUNS of the study's experiment folder
-    checkpoints: int  # kept per Train run: the most recent ones
-
-    @property
-    def resources_per_worker(self) -> dict[str, float]:
-        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.gpus_per_worker else {})}
-
-
-def trial_workers(workers: int, cpus_per_trial: float, gpus_per_trial: float, experiment_folder: Path,
-                  checkpoints: int) -> TrialWorkers:
-    """A trial's `workers`: the trial's CPUs but the driver's shared among them, a GPU each when it has GPUs."""
-    return TrialWorkers(workers=workers, cpus_per_worker=(cpus_per_trial - DRIVER_CPU) / workers,
-                        gpus_per_worker=1.0 if gpus_per_trial > 0 else 0.0,
-                        storage=str(experiment_folder / TRAIN_RUNS), checkpoints=checkpoints)
 
 
 def multi_worker_trainable(workers: TrialWorkers):
@@ -99,6 +76,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     Tune's callbacks take an epoch they saw again as a one-device trial's repeated epoch."""
     context = ray.train.get_context()
     rank, size = context.get_world_rank(), context.get_world_size()
+    device = get_device()  # Ray shows the node's GPUs to each worker: its own is not always the local rank's
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     group = current_placement_group_id()
     own = {WORLD_SIZE: str(size), **({TRAIN_GROUP: group} if group and rank == 0 else {})}
 
