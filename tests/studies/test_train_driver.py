@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import antimetric
 from antimetric.base.cpus import available_cpus
 from antimetric.errors import ConfigError
 from studies.search import parse_args
@@ -54,6 +55,33 @@ def test_a_study_of_two_worker_trials_stops_resumes_and_records_each_trial_once(
     assert len(advice) == 1, err_path.read_text()[-3000:]
     command = shlex.split(advice[0].split(": ", 1)[1])
 
+    _resume_to_the_end(command, dirs, interrupted)
+
+
+@pytest.mark.slow
+def test_a_two_worker_trial_resumes_after_the_driver_is_killed(demo_data_path, study_dirs):
+    """SIGKILL the study's process while a two-worker trial runs: --resume continues it from its Train run's
+    checkpoint, as a one-device trial from Tune's."""
+    if available_cpus() < 2:
+        pytest.skip("two workers need two CPUs")
+    dirs = study_dirs
+    driver = subprocess.Popen(study_command(demo_data_path, dirs, *WORKERS), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, **RAY_ENV})
+    try:
+        wait_for_epochs(driver, dirs, lambda epochs: any(n >= 2 for n in epochs.values()))
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    client, before, _ = trial_runs(dirs["tracking_uri"])
+    running = {r.data.tags["trial_id"]: len(metric_steps(client, r)) for r in before if r.info.status == "RUNNING"}
+    assert running, [r.info.status for r in before]
+    _resume_to_the_end([sys.executable, *study_command(demo_data_path, dirs, "--resume")[1:]], dirs, running)
+
+
+def _resume_to_the_end(command: list[str], dirs: dict, unfinished: dict[str, int]) -> None:
+    """Run the resume `command` to its end; then one finished MLflow run per trial, each of two workers, one stopped
+    by ASHA, the `unfinished` trials (id: epochs in MLflow before) gone on from a checkpoint, no epoch lost, the
+    weights of the whole ensemble logged, nothing left of the trials' checkpoints and Train runs."""
     resumed = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=600,
                              env={**os.environ, **RAY_ENV})
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -64,12 +92,15 @@ def test_a_study_of_two_worker_trials_stops_resumes_and_records_each_trial_once(
     assert [r.info.status for r in runs] == ["FINISHED"] * 4
     assert {r.data.params["world_size"] for r in runs} == {"2"}  # what each trial's workers reported
     assert any(r.data.tags["stopped_early"] == "true" for r in runs), [r.data.metrics.get("epoch") for r in runs]
-    for trial_id, epochs in interrupted.items():
+    for trial_id, epochs in unfinished.items():
         if epochs >= 1 and by_trial[trial_id].data.metrics["epoch"] > epochs:
             # its workers went on from the Train run's checkpoint, not from epoch 1
             assert int(by_trial[trial_id].data.tags["resumed_at_epoch"]) > 1
     for run in runs:  # no epoch lost: the one of a checkpoint that Tune had not taken yet is reported again
         assert metric_steps(client, run) == list(range(1, len(metric_steps(client, run)) + 1))
+        trained = antimetric.load(run.info.run_id, tracking_uri=dirs["tracking_uri"])  # gathered from both workers
+        assert trained.meta_ids.shape[0] == int(run.data.params["ensemble_size"])
+        assert trained.epoch == run.data.metrics["best_epoch"]
     check_trial_weights(client, runs, dirs["storage"])
     assert not any((dirs["storage"] / "t" / "train_runs").iterdir())  # each ended trial's Train run deleted
 
