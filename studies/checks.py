@@ -25,6 +25,7 @@ from studies.compat import KIND, KIND_TAG, MLFLOW_SQL_STORE_LOGGER
 from studies.optuna_record import optuna_storage_uri
 from studies.settings import StudySettings
 from studies.tracking import ensure_experiment
+from studies.trial_workers import DRIVER_CPU, trial_workers
 
 CONNECT_TIMEOUT_S = 5
 LOCKED_WAIT_S = 2  # how long the Optuna record may stay locked by another process before the study is refused
@@ -53,11 +54,24 @@ def check_resources(settings: StudySettings) -> None:
     if settings.cpus_per_trial > available_cpus():
         raise ConfigError(f"--cpus-per-trial {settings.cpus_per_trial:g}: this machine has {available_cpus()} CPUs; "
                           f"pass at most {available_cpus()}")
+    if settings.gpus_per_trial > 1 and settings.gpus_per_trial > torch.cuda.device_count():
+        raise ConfigError(f"--gpus-per-trial {settings.gpus_per_trial:g}: this machine has {torch.cuda.device_count()} "
+                          f"GPUs; pass at most {torch.cuda.device_count()}")
+    if settings.workers_per_trial > available_cpus():
+        raise ConfigError(f"--workers-per-trial {settings.workers_per_trial}: this machine has {available_cpus()} CPUs, "
+                          f"one per worker at least; pass at most {available_cpus()}")
+    if settings.workers_per_trial > 1 and settings.cpus_per_trial <= DRIVER_CPU:
+        raise ConfigError(f"--cpus-per-trial {settings.cpus_per_trial:g}: a trial on several workers needs more than "
+                          f"{DRIVER_CPU:g} (its driver's); pass more")
 
 
 def check_nodes(settings: StudySettings) -> None:
-    """Some node of the Ray cluster (or this machine) has the CPUs and GPUs one trial asks for."""
+    """Some node of the Ray cluster (or this machine) has the CPUs and GPUs one trial asks for; for a trial on
+    several workers, the nodes hold its workers (and one holds its driver)."""
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    if settings.workers_per_trial > 1:
+        _check_worker_nodes(settings, nodes)
+        return
     need = {"CPU": settings.cpus_per_trial, "GPU": settings.gpus_per_trial}
     if any(all(node.get(key, 0) >= value for key, value in need.items()) for node in nodes):
         return
@@ -65,6 +79,18 @@ def check_nodes(settings: StudySettings) -> None:
     raise ConfigError(f"a trial asks for {need['CPU']:g} CPUs and {need['GPU']:g} GPUs, but the largest Ray node has "
                       f"{largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs; lower --cpus-per-trial "
                       "or --gpus-per-trial")
+
+
+def _check_worker_nodes(settings: StudySettings, nodes: list[dict[str, float]]) -> None:
+    workers = trial_workers(settings.workers_per_trial, settings.cpus_per_trial, settings.gpus_per_trial,
+                            settings.experiment_path, 1)
+    need = workers.resources_per_worker
+    fitting = sum(int(min(node.get(key, 0) / value for key, value in need.items())) for node in nodes)
+    if fitting >= workers.workers and any(node.get("CPU", 0) >= DRIVER_CPU for node in nodes):
+        return
+    raise ConfigError(f"a trial's {workers.workers} workers ask for {need.get('CPU', 0):.3g} CPUs and "
+                      f"{need.get('GPU', 0):g} GPUs each, but the Ray cluster holds {fitting} such workers; lower "
+                      "--cpus-per-trial, --gpus-per-trial or --workers-per-trial")
 
 
 def open_experiment(settings: StudySettings, artifact_root: Path | None) -> str:

@@ -17,8 +17,12 @@ from typing import Any
 
 import ray._private.ray_constants as ray_constants
 from ray import tune
+from ray._raylet import PlacementGroupID
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback  # noqa: F401 (used by train_driver)
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.utils.util import unflattened_lookup
+from ray.util import get_current_placement_group, placement_group_table
+from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 # The versions every workaround below was read from and is tested with; pyproject.toml pins the same.
 TESTED_WITH = {"ray": "2.60.0", "mlflow": "3.17.2", "optuna": "5.0.0"}
@@ -119,6 +123,28 @@ def asha_rungs(scheduler: ASHAScheduler) -> list[tuple[float, dict[str, float]]]
     caller may change in place. ray 2.60.0: `ASHAScheduler._brackets`, each a `_Bracket` with `_rungs`."""
     (bracket,) = scheduler._brackets
     return bracket._rungs
+
+
+# ray 2.60.0 (DeveloperAPI, the Train-in-Tune user guide's): a Ray Train callback that hands rank 0's metrics of every
+# ray.train.report to the Tune trial that fits the trainer, with the reported checkpoint's path (on the Train run's
+# storage) under TRAIN_CHECKPOINT_PATH; it must be built inside that trial. Tune's checkpoint of the trial stays None.
+TRAIN_CHECKPOINT_PATH = CHECKPOINT_PATH_KEY
+
+
+def current_placement_group_id() -> str | None:
+    """The hex id of the placement group this worker (task or actor) runs in, or None."""
+    group = get_current_placement_group()
+    return group.id.hex() if group is not None else None
+
+
+def remove_placement_group_by_id(hex_id: str) -> bool:
+    """Remove the placement group of `hex_id` (current_placement_group_id), unless already removed or unknown;
+    whether it was there. ray 2.60.0: a PlacementGroup is built from its PlacementGroupID (ray._raylet, private);
+    placement_group_table's `state` is "REMOVED" once removed."""
+    if placement_group_table().get(hex_id, {}).get("state") in (None, "REMOVED"):
+        return False
+    remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(hex_id))))
+    return True
 
 
 # ray 2.60.0: the start of the line of CLIReporter's text that names Tune's staging folder of the experiment

@@ -71,7 +71,8 @@ def ranked_configurations(settings: StudySettings, table: pd.DataFrame, results,
 
 
 def confirm_tuner(settings: StudySettings, experiment_id: str, ranked: list[tuple[str, dict[str, Any]]],
-                  trainable, checkpoint_config: tune.CheckpointConfig) -> tune.Tuner:
+                  trainable, checkpoint_config: tune.CheckpointConfig,
+                  callbacks: list[tune.Callback]) -> tune.Tuner:
     """The stage's Tuner: restored where an interrupted study had started it, else a new one."""
     if tune.Tuner.can_restore(str(confirm_path(settings))):
         return tune.Tuner.restore(str(confirm_path(settings)), trainable, resume_unfinished=True,
@@ -82,12 +83,12 @@ def confirm_tuner(settings: StudySettings, experiment_id: str, ranked: list[tupl
         trainable,
         param_space={**trial_constants(settings), CONFIRM: tune.grid_search(grid)},
         tune_config=tune.TuneConfig(metric=OBJECTIVE, mode="max", max_concurrent_trials=settings.max_concurrent,
-                                    reuse_actors=True, trial_name_creator=trial_name,
+                                    reuse_actors=settings.workers_per_trial == 1, trial_name_creator=trial_name,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=CONFIRM_FOLDER, storage_path=str(settings.experiment_path),
             callbacks=[MLflowTrialCallback(settings.tracking_uri, experiment_id, settings.experiment,
-                                           stage=CONFIRM_STAGE)],
+                                           stage=CONFIRM_STAGE), *callbacks],
             checkpoint_config=checkpoint_config, failure_config=tune.FailureConfig(max_failures=0),
             progress_reporter=StudyReporter(parameter_columns(list(settings.space), confirm=True)), verbose=1),
     )

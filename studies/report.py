@@ -21,7 +21,7 @@ from studies.study_run import log_summary
 from studies.summary_print import print_search_summary
 from studies.tracking import close_finished_runs, runs_by_trial
 from studies.trainable import OBJECTIVE, trial_config
-from studies.trial_weights import delete_checkpoints, log_ended_trial
+from studies.trial_weights import delete_checkpoints, delete_train_run, ended_checkpoint, log_ended_trial
 from studies.trials_table import trial_dir, trials_table
 
 
@@ -33,8 +33,9 @@ def keep_ended_trials(settings: StudySettings, results, runs: dict[str, Any]) ->
         run = runs.get(trial_dir(result))
         if run is None:
             continue
-        log_ended_trial(settings.tracking_uri, run, result.checkpoint)
+        log_ended_trial(settings.tracking_uri, run, ended_checkpoint(result.checkpoint, result.metrics, result.filesystem))
         delete_checkpoints(result.filesystem, result.path)
+        delete_train_run(result.filesystem, result.metrics)
 
 
 def untrained_recall(config: dict[str, Any], folder: Path) -> float:

@@ -38,6 +38,7 @@ from studies.study import run_study, study_exists
 from studies.study_end import StudyFailed, sigterm_as_ctrl_c, sigterm_received
 from studies.tracking import default_tracking_uri
 from studies.trainable import TRIAL_DEFAULTS
+from studies.trial_workers import check_branches_per_worker, workers_and_gpus
 
 DEFAULT_STORAGE = "runs/studies"
 
@@ -85,7 +86,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="epochs of a trial that ASHA does not stop (each trial's --num-epochs)")
     parser.add_argument("--max-concurrent", type=_count, help="trials running at once")
     parser.add_argument("--cpus-per-trial", type=_cpus, help="default: per dataset, at most the CPUs of this machine")
-    parser.add_argument("--gpus-per-trial", type=_gpus, help="fractions share a GPU (default: 1 if CUDA, else 0)")
+    parser.add_argument("--gpus-per-trial", type=_gpus,
+                        help="fractions share a GPU; N above 1 trains each trial on N workers with a GPU each, its "
+                             "ensemble's branches split among them (default: 1 if CUDA, else 0)")
+    parser.add_argument("--workers-per-trial", type=_count, metavar="N",
+                        help="train each trial on N workers on CPUs, its branches split among them, sharing "
+                             "--cpus-per-trial (for testing what --gpus-per-trial N does; default: 1)")
     parser.add_argument("--address", type=_address,
                         help="an existing Ray cluster, e.g. 10.0.0.5:6379 (default: start one here, on 127.0.0.1)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<abs>/mlruns/mlflow.db)")
@@ -165,6 +171,9 @@ def parse_args(argv: list[str] | None = None) -> StudySettings:
     if "cost" in given and values["objective"] != "pareto":
         raise ConfigError(f"--cost {given['cost']} ranks trials only in a Pareto study; add --objective pareto or "
                           "drop --cost")
+    values["workers_per_trial"], values["gpus_per_trial"] = workers_and_gpus(values, given, saved)
+    if values["workers_per_trial"] > 1 and "cpus_per_trial" not in given and saved is None and args.address is None:
+        values["cpus_per_trial"] = min(max(values["cpus_per_trial"], values["workers_per_trial"]), available_cpus())
     if saved is None and "max_concurrent" not in given and args.address is None:
         values["max_concurrent"] = _concurrent_trials(values["cpus_per_trial"], values["gpus_per_trial"])
     if saved is None or args.space is not None:
@@ -180,6 +189,7 @@ def parse_args(argv: list[str] | None = None) -> StudySettings:
         tracking_uri=values["tracking_uri"], experiment=experiment, storage_path=storage_path, resume=args.resume,
         seed=values["seed"], fixed=values["fixed"], space=values["space"], objective=values["objective"],
         cost=values["cost"], confirm_top=values["confirm_top"], repeats=values["repeats"],
+        workers_per_trial=values["workers_per_trial"],
     )
 
 
@@ -199,6 +209,7 @@ def _searched(raw: dict[str, Any], values: dict[str, Any], name: str, where: str
     if not space:
         raise ConfigError("nothing left to search: the training options fix every key of the space; "
                           "drop one or pass a --space")
+    check_branches_per_worker(values["workers_per_trial"], space, constants, where)
     return space
 
 

@@ -37,6 +37,7 @@ class StudySettings:
     cost: str = "embedding_dims"  # PARETO_COSTS: what a Pareto study minimises
     confirm_top: int = CONFIRM_DEFAULTS["confirm_top"]  # best configurations trained again after the search (0: no confirmation stage)
     repeats: int = CONFIRM_DEFAULTS["repeats"]  # runs of each confirmed configuration and of the default one
+    workers_per_trial: int = 1  # above 1: each trial a Ray Train run of that many workers (studies/train_driver.py)
 
     @property
     def experiment_path(self) -> Path:
@@ -61,7 +62,10 @@ SMOKE = dict(num_samples=3, max_epochs=2, fixed=dict(image_size=32, max_per_clas
 KEPT = {"name": "the dataset", "data_path": "--data-path", "num_samples": "--num-samples",
         "max_epochs": "--max-epochs", "max_concurrent": "--max-concurrent", "seed": "--seed",
         "fixed": "a training option", "space": "--space", "tracking_uri": "--tracking-uri",
-        "objective": "--objective", "cost": "--cost", "confirm_top": "--confirm-top", "repeats": "--repeats"}
+        "objective": "--objective", "cost": "--cost", "confirm_top": "--confirm-top", "repeats": "--repeats",
+        "workers_per_trial": "--workers-per-trial"}
+# (--workers-per-trial is kept: a multi-worker trial's checkpoints are in its Ray Train run, a one-device trial's in
+# Tune's trial folder, so a resume with another number could not continue the unfinished trials.)
 # What a settings file written before an option existed holds for it: such a study had no confirmation stage.
 SAVED_BEFORE = {"confirm_top": 0, "repeats": 3}
 # Saved too, but --resume applies a new value (Tune asks for each trial's resources anew).

@@ -48,7 +48,9 @@ from studies.study_end import (
 from studies.study_lock import study_lock
 from studies.study_run import open_study_run
 from studies.tracking import MLflowTrialCallback, local_artifact_root
+from studies.train_driver import ReleaseTrainGroups, multi_worker_trainable
 from studies.trainable import EPOCH, OBJECTIVE, SCRATCH, train_ensemble, trial_config
+from studies.trial_workers import trial_workers
 
 # Checkpoints kept per trial: the two most recent. Each holds the training state to resume from
 # and the best epoch's weights so far (train_ensemble), so no older one is needed. Kept by recency,
@@ -61,8 +63,19 @@ CHECKPOINTS_PER_TRIAL = 2
 
 
 def trainable(settings: StudySettings):
-    """The trainable with each trial's CPUs and (possibly fractional) GPUs."""
+    """The trainable with each trial's CPUs and (possibly fractional) GPUs; for trials on several workers, the
+    driver of their Ray Train run (studies/train_driver.py)."""
+    if settings.workers_per_trial > 1:
+        return multi_worker_trainable(trial_workers(settings.workers_per_trial, settings.cpus_per_trial,
+                                                    settings.gpus_per_trial, settings.experiment_path,
+                                                    CHECKPOINTS_PER_TRIAL))
     return tune.with_resources(train_ensemble, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+
+
+def trial_callbacks(settings: StudySettings) -> list[tune.Callback]:
+    """What a study's Tuners need beside their MLflow and Optuna callbacks: for trials on several workers, the
+    release of an ended trial's workers."""
+    return [ReleaseTrainGroups()] if settings.workers_per_trial > 1 else []
 
 
 def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> tune.Tuner:
@@ -88,14 +101,15 @@ def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> 
         # metric and mode here (the scheduler takes them from here) also give Ray's console its best trial
         tune_config=tune.TuneConfig(metric=OBJECTIVE, mode="max",
                                     search_alg=ConcurrencyLimiter(searcher, settings.max_concurrent),
-                                    scheduler=scheduler, num_samples=settings.num_samples, reuse_actors=True,
+                                    scheduler=scheduler, num_samples=settings.num_samples,
+                                    reuse_actors=settings.workers_per_trial == 1,  # a reused driver keeps its workers
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=settings.experiment,
             storage_path=str(settings.storage_path),
             # the MLflow one first: a trial's run exists when its Optuna trial is made and names it
             callbacks=[MLflowTrialCallback(settings.tracking_uri, experiment_id, settings.experiment),
-                       record_callback(settings, experiment_id, n_classes)],
+                       record_callback(settings, experiment_id, n_classes), *trial_callbacks(settings)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_PER_TRIAL),
             failure_config=tune.FailureConfig(max_failures=0),
             progress_reporter=StudyReporter(parameter_columns(list(space))),
@@ -134,7 +148,8 @@ def run_study(settings: StudySettings) -> None:
             if settings.confirm_top:
                 ranked = ranked_configurations(settings, table, results, experiment_id)
                 confirming = confirm_tuner(settings, experiment_id, ranked, trainable(settings),
-                                           tune.CheckpointConfig(num_to_keep=CHECKPOINTS_PER_TRIAL))
+                                           tune.CheckpointConfig(num_to_keep=CHECKPOINTS_PER_TRIAL),
+                                           trial_callbacks(settings))
                 _fit_and_summarize(settings, confirming, experiment_id,
                                    lambda done: report_confirmation(settings, done, experiment_id))
         finally:
@@ -197,7 +212,8 @@ def open_parent_run(settings: StudySettings, experiment_id: str) -> str:
     if settings.objective == "pareto":
         params["cost"] = settings.cost
     tags = {"dataset": settings.name, "study_dir": str(settings.experiment_path),
-            "cpus_per_trial": f"{settings.cpus_per_trial:g}", "gpus_per_trial": f"{settings.gpus_per_trial:g}"}
+            "cpus_per_trial": f"{settings.cpus_per_trial:g}", "gpus_per_trial": f"{settings.gpus_per_trial:g}",
+            "workers_per_trial": str(settings.workers_per_trial)}
     return open_study_run(settings.tracking_uri, experiment_id, settings.experiment, params, tags, settings.space,
                           new=not settings.resume)
 

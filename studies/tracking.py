@@ -31,8 +31,14 @@ from studies.study_run import (
     set_runs_view,
     stopped_early,
 )
-from studies.trainable import CONFIRM, EPOCH, OBJECTIVE, trial_config, trial_cost
-from studies.trial_weights import delete_checkpoints, ended_in_saved_state, log_ended_trial
+from studies.trainable import CONFIRM, EPOCH, OBJECTIVE, REPORTED_AGAIN, WORLD_SIZE, trial_config, trial_cost
+from studies.trial_weights import (
+    delete_checkpoints,
+    delete_train_run,
+    ended_checkpoint,
+    ended_in_saved_state,
+    log_ended_trial,
+)
 
 DEFAULT_STORE = Path("mlruns")
 TRIAL_TAG, TRIAL_DIR_TAG, NUMBER_TAG = "trial_id", "trial_dir", "trial_number"
@@ -43,6 +49,9 @@ CHECKPOINT_ARTIFACT = "best_checkpoint"  # a `train --tracking-uri` run's best.p
 _MAX_TAG = 5000  # MLflow's limit on a tag value
 # What Ray adds to every result (times, host, pid, counters): Ray's bookkeeping, not the trial's metrics.
 RAY_KEYS = frozenset(AUTO_RESULT_KEYS) | {DONE, TRIAL_ID, EXPERIMENT_TAG, SHOULD_CHECKPOINT}
+# What a trial reports once it started, logged as its run's params: its resolved decisions and, for a multi-worker
+# trial, its number of workers (studies/train_driver.py).
+RESOLVED_KEYS = (*DECISION_KEYS, WORLD_SIZE)
 # A reported metric logged under another name: `lr` is the param (the config's value), this the epoch's.
 RENAMED = {"lr": "lr_epoch"}
 
@@ -132,7 +141,7 @@ class MLflowTrialCallback(tune.Callback):
 
     def _resolved_params(self, run_id: str, result: dict[str, Any]) -> list[Param]:
         """The values a trial resolved where its config said auto, once: the run's params say what ran."""
-        if run_id in self._resolved_logged or not any(key in result for key in DECISION_KEYS):
+        if run_id in self._resolved_logged or not any(key in result for key in RESOLVED_KEYS):
             return []
         self._resolved_logged.add(run_id)
         return resolved_params(result, self.client.get_run(run_id).data.params)  # a reopened run has them
@@ -144,7 +153,8 @@ class MLflowTrialCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         run_id = self.run_id(trial)
         step = int(result.get(EPOCH, result.get("training_iteration", 0)))
-        if trial.trial_id in self._reopened:  # the first epoch after a resume: record where it went on
+        if trial.trial_id in self._reopened and not result.get(REPORTED_AGAIN):  # the first epoch after a resume:
+            # record where it went on (not the epoch of its checkpoint, which a multi-worker trial reports again)
             self._reopened.discard(trial.trial_id)
             self.client.set_tag(run_id, "resumed_at_epoch", str(step))
         if step <= self._logged_epoch.get(trial.trial_id, 0):
@@ -176,7 +186,9 @@ class MLflowTrialCallback(tune.Callback):
 
     def _keep_weights(self, trial, run_id: str) -> None:
         """The ended trial's best weights to its run, and its checkpoints marked to go."""
-        log_ended_trial(self.tracking_uri, self.client.get_run(run_id), trial.checkpoint)
+        filesystem, _, _ = trial_storage(trial)
+        log_ended_trial(self.tracking_uri, self.client.get_run(run_id),
+                        ended_checkpoint(trial.checkpoint, trial.last_result, filesystem))
         self._ended.append(trial)
 
     def on_step_end(self, iteration, trials, **info) -> None:
@@ -186,6 +198,7 @@ class MLflowTrialCallback(tune.Callback):
         for trial in [t for t in self._ended if t.trial_id in ended]:
             filesystem, _, folder = trial_storage(trial)
             delete_checkpoints(filesystem, folder)
+            delete_train_run(filesystem, trial.last_result)
             self._ended.remove(trial)
 
     def on_experiment_end(self, trials, **info) -> None:
@@ -214,7 +227,7 @@ def config_params(flat: dict[str, Any]) -> list[Param]:
 
 def resolved_params(values: dict[str, Any], logged: dict[str, str]) -> list[Param]:
     """What a run chose where its config said auto (device, workers), unless logged already."""
-    return [Param(key, str(values[key])) for key in DECISION_KEYS if key in values and key not in logged]
+    return [Param(key, str(values[key])) for key in RESOLVED_KEYS if key in values and key not in logged]
 
 
 def selected(metrics: dict[str, float]) -> dict[str, float]:

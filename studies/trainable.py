@@ -5,7 +5,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray
 from ray import tune
@@ -18,6 +18,8 @@ from antimetric.training.run_folder import BEST_FILE, RETRIEVALS_FILE
 
 OBJECTIVE = "val_recall_at_1"  # Recall@1 on training classes held out from training
 EPOCH = "epoch"  # the time attribute ASHA schedules on
+REPORTED_AGAIN = "reported_again"  # True on a multi-worker trial's result of its checkpoint's epoch, again on resume
+WORLD_SIZE = "world_size"  # reported by a multi-worker trial (studies/train_driver.py): its workers, a param in MLflow
 # The trial's selected epoch so far (best OBJECTIVE) and its OBJECTIVE, reported every epoch for Ray's console; MLflow
 # logs its own best_* at each new selected epoch (studies/tracking.py).
 BEST_EPOCH, BEST_OBJECTIVE = "best_" + EPOCH, "best_" + OBJECTIVE
@@ -89,32 +91,42 @@ def train_ensemble(config: dict[str, Any]) -> None:
     landed there), and the checkpoints already hold all a trial keeps: the state to resume from
     (state.pt) and the best epoch's files so far (best.pt, retrievals.png). fit() writes no last.pt for the
     same reason."""
+    def report(metrics: dict[str, Any], folder: Path) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    train_trial(config, tune.get_context().get_trial_name(), tune.get_checkpoint(), report)
+
+
+def train_trial(config: dict[str, Any], trial_name: str, checkpoint, report: Callable[[dict[str, Any], Path], None],
+                keep_best: bool = True) -> None:
+    """fit() of a trial's config in a private scratch folder, from `checkpoint` (a Ray checkpoint, or None);
+    report(metrics, checkpoint folder) every epoch, while the folder exists. The best epoch's files so far travel
+    with every checkpoint when `keep_best` (in a multi-worker trial, rank 0's: only its run folder gets them)."""
     run_config = trial_config(config)
     cost = trial_cost(run_config)
-    checkpoint = tune.get_checkpoint()
     scratch = scratch_folder()
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="trial-", dir=scratch) as private:
         run_config.output_dir = private
-        run_config.run_name = tune.get_context().get_trial_name().replace("/", "_")  # the grid's title says it
+        run_config.run_name = trial_name.replace("/", "_")  # the grid's title says it
         run_dir = Path(private) / run_config.run_name  # fit() writes BEST_EPOCH_FILES there on each new best
         restored = Path(private) / "restored"  # the best epoch's files before a resume, while no newer best
         restored.mkdir()
 
-        def report(result: EpochResult, save_checkpoint) -> None:
+        def on_epoch_end(result: EpochResult, save_checkpoint) -> None:
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder))
                 best = run_dir if (run_dir / BEST_FILE).exists() else restored
-                for name in BEST_EPOCH_FILES:  # the best epoch's files so far travel with every checkpoint
-                    if (best / name).exists():
+                for name in BEST_EPOCH_FILES if keep_best else ():  # the best epoch's files so far travel with
+                    if (best / name).exists():  # every checkpoint
                         shutil.copy2(best / name, Path(folder) / name)
-                tune.report(reported(result, cost), checkpoint=tune.Checkpoint.from_directory(folder))
+                report(reported(result, cost), Path(folder))
 
         if checkpoint is None:
-            fit(run_config, report, write_last=False)
+            fit(run_config, on_epoch_end, write_last=False)
             return
         with checkpoint.as_directory() as folder:
             for name in BEST_EPOCH_FILES:  # copied: Ray deletes old checkpoints as new ones come
                 if (Path(folder) / name).exists():
                     shutil.copy2(Path(folder) / name, restored / name)
-            fit(run_config, report, resume_from=Path(folder), write_last=False)
+            fit(run_config, on_epoch_end, resume_from=Path(folder), write_last=False)

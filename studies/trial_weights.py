@@ -23,12 +23,13 @@ import torch
 from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.tracking import MlflowClient
 from pyarrow.fs import FileSelector, FileType
+from ray.tune import Checkpoint
 
 from antimetric.base.atomic import torch_save
 from antimetric.model.cost import branch_dim
 from antimetric.training.checkpoints import checkpoint_config, read_torch_file
 from antimetric.training.run_folder import BEST_FILE, RETRIEVALS_FILE
-from studies.compat import ended_trial_ids, is_experiment_state, trial_storage
+from studies.compat import TRAIN_CHECKPOINT_PATH, ended_trial_ids, is_experiment_state, trial_storage
 from studies.pyfunc_model import model_arguments
 
 MODEL_ARTIFACT = "model"  # runs:/RUN_ID/model: the run's logged model
@@ -94,6 +95,26 @@ def log_ended_trial(tracking_uri: str, run, checkpoint) -> None:
         return  # deleted after a trial that logged nothing (it had no best epoch)
     with checkpoint.as_directory() as folder:
         log_best_weights(tracking_uri, run.info.run_id, Path(folder))
+
+
+def ended_checkpoint(checkpoint, metrics: dict[str, Any] | None, filesystem):
+    """An ended trial's last checkpoint: Tune's (`checkpoint`), or, for a multi-worker trial (studies/train_driver.py),
+    which Tune keeps none of, its Train run's that its last `metrics` name, on the study's storage `filesystem`."""
+    path = (metrics or {}).get(TRAIN_CHECKPOINT_PATH)
+    if checkpoint is not None or not path:
+        return checkpoint
+    return Checkpoint(path, filesystem=filesystem)
+
+
+def delete_train_run(filesystem, metrics: dict[str, Any] | None) -> None:
+    """Delete the folder of an ended multi-worker trial's Train run (its checkpoints and Ray Train's snapshot of
+    them), which its last `metrics` name; nothing for a one-device trial."""
+    path = (metrics or {}).get(TRAIN_CHECKPOINT_PATH)
+    if not path or not CHECKPOINT_FOLDER.match(Path(path).name):
+        return
+    run_folder = str(Path(path).parent)
+    if filesystem.get_file_info(run_folder).type == FileType.Directory:  # not deleted before
+        filesystem.delete_dir(run_folder)
 
 
 def delete_checkpoints(filesystem, folder: str) -> None:

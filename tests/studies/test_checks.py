@@ -42,6 +42,10 @@ BAD_OPTIONS = [
     pytest.param(["--gpus-per-trial", "1"], "--gpus-per-trial",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
     (["--storage-path", "{read_only}"], "--storage-path"),
+    pytest.param(["--gpus-per-trial", "2"], "--gpus-per-trial",  # two workers with a GPU each
+                 marks=pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="this machine has 2 GPUs")),
+    # more workers than CPUs here (in ensembles that have as many branches)
+    (["--workers-per-trial", "{too_many}", "--ensemble-size", "{too_many}"], "--workers-per-trial"),
 ]
 
 
@@ -51,7 +55,8 @@ def test_a_bad_option_is_one_line(options, named, demo_data_path, study_dirs, tm
     a_file, read_only = tmp_path / "a-file", tmp_path / "read-only"
     a_file.write_text("")
     unwritable = read_only_folder(read_only) if "{read_only}" in options else contextlib.nullcontext()
-    options = [o.format(port=_closed_port(), file=a_file, read_only=read_only) for o in options]
+    options = [o.format(port=_closed_port(), file=a_file, read_only=read_only, too_many=available_cpus() + 1)
+               for o in options]
     argv = study_command(demo_data_path, study_dirs, *options)[3:]  # after `python -m studies.search`
     with unwritable:
         try:

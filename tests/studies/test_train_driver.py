@@ -1,0 +1,157 @@
+"""Trials on several workers (--workers-per-trial N on CPUs; --gpus-per-trial N on GPUs): each trial a Ray Train
+TorchTrainer of N workers, run by real Ray Tune, Optuna and MLflow."""
+import os
+import shlex
+import signal
+import subprocess
+import sys
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import antimetric
+from antimetric.base.cpus import available_cpus
+from antimetric.errors import ConfigError
+from studies.search import parse_args
+from studies.settings import save_settings, saved_settings
+from tests.fixtures.studies import (
+    RAY_ENV,
+    check_trial_runs,
+    check_trial_weights,
+    metric_steps,
+    study_command,
+    trial_runs,
+    wait_for_epochs,
+)
+
+WORKERS = ("--workers-per-trial", "2", "--backbone", "tiny", "--num-samples", "4", "--max-epochs", "3",
+           "--cpus-per-trial", "2", "--max-concurrent", "1")
+
+
+@pytest.mark.slow
+def test_a_study_of_two_worker_trials_stops_resumes_and_records_each_trial_once(demo_data_path, study_dirs,
+                                                                                 tmp_path):
+    """The issue's test: every trial on two workers; ASHA stops one, and the next trial's workers start (before
+    ReleaseTrainGroups the stopped trial's placement group held both CPUs of a 2-core machine: the next trial
+    waited for ever); Ctrl-C, then --resume continues the interrupted trial from its Train checkpoint; one MLflow
+    run per trial, its weights logged, no checkpoint left in the study's storage."""
+    if available_cpus() < 2:
+        pytest.skip("two workers need two CPUs")
+    dirs = study_dirs
+    err_path = tmp_path / "interrupted.err"
+    with err_path.open("w") as err:
+        driver = subprocess.Popen(study_command(demo_data_path, dirs, *WORKERS), stdout=subprocess.DEVNULL,
+                                  stderr=err, env={**os.environ, **RAY_ENV})
+        try:
+            wait_for_epochs(driver, dirs, lambda epochs: any(n >= 1 for n in epochs.values()))
+            driver.send_signal(signal.SIGINT)
+            assert driver.wait(timeout=120) == 130
+        finally:
+            driver.kill()
+            driver.wait()
+    client, before, _ = trial_runs(dirs["tracking_uri"])
+    interrupted = {r.data.tags["trial_id"]: len(metric_steps(client, r)) for r in before if r.info.status == "KILLED"}
+    assert interrupted, [r.info.status for r in before]
+    advice = [line for line in err_path.read_text().splitlines() if "--resume" in line]
+    assert len(advice) == 1, err_path.read_text()[-3000:]
+    command = shlex.split(advice[0].split(": ", 1)[1])
+
+    _resume_to_the_end(command, dirs, interrupted)
+
+
+@pytest.mark.slow
+def test_a_two_worker_trial_resumes_after_the_driver_is_killed(demo_data_path, study_dirs):
+    """SIGKILL the study's process while a two-worker trial runs: --resume continues it from its Train run's
+    checkpoint, as a one-device trial from Tune's."""
+    if available_cpus() < 2:
+        pytest.skip("two workers need two CPUs")
+    dirs = study_dirs
+    longer = (*WORKERS, "--max-epochs", "5")  # epochs left after the kill, beyond the checkpoint's
+    driver = subprocess.Popen(study_command(demo_data_path, dirs, *longer), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, **RAY_ENV})
+    try:
+        wait_for_epochs(driver, dirs, lambda epochs: any(n >= 2 for n in epochs.values()))
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    client, before, _ = trial_runs(dirs["tracking_uri"])
+    running = {r.data.tags["trial_id"]: len(metric_steps(client, r)) for r in before if r.info.status == "RUNNING"}
+    assert running, [r.info.status for r in before]
+    _resume_to_the_end([sys.executable, *study_command(demo_data_path, dirs, "--resume")[1:]], dirs, running)
+
+
+def _resume_to_the_end(command: list[str], dirs: dict, unfinished: dict[str, int]) -> None:
+    """Run the resume `command` to its end; then one finished MLflow run per trial, each of two workers, one stopped
+    by ASHA, the `unfinished` trials (id: epochs in MLflow before) gone on from a checkpoint, no epoch lost, the
+    weights of the whole ensemble logged, the Optuna record's trials as the runs, nothing left of the trials'
+    checkpoints and Train runs."""
+    resumed = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=600,
+                             env={**os.environ, **RAY_ENV})
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    client, runs, parents = trial_runs(dirs["tracking_uri"])
+    check_trial_runs(client, runs, parents, [])
+    by_trial = {r.data.tags["trial_id"]: r for r in runs}
+    assert len(by_trial) == len(runs) == 4  # one run per trial, across the interruption
+    assert [r.info.status for r in runs] == ["FINISHED"] * 4
+    assert {r.data.params["world_size"] for r in runs} == {"2"}  # what each trial's workers reported
+    assert any(r.data.tags["stopped_early"] == "true" for r in runs), [r.data.metrics.get("epoch") for r in runs]
+    for trial_id, epochs in unfinished.items():
+        if epochs >= 1:  # its workers went on from the Train run's checkpoint, not from epoch 1 (no tag: the
+            # checkpoint was of its last epoch, which it reported again)
+            assert by_trial[trial_id].data.tags.get("resumed_at_epoch") != "1"
+    for run in runs:  # no epoch lost: the one of a checkpoint that Tune had not taken yet is reported again
+        assert metric_steps(client, run) == list(range(1, len(metric_steps(client, run)) + 1))
+        trained = antimetric.load(run.info.run_id, tracking_uri=dirs["tracking_uri"])  # gathered from both workers
+        assert trained.meta_ids.shape[0] == int(run.data.params["ensemble_size"])
+        assert trained.epoch == run.data.metrics["best_epoch"]
+    check_trial_weights(client, runs, dirs["storage"])
+    optuna_trials = optuna.load_study(study_name="t", storage=f"sqlite:///{dirs['storage'].parent / 'optuna.db'}").trials
+    assert sorted(t.user_attrs["ray_trial_id"] for t in optuna_trials) == sorted(by_trial)  # the Optuna record
+    for trial in optuna_trials:
+        run = by_trial[trial.user_attrs["ray_trial_id"]]
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_recall_at_1")}
+        assert trial.intermediate_values == history, trial.number
+        assert trial.state == (TrialState.PRUNED if run.data.tags["stopped_early"] == "true" else TrialState.COMPLETE)
+    assert not any((dirs["storage"] / "t" / "train_runs").iterdir())  # each ended trial's Train run deleted
+
+
+def _settings(tmp_path, *args):
+    return parse_args(["demo", "--data-path", str(tmp_path), "--storage-path", str(tmp_path / "ray"),
+                       "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", *args])
+
+
+def test_the_workers_are_kept_with_the_study(tmp_path):
+    settings = _settings(tmp_path, "--workers-per-trial", "2", "--ensemble-size", "4")
+    assert (settings.workers_per_trial, settings.gpus_per_trial) == (2, 0)
+    settings.experiment_path.mkdir(parents=True)
+    save_settings(settings)
+    assert saved_settings(settings.experiment_path)["workers_per_trial"] == 2
+    assert _settings(tmp_path, "--resume").workers_per_trial == 2
+    with pytest.raises(ConfigError, match="--workers-per-trial was 2 for this study, not 3"):
+        _settings(tmp_path, "--resume", "--workers-per-trial", "3")
+    with pytest.raises(ConfigError, match="this study's trials have 2 workers each, not 4"):
+        _settings(tmp_path, "--resume", "--gpus-per-trial", "4")
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--workers-per-trial", "3", "--ensemble-size", "2"],
+     "--workers-per-trial 3: a trial's branches are split among its workers, and --ensemble-size gives ensembles of "
+     "2 branches; pass at most 2 workers or larger ensembles"),
+    (["--gpus-per-trial", "1.5"], "--gpus-per-trial 1.5: above 1 it is the trial's workers, a GPU each; pass a whole "
+                                  "number"),
+    (["--gpus-per-trial", "2", "--workers-per-trial", "3"],
+     "--workers-per-trial 3 with --gpus-per-trial 2: a trial's workers have a GPU each; pass one of the two"),
+    (["--gpus-per-trial", "0.5", "--workers-per-trial", "2"],
+     "--gpus-per-trial 0.5 with --workers-per-trial 2: each worker of a trial has a whole GPU; pass "
+     "--gpus-per-trial 2, or 0 to train on CPUs"),
+])
+def test_workers_that_cannot_work_are_one_line(tmp_path, options, message):
+    with pytest.raises(ConfigError) as error:
+        _settings(tmp_path, *options)
+    assert str(error.value) == message
+
+
+def test_the_built_in_space_bounds_the_workers(tmp_path):
+    with pytest.raises(ConfigError, match=r"the built-in demo space draws ensembles of \d+ branches"):
+        _settings(tmp_path, "--workers-per-trial", "1000")
