@@ -34,7 +34,6 @@ from studies.optuna_record import (
     trial_ending,
     write_study,
 )
-from studies.pareto import pareto_cost
 from studies.settings import StudySettings, trial_constants
 from studies.spaces import distributions
 from studies.tracking import TRIAL_TAG, trial_error_text
@@ -49,7 +48,7 @@ def record_callback(settings: StudySettings, experiment_id: str, n_classes: int)
     """The callback that keeps a study's Optuna record beside its MLflow store (optuna_storage_uri)."""
     fixed = trial_config(trial_constants(settings)).to_flat()
     return OptunaRecordCallback(optuna_storage_uri(settings), settings.experiment,
-                                distributions(settings.space, n_classes, fixed), pareto_cost(settings),
+                                distributions(settings.space, n_classes, fixed), settings.pareto_cost,
                                 settings.tracking_uri, experiment_id)
 
 

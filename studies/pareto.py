@@ -23,15 +23,10 @@ PARETO_TAG = "pareto"  # "true" on the runs of the front's trials, "false" on th
 FRONT_FILE = "pareto_front.csv"
 
 
-def pareto_cost(settings: StudySettings) -> str | None:
-    """The cost a Pareto study minimises; None for a study of Recall@1 alone."""
-    return settings.cost if settings.objective == "pareto" else None
-
-
 def search_objectives(settings: StudySettings) -> tuple[str | list[str], str | list[str]]:
     """OptunaSearch's metric and mode: Recall@1 to maximise and, in a Pareto study, the cost to minimise
     (Optuna's TPE sampler handles both)."""
-    cost = pareto_cost(settings)
+    cost = settings.pareto_cost
     return (OBJECTIVE, "max") if cost is None else ([OBJECTIVE, cost], ["max", "min"])
 
 

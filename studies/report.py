@@ -11,7 +11,7 @@ import pandas as pd
 from antimetric.training.loop import fit
 from studies.optuna_live import finish_study
 from studies.optuna_record import optuna_storage_uri, trial_records
-from studies.pareto import pareto_cost, record_front
+from studies.pareto import record_front
 from studies.plots import optuna_plots
 from studies.registry import register_best_trial
 from studies.settings import StudySettings, trial_constants
@@ -61,7 +61,7 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
         table_path = folder / "trials.csv"
         table.to_csv(table_path, index=False)
         fixed = trial_config(trial_constants(settings)).to_flat()
-        storage, cost = optuna_storage_uri(settings), pareto_cost(settings)
+        storage, cost = optuna_storage_uri(settings), settings.pareto_cost
         finish_study(trial_records(results, searched, cost), storage, settings.experiment,
                      distributions(settings.space, n_classes, fixed), cost)
         files = {"trials": table_path, **optuna_plots(storage, settings.experiment, folder)}

@@ -43,6 +43,11 @@ class StudySettings:
     def experiment_path(self) -> Path:
         return self.storage_path / self.experiment
 
+    @property
+    def pareto_cost(self) -> str | None:
+        """The cost a Pareto study minimises; None for a study of Recall@1 alone."""
+        return self.cost if self.objective == "pareto" else None
+
 
 # Per dataset, from its study defaults: trials, epochs (by default the dataset's --num-epochs, from its row of
 # the dataset table), concurrent trials, CPUs per trial (a GPU per trial where there is one). A study on this machine asks for no more CPUs per trial
