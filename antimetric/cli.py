@@ -165,7 +165,12 @@ def _prepare(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     """Train, or continue a run; under `torchrun --nproc-per-node N` branch-parallel on N processes, process 0
     alone printing and recording (training/distributed.py)."""
-    from antimetric.training.distributed import check_launch, join_process_group, launched_size, leave_process_group
+    from antimetric.training.parallel.distributed import (
+        check_launch,
+        join_process_group,
+        launched_size,
+        leave_process_group,
+    )
 
     values = given_options(args)
     config = None
@@ -186,8 +191,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_here(args: argparse.Namespace, values: dict, config: RunConfig | None) -> int:
-    from antimetric.training.distributed import rank
     from antimetric.training.loop import fit, resume_run
+    from antimetric.training.parallel.distributed import rank
 
     first = rank() == 0
     progress = not args.quiet and sys.stderr.isatty() and first
@@ -213,7 +218,7 @@ def _train_here(args: argparse.Namespace, values: dict, config: RunConfig | None
 
 
 def _run_tracker(args: argparse.Namespace, config: RunConfig | None):
-    """train --tracking-uri: the run's MLflow recorder (studies/run_tracker.py), which checks the store before
+    """train --tracking-uri: the run's MLflow recorder (studies/extensions/run_tracker.py), which checks the store before
     training starts; None without the option."""
     if args.tracking_uri is None:
         if args.experiment is not None:

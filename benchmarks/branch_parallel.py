@@ -50,8 +50,8 @@ def _peak_rss_mib() -> float:
 
 
 def _fit(values: dict, threads: int) -> dict:
-    from antimetric.training.distributed import rank
     from antimetric.training.loop import fit
+    from antimetric.training.parallel.distributed import rank
 
     torch.set_num_threads(threads)
     epochs = []

@@ -20,7 +20,7 @@ from antimetric.base.cpus import available_cpus
 from antimetric.data.settings import DATASETS
 from antimetric.errors import AntimetricError, ConfigError
 from antimetric.options import OneLineParser, add_config_arguments, given_options
-from studies.settings import (
+from studies.design.settings import (
     APPLIED,
     CONFIRM_DEFAULTS,
     KEPT,
@@ -32,13 +32,13 @@ from studies.settings import (
     default_experiment,
     saved_settings,
 )
-from studies.space_file import check_space, check_trial, load_space
-from studies.spaces import SPACES
-from studies.study import run_study, study_exists
-from studies.study_end import StudyFailed, sigterm_as_ctrl_c, sigterm_received
-from studies.tracking import default_tracking_uri
-from studies.trainable import TRIAL_DEFAULTS
-from studies.trial_workers import check_branches_per_worker, workers_and_gpus
+from studies.design.space_file import check_space, check_trial, load_space
+from studies.design.spaces import SPACES
+from studies.lifecycle.study import run_study, study_exists
+from studies.lifecycle.study_end import StudyFailed, sigterm_as_ctrl_c, sigterm_received
+from studies.record.tracking import default_tracking_uri
+from studies.trials.trainable import TRIAL_DEFAULTS
+from studies.trials.trial_workers import check_branches_per_worker, workers_and_gpus
 
 DEFAULT_STORAGE = "runs/studies"
 
@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # Config keys the study sets itself: the dataset (NAME), its folder and seeds (the study's --data-path and
-# --seed; each trial's own seed, validation split and fold: studies/seeds.py), the epochs (--max-epochs, also
+# --seed; each trial's own seed, validation split and fold: studies/design/seeds.py), the epochs (--max-epochs, also
 # spelled --num-epochs), and a run's own folder (each trial has one).
 STUDY_OWN_KEYS = ("data_name", "data_path", "seed", "split_seed", "val_fold", "num_epochs", "output_dir", "run_name",
                   "reuse_run_name")

@@ -75,8 +75,8 @@ def _demo_command(project: Path) -> list[str]:
 def test_demo_again_starts_a_new_study_that_is_not_refused(project):
     """A second `make demo` names its study demo-study-2 (the first, demo-study, exists: Ray's tuner.pkl in its
     folder), which check_resume does not refuse; --experiment in ARGS still picks the name."""
+    from studies.lifecycle.study import check_resume
     from studies.search import parse_args
-    from studies.study import check_resume
 
     first = _demo_command(project)
     assert first == ["-m", "studies.search", "demo", "--experiment", "demo-study", "--seed", "1"]

@@ -11,14 +11,14 @@ import antimetric
 from antimetric.cli import _parser as train_parser
 from antimetric.data.settings import CROP_TYPES, DATASETS
 from antimetric.model.settings import BACKBONE_NAMES, IMPLEMENTATIONS, PRECISIONS, SHARE_TYPES
+from studies.design.settings import OBJECTIVES, PARETO_COSTS
 from studies.search import _parser as study_parser
-from studies.settings import OBJECTIVES, PARETO_COSTS
 
 OWNERS = {  # name tuple -> the module that defines it
     DATASETS: "antimetric/data/settings.py", CROP_TYPES: "antimetric/data/settings.py",
     BACKBONE_NAMES: "antimetric/model/settings.py", SHARE_TYPES: "antimetric/model/settings.py",
     IMPLEMENTATIONS: "antimetric/model/settings.py", PRECISIONS: "antimetric/model/settings.py",
-    OBJECTIVES: "studies/settings.py", PARETO_COSTS: "studies/settings.py",
+    OBJECTIVES: "studies/design/settings.py", PARETO_COSTS: "studies/design/settings.py",
 }
 ROOT = Path(antimetric.__file__).parent.parent
 

@@ -14,7 +14,7 @@ from antimetric.errors import ConfigError
 
 GROUP = "antimetric.extensions"  # the entry-point group (pyproject.toml); a name, not this module's path
 MODEL_SOURCE = "model_source"  # (source: str, tracking_uri: str | None) -> Path of a local checkpoint file
-RUN_TRACKER = "run_tracker"  # (tracking_uri: str, experiment: str | None, config) -> RunTracker (studies/run_tracker.py)
+RUN_TRACKER = "run_tracker"  # (tracking_uri: str, experiment: str | None, config) -> RunTracker (studies/extensions/run_tracker.py)
 
 _INSTALL_HINT = "install the studies extras (pip install -e '.[studies]', as `make install` does)"
 

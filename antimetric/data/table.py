@@ -2,7 +2,7 @@
 
 `antimetric.training.config` (DATASETS, BOXED_DATASETS, DATASET_DEFAULTS), `antimetric.data.transforms`
 (MEAN_STD), `antimetric.data.readers` (READERS) and the studies (their trials' epochs) read these rows; a
-study's own defaults (trials, resources, search ranges) are in studies/study_defaults.py.
+study's own defaults (trials, resources, search ranges) are in studies/design/study_defaults.py.
 Adding a dataset is one reader module in antimetric/data/readers/ and one row below.
 
 This module imports nothing but the standard library: the config imports it, and a row names its

@@ -23,8 +23,17 @@ from antimetric.evaluation.metrics import recall_key
 from antimetric.model.device_plan import to_device_batch
 from antimetric.training.config import RunConfig, resolve
 from antimetric.training.decisions import DECISIONS_KEY, StartDecisions, split_recorded
-from antimetric.training.distributed import broadcast, check_group, check_shared_folder, every, gather, on_first, rank
 from antimetric.training.meta_classes import save_meta_ids
+from antimetric.training.parallel.distributed import (
+    broadcast,
+    check_group,
+    check_shared_folder,
+    every,
+    gather,
+    on_first,
+    rank,
+)
+from antimetric.training.parallel.whole_state import whole_model_state
 from antimetric.training.run_folder import (
     BEST_FILE,
     CONFIG_FILE,
@@ -40,7 +49,6 @@ from antimetric.training.run_folder import (
 from antimetric.training.session import EvalLoaders, TrainingSession, build_session
 from antimetric.training.state import BestTracker, load_training_state, save_training_state, seed_epoch
 from antimetric.training.step import branch_parallel_step, training_step
-from antimetric.training.whole_state import whole_model_state
 
 __all__ = ["EpochResult", "FitResult", "fit", "resume_run"]
 

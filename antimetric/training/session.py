@@ -26,9 +26,9 @@ from antimetric.model.device_plan import DevicePlan, plan_for
 from antimetric.model.ensemble import EnsembleNet, build_block, build_model
 from antimetric.training.config import RunConfig
 from antimetric.training.decisions import StartDecisions
-from antimetric.training.distributed import check_group, group_size, rank
 from antimetric.training.memory_estimate import check_memory
 from antimetric.training.meta_classes import assign_meta_classes, check_meta_class_size, load_meta_ids
+from antimetric.training.parallel.distributed import check_group, group_size, rank
 from antimetric.training.step import make_optimizer, prepare_device
 
 

@@ -24,14 +24,14 @@ from antimetric.training.checkpoints import (
     weights_mismatch,
 )
 from antimetric.training.decisions import DECISIONS_KEY
-from antimetric.training.distributed import rank
-from antimetric.training.session import TrainingSession
-from antimetric.training.whole_state import (
+from antimetric.training.parallel.distributed import rank
+from antimetric.training.parallel.whole_state import (
     block_model_state,
     block_optimizer_state,
     whole_model_state,
     whole_optimizer_state,
 )
+from antimetric.training.session import TrainingSession
 
 STATE_FILE = "state.pt"  # a resumable state in a checkpoint folder (a run folder keeps last.pt)
 

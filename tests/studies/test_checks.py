@@ -90,7 +90,7 @@ def test_default_cpus_per_trial_fit_this_machine():
 LIST_LISTENING = """
 import json, time
 from studies.search import parse_args
-from studies.study import start_ray
+from studies.lifecycle.study import start_ray
 import psutil, ray  # psutil comes with Ray
 start_ray(parse_args(["demo"]))
 time.sleep(2)  # Ray's first idle workers

@@ -1,10 +1,18 @@
-"""The confirmation stage's choices and report from plain rows (studies/confirm.py); the stage itself runs in
+"""The confirmation stage's choices and report from plain rows (studies/conclusions/confirm.py); the stage itself runs in
 test_confirm_stage.py."""
 import math
 
 import pandas as pd
 
-from studies.confirm import DEFAULT, UNTRAINED, candidates, confirmation_grid, confirmation_table, verdict, winner_row
+from studies.conclusions.confirm import (
+    DEFAULT,
+    UNTRAINED,
+    candidates,
+    confirmation_grid,
+    confirmation_table,
+    verdict,
+    winner_row,
+)
 
 
 def test_the_best_distinct_configurations_then_the_default():

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 from ray.tune.experiment import Trial
 from ray.tune.utils import log
 
-from studies.console import StudyReporter, parameter_columns, trial_dirname, trial_name
-from studies.trainable import CONFIRM
+from studies.lifecycle.console import StudyReporter, parameter_columns, trial_dirname, trial_name
+from studies.trials.trainable import CONFIRM
 
 
 def _trial(trial_id: str, tag: str, config: dict, status: str = Trial.TERMINATED, result: dict | None = None) -> Trial:

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from studies.intervals import Interval, interval
+from studies.conclusions.intervals import Interval, interval
 
 
 def test_three_repeats():

@@ -8,8 +8,8 @@ from mlflow.models import get_model_info
 
 import antimetric
 from antimetric.errors import ConfigError
-from studies.pyfunc_model import MODEL_CONFIG
-from studies.registry import model_name, register_best_trial
+from studies.record.pyfunc_model import MODEL_CONFIG
+from studies.record.registry import model_name, register_best_trial
 from tests.fixtures.studies import trial_runs
 
 pytestmark = pytest.mark.slow  # the session's smoke study

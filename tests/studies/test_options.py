@@ -10,10 +10,10 @@ from antimetric.errors import ConfigError
 from antimetric.model.backbones import BACKBONES
 from antimetric.model.settings import BACKBONE_NAMES
 from antimetric.training.config import RunConfig
+from studies.design.settings import save_settings
+from studies.design.spaces import SPACES
 from studies.search import _parser as study_parser
 from studies.search import parse_args
-from studies.settings import save_settings
-from studies.spaces import SPACES
 
 # `train` options a study does not take, and why: the dataset is the study's NAME, and a trial's
 # run folder is its own (in the study's storage); --resume, --json and --quiet mean other things there.

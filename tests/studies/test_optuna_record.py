@@ -19,10 +19,18 @@ import sqlalchemy
 from optuna.trial import TrialState
 from ray.tune import Result
 
-from studies.optuna_live import NOT_RESUMED, end_trial, finish_study, open_record, report_epoch, start_trial, trial_ids
-from studies.optuna_record import TrialRecord, load_command, optuna_storage_uri, trial_records, write_study
-from studies.settings import StudySettings
-from studies.spaces import distributions
+from studies.design.settings import StudySettings
+from studies.design.spaces import distributions
+from studies.record.optuna_live import (
+    NOT_RESUMED,
+    end_trial,
+    finish_study,
+    open_record,
+    report_epoch,
+    start_trial,
+    trial_ids,
+)
+from studies.record.optuna_record import TrialRecord, load_command, optuna_storage_uri, trial_records, write_study
 from tests.fixtures.studies import RAY_ENV, run_study, study_command, trial_runs
 
 SPACE = {"ensemble_size": {"type": "choice", "values": [3, 4]},
@@ -304,7 +312,7 @@ def test_the_record_numbers_trials_in_the_order_ray_made_them(tmp_path):
     from ray.train._internal.storage import StorageContext
     from ray.tune.experiment import Trial
 
-    from studies.optuna_live import OptunaRecordCallback
+    from studies.record.optuna_live import OptunaRecordCallback
 
     def made(trial_id: str) -> Trial:
         return Trial("train_ensemble", trial_id=trial_id, config={"ensemble_size": 3, "lr": 2e-3}, stub=True,

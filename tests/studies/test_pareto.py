@@ -12,12 +12,12 @@ from optuna.trial import TrialState
 
 from antimetric.errors import ConfigError
 from antimetric.model.backbones import get_backbone
-from studies.optuna_record import TrialRecord, write_study
-from studies.pareto import dominates, pareto_candidates
-from studies.plots import optuna_plots
+from studies.conclusions.pareto import dominates, pareto_candidates
+from studies.conclusions.plots import optuna_plots
+from studies.design.settings import SETTINGS_FILE, save_settings
+from studies.design.spaces import distributions
+from studies.record.optuna_record import TrialRecord, write_study
 from studies.search import main, parse_args
-from studies.settings import SETTINGS_FILE, save_settings
-from studies.spaces import distributions
 from tests.fixtures.studies import run_study, trial_runs
 
 COST_KEYS = ("embedding_dims", "params", "gflops_per_image")

@@ -1,4 +1,4 @@
-"""The study's plots (studies/plots.py) on a record like the demo's: most trials stopped early by ASHA."""
+"""The study's plots (studies/conclusions/plots.py) on a record like the demo's: most trials stopped early by ASHA."""
 import math
 import re
 import warnings
@@ -9,10 +9,10 @@ import pytest
 from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 from optuna.trial import TrialState
 
-from studies.optuna_record import TrialRecord, write_study
-from studies.param_plots import BEST_COLOR
-from studies.plots import interactive_figures, optuna_figures, optuna_plots
-from studies.spaces import distributions
+from studies.conclusions.param_plots import BEST_COLOR
+from studies.conclusions.plots import interactive_figures, optuna_figures, optuna_plots
+from studies.design.spaces import distributions
+from studies.record.optuna_record import TrialRecord, write_study
 
 SPACE = {"ensemble_size": {"type": "choice", "values": [4, 8, 12]},
          "meta_class_size": {"type": "int", "low": 2, "high": 12, "log": True},

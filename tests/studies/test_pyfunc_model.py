@@ -12,7 +12,7 @@ from PIL import Image
 
 import antimetric
 from antimetric.retrieval.trained import load
-from studies.pyfunc_model import save
+from studies.record.pyfunc_model import save
 from tests.fixtures.images import bomb_png, fifo
 
 

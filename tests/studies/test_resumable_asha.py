@@ -9,7 +9,7 @@ from ray.train._internal.storage import StorageContext
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from studies.resumable_asha import RUNGS_FILE, ResumableASHA
+from studies.trials.resumable_asha import RUNGS_FILE, ResumableASHA
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 

@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 import antimetric
+from studies.design.settings import SETTINGS_FILE
+from studies.lifecycle.study import cut_short_state_file
 from studies.search import main
-from studies.settings import SETTINGS_FILE
-from studies.study import cut_short_state_file
-from studies.trainable import SCRATCH
+from studies.trials.trainable import SCRATCH
 from tests.fixtures.studies import (
     RAY_ENV,
     check_parent_run,
@@ -88,7 +88,7 @@ def test_smoke_study_records_every_trial(demo_data_path, smoke_study, capsys, mo
     assert f"{searcher_state} was cut short" in proc.stderr, proc.stderr[-2000:]
 
     # every trial in the Optuna study beside the MLflow store; parallel coordinate and slice from every trial
-    # (a PRUNED one by its best epoch), importances only from 5 trials on (studies/plots.py)
+    # (a PRUNED one by its best epoch), importances only from 5 trials on (studies/conclusions/plots.py)
     trials = optuna.load_study(study_name="t", storage=f"sqlite:///{storage.parent / 'optuna.db'}").trials
     assert len(trials) == 3 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
     assert {"parallel_coordinate.png", "slice.png", "slice.html"} <= files and "param_importances.png" not in files
@@ -96,7 +96,7 @@ def test_smoke_study_records_every_trial(demo_data_path, smoke_study, capsys, mo
 
 @pytest.mark.slow
 def test_the_console_is_short_and_names_the_best_trial_by_its_selected_epoch(smoke_study):
-    """Ray's own table reporter (studies/console.py), without the boxes Ray's newer output prints as every trial
+    """Ray's own table reporter (studies/lifecycle/console.py), without the boxes Ray's newer output prints as every trial
     starts and ends, and without the libraries' chatter."""
     out = smoke_study.proc.stdout + smoke_study.proc.stderr
     assert len(out.splitlines()) <= 60, out

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import antimetric
-from studies.registry import model_name
+from studies.record.registry import model_name
 from tests.fixtures.images import bomb_png, fifo
 
 pytestmark = pytest.mark.slow  # the session's smoke study and an `mlflow models serve` subprocess

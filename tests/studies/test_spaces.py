@@ -5,10 +5,10 @@ import pytest
 from antimetric.data.table import TABLE
 from antimetric.errors import ConfigError
 from antimetric.training.meta_classes import check_meta_class_size
-from studies.settings import STUDY_DEFAULTS
-from studies.space_file import check_space
-from studies.spaces import SPACES, SpaceSampler, restrict, smallest_meta_class_size
-from studies.study_defaults import DATASET_STUDY_DEFAULTS
+from studies.design.settings import STUDY_DEFAULTS
+from studies.design.space_file import check_space
+from studies.design.spaces import SPACES, SpaceSampler, restrict, smallest_meta_class_size
+from studies.design.study_defaults import DATASET_STUDY_DEFAULTS
 
 
 @pytest.mark.parametrize("name,n_classes", [("demo", 24), ("demo", 5), ("cub", 80), ("car", 78), ("sop", 9054),
@@ -42,7 +42,7 @@ def test_restrict_drops_ensemble_sizes_without_a_valid_meta_class_size():
 
 def test_every_dataset_of_the_table_has_study_defaults_and_the_table_holds_no_study_concern():
     assert set(DATASET_STUDY_DEFAULTS) == set(TABLE), \
-        f"datasets without study defaults (studies/study_defaults.py): {set(TABLE) ^ set(DATASET_STUDY_DEFAULTS)}"
+        f"datasets without study defaults (studies/design/study_defaults.py): {set(TABLE) ^ set(DATASET_STUDY_DEFAULTS)}"
     assert not hasattr(TABLE["demo"], "study"), "the dataset table holds what a dataset is, not a study's defaults"
 
 
@@ -56,7 +56,7 @@ def test_every_dataset_of_the_table_has_a_space_and_defaults_a_study_accepts(nam
 def test_each_trial_trains_with_its_own_seed_from_the_study_seed():
     """The sampler adds each trial's seeds to its config: a training seed from the study seed and the trial's
     number (the same for the same study seed, another for another trial), and the study seed as split seed."""
-    from studies.seeds import repeat_seed, trial_seed
+    from studies.design.seeds import repeat_seed, trial_seed
 
     def seeds(study_seed: int) -> list[dict]:
         sampler = SpaceSampler(SPACES["demo"](), 24, {}, study_seed=study_seed)

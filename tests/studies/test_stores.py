@@ -6,8 +6,8 @@ import sqlite3
 import pytest
 
 import antimetric.cli as cli
+from studies.record.tracking import ensure_experiment
 from studies.search import main
-from studies.tracking import ensure_experiment
 from tests.fixtures.folders import read_only_folder
 from tests.fixtures.studies import study_command
 

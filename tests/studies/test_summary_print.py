@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from studies.settings import StudySettings
-from studies.summary_print import print_search_summary
+from studies.conclusions.summary_print import print_search_summary
+from studies.design.settings import StudySettings
 
 
 def _settings(tmp_path: Path) -> StudySettings:

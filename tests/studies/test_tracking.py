@@ -6,9 +6,9 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from studies.study_note import NOTE_TAG as NOTE
-from studies.study_run import VIEW_TAG, log_summary, open_study_run, runs_table_url, ui_command
-from studies.tracking import ensure_experiment, selected, trial_metrics, trial_run_name
+from studies.conclusions.study_note import NOTE_TAG as NOTE
+from studies.record.study_run import VIEW_TAG, log_summary, open_study_run, runs_table_url, ui_command
+from studies.record.tracking import ensure_experiment, selected, trial_metrics, trial_run_name
 
 SPACE = {"ensemble_size": {"type": "choice", "values": [4, 8]},
          "lr": {"type": "float", "low": 1e-3, "high": 5e-3, "log": True}}
@@ -135,8 +135,8 @@ def test_a_run_the_killed_driver_made_but_gave_no_params_gets_them_on_resume(tmp
 
     from ray.tune.experiment import Trial
 
-    from studies.study_run import parent_run
-    from studies.tracking import TRIAL_TAG, trial_run
+    from studies.record.study_run import parent_run
+    from studies.record.tracking import TRIAL_TAG, trial_run
 
     uri, experiment_id, client = _store(tmp_path)
     open_study_run(uri, experiment_id, "s", PARAMS, {}, SPACE, new=True)

@@ -13,8 +13,8 @@ from optuna.trial import TrialState
 import antimetric
 from antimetric.base.cpus import available_cpus
 from antimetric.errors import ConfigError
+from studies.design.settings import save_settings, saved_settings
 from studies.search import parse_args
-from studies.settings import save_settings, saved_settings
 from tests.fixtures.studies import (
     RAY_ENV,
     check_trial_runs,

@@ -3,8 +3,8 @@ import pytest
 import ray
 from ray import tune
 
-from studies.tracking import MLflowTrialCallback, ensure_experiment
-from studies.trainable import train_ensemble
+from studies.record.tracking import MLflowTrialCallback, ensure_experiment
+from studies.trials.trainable import train_ensemble
 from tests.fixtures.studies import check_trial_runs, trial_runs
 
 pytestmark = pytest.mark.slow  # Ray

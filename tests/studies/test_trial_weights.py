@@ -6,7 +6,7 @@ import torch
 import antimetric
 from antimetric.retrieval.evaluate_model import evaluate_model
 from antimetric.training.checkpoints import read_torch_file
-from studies.trial_weights import compact_weights
+from studies.record.trial_weights import compact_weights
 
 
 def _saved(state: dict, path: Path) -> Path:
@@ -38,7 +38,7 @@ def test_fp32_ensembles_keep_fp32_weights(demo_run):
 
 def test_a_logged_model_is_named_after_its_trial():
     """The experiment's Models tab lists each trial's model by the trial's name, not 20 rows of `model`."""
-    from studies.trial_weights import logged_model_name
+    from studies.record.trial_weights import logged_model_name
 
     assert logged_model_name("trial 7: ensemble_size=12, lr=2.1e-03") == "trial-7"
     assert logged_model_name("confirm: trial 7, repeat 1") == "confirm-trial-7-repeat-1"

@@ -18,8 +18,8 @@ import torch.multiprocessing as mp
 
 import antimetric
 from antimetric.training.config import RunConfig
-from antimetric.training.distributed import leave_process_group
 from antimetric.training.loop import fit, resume_run
+from antimetric.training.parallel.distributed import leave_process_group
 from antimetric.training.run_folder import BEST_FILE, CONFIG_FILE, EPOCHS_FILE, FEATURES_FILE, LAST_FILE
 
 pytestmark = pytest.mark.slow  # processes are spawned, each importing torch

@@ -1,5 +1,5 @@
 """One process at a time writes what antimetric generates in a dataset folder (the demo, the manifest, the cache);
-and holding_lock, the same kind of lock that refuses at once instead of waiting (a study's, studies/study_lock.py).
+and holding_lock, the same kind of lock that refuses at once instead of waiting (a study's, studies/lifecycle/study_lock.py).
 
 Two first uses at once (two `train` processes, two Ray trials) would otherwise both generate or prepare,
 and one would replace files the other is reading. Each dataset has an advisory lock file beside its
