@@ -164,7 +164,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     """Train, or continue a run; under `torchrun --nproc-per-node N` branch-parallel on N processes, process 0
-    alone printing and recording (training/distributed.py)."""
+    alone printing and recording (training/parallel/distributed.py)."""
     from antimetric.training.parallel.distributed import (
         check_launch,
         join_process_group,

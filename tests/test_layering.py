@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import antimetric
+from tests.fixtures.layers import imported_names, modules_per_folder, package_sources, upward_imports
 
 FORBIDDEN = ("ray", "mlflow", "optuna", "pandas", "studies", "kernels", "benchmarks")
 # The core's layers, low to high: a module imports only its own folder and lower layers; folders of one layer
@@ -97,23 +98,11 @@ def test_no_core_module_loads_the_studies_stack():
     assert not failed, failed
 
 
-def _imported_names(tree: ast.AST):
-    """(line, module) of every import statement and every import_module/__import__ call with a literal name."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            yield from ((node.lineno, alias.name) for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            yield node.lineno, "." * node.level + (node.module or "")
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None))
-              in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant)):
-            yield node.lineno, str(node.args[0].value)
-
-
 def test_no_core_source_imports_the_studies_stack_even_lazily():
     """Also inside functions, which the import check above does not run: the core calls studies' code only
     through entry points (antimetric/base/extensions.py)."""
     found = [f"{path.relative_to(CORE.parent)}:{line}: {name}" for path in source_files()
-             for line, name in _imported_names(ast.parse(path.read_text(), str(path)))
+             for line, name in imported_names(ast.parse(path.read_text(), str(path)))
              if name.partition(".")[0] in FORBIDDEN]
     assert not found, found
 
@@ -122,7 +111,7 @@ def test_tests_import_shared_code_from_fixtures_never_from_a_conftest_or_a_test_
     """tests/fixtures/ holds what tests share; a conftest.py holds fixtures, which pytest hands out."""
     tests = Path(__file__).parent
     found = [f"{path.relative_to(tests.parent)}:{line}: {name}" for path in sorted(tests.rglob("*.py"))
-             for line, name in _imported_names(ast.parse(path.read_text(), str(path)))
+             for line, name in imported_names(ast.parse(path.read_text(), str(path)))
              if any(part == "conftest" or part.startswith("test_") for part in name.split("."))]
     assert not found, found
 
@@ -134,24 +123,12 @@ def _part(module: str) -> str:
     return "face" if part in ("__init__", "__main__", "cli", "options") else part
 
 
-def upward_imports(sources: dict[str, str]) -> list[str]:
-    """'module:line: imported' for every import (also inside functions) of a core module from a higher layer, or
-    from another folder of its own layer. sources: module name -> its source text."""
-    found = []
-    for module, text in sources.items():
-        own = _part(module)
-        for line, name in _imported_names(ast.parse(text, module)):
-            if not name.startswith("antimetric.") or name == "antimetric":
-                continue
-            other = _part(name)
-            if other != own and LAYERS[other] >= LAYERS[own]:
-                found.append(f"{module}:{line}: {name}")
-    return found
-
-
 def _sources() -> dict[str, str]:
-    return {".".join(("antimetric", *path.relative_to(CORE).with_suffix("").parts)).removesuffix(".__init__"):
-            path.read_text() for path in source_files()}
+    return package_sources(CORE)
+
+
+def core_upward_imports(sources: dict[str, str]) -> list[str]:
+    return upward_imports(sources, LAYERS, _part)
 
 
 def test_every_part_of_the_core_has_a_layer():
@@ -159,7 +136,7 @@ def test_every_part_of_the_core_has_a_layer():
 
 
 def test_no_import_arrow_runs_up_the_layers():
-    assert not upward_imports(_sources())
+    assert not core_upward_imports(_sources())
 
 
 @pytest.mark.parametrize("planted", [
@@ -171,4 +148,12 @@ def test_the_layer_check_finds_a_planted_upward_import(planted):
     module, line = planted
     sources = _sources()
     sources[module] += "\n" + line + "\n"
-    assert len(upward_imports(sources)) == 1
+    assert len(core_upward_imports(sources)) == 1
+
+
+def test_the_core_has_a_small_face_and_small_folders():
+    """A newcomer finds a thing by its folder: at most 6 modules at the top (the face, errors), at most 10 in
+    a folder. A folder that outgrows that splits by role, as training/parallel/ did."""
+    counts = modules_per_folder(CORE)
+    assert counts.pop(".") <= 6
+    assert max(counts.values()) <= 10, counts

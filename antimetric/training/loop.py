@@ -84,7 +84,7 @@ def fit(config: RunConfig, on_epoch_end: EpochCallback | None = None, *, resume_
     resume_from: a state saved by on_epoch_end's save_checkpoint (a folder) or a last.pt, to continue
     from. write_last=False skips the run folder's last.pt (for callers that keep their own states).
 
-    In a group of processes (training/distributed.py) every process calls fit() alike and trains its block of
+    In a group of processes (training/parallel/distributed.py) every process calls fit() alike and trains its block of
     branches; process 0 alone makes and writes the run folder and shows progress, and the others' on_epoch_end
     get the same results (save_checkpoint must be called on every process: it gathers the branches)."""
     config = resolve(config)

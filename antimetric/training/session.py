@@ -58,7 +58,7 @@ class TrainingSession:
 
     @property
     def branch_parallel(self) -> bool:
-        """Whether this process holds one block of the ensemble's branches (training/distributed.py)."""
+        """Whether this process holds one block of the ensemble's branches (training/parallel/distributed.py)."""
         return self.model.ensemble_size != self.model.whole_size
 
 

@@ -1,7 +1,7 @@
 """The confirmation stage: after the search, the best configurations and the default one trained again,
 each `--repeats` times with its own seed and validation fold (studies/design/seeds.py), and reported as means with
 95 % intervals. This module picks what to confirm and makes the table and the verdict from plain rows;
-confirm_stage.py runs it with Ray Tune and records it.
+lifecycle/confirm_stage.py runs it with Ray Tune and records it.
 
 A search picks its winner by a single noisy validation number, so the search's best is biased upwards;
 training it again on other seeds and validation classes tells whether it really beats the default.

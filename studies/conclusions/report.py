@@ -27,7 +27,7 @@ from studies.trials.trainable import OBJECTIVE, trial_config
 
 def keep_ended_trials(settings: StudySettings, results, runs: dict[str, Any]) -> None:
     """Each trial's best weights (its logged model) and retrieval grid in its run, where the MLflow callback did
-    not log them when it ended (a driver killed before: trial_weights.py); then its checkpoints deleted: the
+    not log them when it ended (a driver killed before: record/trial_weights.py); then its checkpoints deleted: the
     study's state is saved, every trial ended, no resume needs them. `runs`: the trials' runs (runs_by_trial)."""
     for result in results:
         run = runs.get(trial_dir(result))
@@ -47,7 +47,7 @@ def untrained_recall(config: dict[str, Any], folder: Path) -> float:
 
 def summarize(settings: StudySettings, results, experiment_id: str, n_classes: int) -> pd.DataFrame:
     """The search's summary. With a confirmation stage to come, the model registered is its winner's, not the
-    search's best trial's (confirm_stage.py)."""
+    search's best trial's (lifecycle/confirm_stage.py)."""
     searched = list(settings.space)
     runs = runs_by_trial(settings.tracking_uri, experiment_id)
     table = trials_table(results, searched, runs)

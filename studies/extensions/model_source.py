@@ -2,8 +2,8 @@
 `antimetric.base.extensions:model_source`) for an MLflow run id, `runs:/RUN_ID[/PATH]` or `models:/NAME/VERSION`
 (also `models:/NAME@ALIAS` and `models:/NAME/latest`).
 
-A run's checkpoint is the one inside its logged model `model` (a study's trial: trial_weights.py, a pyfunc
-model: pyfunc_model.py) or its artifact best_checkpoint/best.pt (a `train --tracking-uri` run's, or a trial of a
+A run's checkpoint is the one inside its logged model `model` (a study's trial: record/trial_weights.py, a pyfunc
+model: record/pyfunc_model.py) or its artifact best_checkpoint/best.pt (a `train --tracking-uri` run's, or a trial of a
 study from before 2026-12-03); a registered version's is the checkpoint inside the logged model it was registered from. Files are downloaded to a
 temporary folder of this process, removed when it exits: the loaded ensemble holds its weights in memory.
 """

@@ -1,4 +1,4 @@
-"""`antimetric train --tracking-uri`: a plain run recorded in MLflow as a study's trial is (tracking.py), so that
+"""`antimetric train --tracking-uri`: a plain run recorded in MLflow as a study's trial is (record/tracking.py), so that
 single runs and studies sit side by side in one experiment (by default the dataset's, `<dataset>-study`).
 
 The run gets the resolved config as params (what was auto as the run chose it), every epoch's metrics at

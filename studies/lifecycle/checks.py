@@ -134,7 +134,7 @@ def quiet_store_errors() -> Iterator[None]:
 
 
 def check_optuna_storage(settings: StudySettings) -> None:
-    """The SQLite file the Optuna record goes to as the study runs (optuna_live.py) can be read and
+    """The SQLite file the Optuna record goes to as the study runs (record/optuna_live.py) can be read and
     written now: a corrupt, read-only or locked one would otherwise fail the study once its first trial started."""
     uri = optuna_storage_uri(settings)
     path = Path(uri[len("sqlite:///"):])

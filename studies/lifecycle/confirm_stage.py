@@ -1,11 +1,11 @@
-"""The confirmation stage run with Ray Tune and recorded in MLflow (what it trains and reports: confirm.py).
+"""The confirmation stage run with Ray Tune and recorded in MLflow (what it trains and reports: conclusions/confirm.py).
 
 Its runs are trials of a second Tuner of the same trainable, a grid over (configuration, repeat) with Tune's
 FIFO scheduler (never stopped early), kept in the folder `confirm` of the study's own folder so that
 --resume continues them; in MLflow they are nested under the study's run, tagged stage=confirm, and left
 out of the Optuna record (they are not samples of the searcher). The study's run gets confirmation.csv,
 confirmation.png, the winner's and the default's intervals, the verdict, and a description and tags that lead
-to the winner (study_note.py); the registered model is the winner's repeat of the best validation Recall@1.
+to the winner (conclusions/study_note.py); the registered model is the winner's repeat of the best validation Recall@1.
 """
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ from studies.trials.trial_workers import trial_workers
 # experiment state names as the one to resume from, and a study killed at that moment could not
 # resume that trial ("checkpoint does not exist on storage anymore"). A ResNet18 x 48 checkpoint
 # with its Adam state is several GB; an ended trial's are deleted once its best weights are in MLflow
-# (trial_weights.py), so a study keeps checkpoints of its unfinished trials only.
+# (record/trial_weights.py), so a study keeps checkpoints of its unfinished trials only.
 CHECKPOINTS_PER_TRIAL = 2
 
 
@@ -90,7 +90,7 @@ def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> 
             sampler=optuna.samplers.TPESampler(seed=settings.seed,
                                                n_startup_trials=max(2, min(10, settings.num_samples // 2))),
         )
-    if settings.objective == "pareto":  # no ASHA: stopping on Recall@1 alone would bias the front (pareto.py)
+    if settings.objective == "pareto":  # no ASHA: stopping on Recall@1 alone would bias the front (conclusions/pareto.py)
         scheduler = pareto_scheduler()
     else:
         scheduler = ResumableASHA(time_attr=EPOCH, max_t=settings.max_epochs,

@@ -136,7 +136,7 @@ def log_summary(tracking_uri: str, experiment_id: str, study: str, files: dict[s
                 params: dict[str, Any] | None = None) -> str:
     """The end of a study, on its parent run: the tables and plots, best_config.json, the trial counts, the
     best trial's selected-epoch metrics as best_*, the untrained baseline, `tags` (its description, its
-    winner: study_note.py) and `params`. Then FINISHED. A param logged before (a study summarized again after
+    winner: conclusions/study_note.py) and `params`. Then FINISHED. A param logged before (a study summarized again after
     --resume) is kept: MLflow refuses a changed one; a changed value is said on stderr."""
     client = MlflowClient(tracking_uri)
     run_id, _ = parent_run(client, experiment_id, study)

@@ -285,7 +285,7 @@ def trial_run(client: MlflowClient, experiment_id: str, parent_id: str, trial, s
     tags = {TRIAL_TAG: trial.trial_id, TRIAL_DIR_TAG: Path(trial.path).name, STUDY_TAG: study, STAGE_TAG: stage,
             "dataset": str(config.get("data_name", "")), PARENT_ID_TAG: parent_id}
     if stage == SEARCH:
-        named = re.fullmatch(r"trial (\d+)", str(trial))  # a study's trials are named by their number (console.py)
+        named = re.fullmatch(r"trial (\d+)", str(trial))  # a study's trials are named by their number (lifecycle/console.py)
         number = int(named[1]) if named else len(client.search_runs(  # your own Tuner: the search trials before it
             [experiment_id], max_results=50_000,
             filter_string=f"tags.`{PARENT_ID_TAG}` = '{parent_id}' AND tags.{NUMBER_TAG} != ''"))
