@@ -41,6 +41,16 @@ def value_kind(f: dataclasses.Field) -> str:
 _KIND_TEXT = {"bool": "true or false", "int": "a whole number", "float": "a number", "text": "text"}
 
 
+def is_whole(value: Any) -> bool:
+    """A whole number, and not a bool (True is an int to Python, never a count to a user)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_count(value: Any) -> bool:
+    """A whole number of 0 or more: an epoch, a number of workers, MiB of memory, as a record holds them."""
+    return is_whole(value) and value >= 0
+
+
 def check_value(f: dataclasses.Field, value: Any) -> None:
     """A typed value (a study's space, a config.json) of the type the command line gives field f: "false" for a
     flag, 32.5 or True for a whole number, are refused. None passes where the field's default is None."""
@@ -48,7 +58,7 @@ def check_value(f: dataclasses.Field, value: Any) -> None:
     if (value is None and f.default is None) or kind == "parsed":
         return
     accepted = {"bool": isinstance(value, bool),
-                "int": isinstance(value, numbers.Integral) and not isinstance(value, bool),
+                "int": is_whole(value),
                 "float": isinstance(value, numbers.Real) and not isinstance(value, bool),
                 "text": isinstance(value, (str, os.PathLike))}[kind]
     if not accepted:

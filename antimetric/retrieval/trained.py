@@ -23,12 +23,7 @@ from antimetric.errors import ConfigError
 from antimetric.model import cost
 from antimetric.model.device_plan import plan_for, to_device_batch
 from antimetric.model.ensemble import EnsembleNet, build_model
-from antimetric.training.checkpoints import (
-    check_trained_state,
-    checkpoint_config,
-    checkpoint_decisions,
-    read_torch_file,
-)
+from antimetric.training.checkpoints import check_trained_state, read_torch_file
 from antimetric.training.config import RunConfig
 from antimetric.training.decisions import StartDecisions
 from antimetric.training.memory_estimate import check_memory
@@ -116,11 +111,10 @@ def load(source: str | Path, *, device: str = "auto", tracking_uri: str | None =
     URI (MLflow sources need the studies extras; `tracking_uri` defaults to MLflow's own resolution, then
     the studies' store mlruns/mlflow.db)."""
     path = checkpoint_file(source, tracking_uri)
-    state = read_checkpoint(path)  # checked whole, its config resolved with a run's bounds and types
-    config = checkpoint_config(state["config"], path)
+    state, config, decided = read_checkpoint(path)  # checked whole, its config resolved with a run's bounds and types
     torch_device = pick_device(device)
     layout = weight_layout(state["model"])
-    trained_in = checkpoint_decisions(state, path).get("precision", config.train.precision)
+    trained_in = decided.get("precision", config.train.precision)
     plan = plan_for(torch_device, layout, precision=trained_in, backbone=config.model.backbone)
     check_memory(config, torch_device, training=False, plan=plan)
     with torch_device:
@@ -155,12 +149,13 @@ def checkpoint_file(source: str | Path, tracking_uri: str | None = None) -> Path
                       "or models:/NAME/VERSION")
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint's contents, read without unpickling code (weights_only) and checked whole: a damaged
-    file is one ConfigError naming it (antimetric.training.checkpoints)."""
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], RunConfig, dict[str, Any]]:
+    """A checkpoint's contents, read without unpickling code (weights_only) and checked whole (a damaged
+    file is one ConfigError naming it: antimetric.training.checkpoints), with its resolved config and its run's
+    decisions."""
     state = read_torch_file(path)
-    check_trained_state(state, path)
-    return state
+    config, decided = check_trained_state(state, path)
+    return state, config, decided
 
 
 def _checkpoint_metrics(state: dict[str, Any], epoch: int) -> dict[str, float]:

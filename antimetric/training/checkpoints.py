@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from antimetric.base.fields import is_count
 from antimetric.errors import ConfigError
 from antimetric.model.ensemble import build_model
 from antimetric.training.config import RunConfig, resolve
@@ -63,8 +64,9 @@ def damaged(path: Path, what: str) -> ConfigError:
     return ConfigError(f"{path} is a damaged checkpoint: {what}; {_REMEDY}")
 
 
-def check_trained_state(state: Any, path: Path) -> None:
-    """Everything antimetric.load takes from a checkpoint's contents, checked; ConfigError otherwise."""
+def check_trained_state(state: Any, path: Path) -> tuple[RunConfig, dict[str, Any]]:
+    """Everything antimetric.load takes from a checkpoint's contents, checked; ConfigError otherwise. Returns
+    what the checks read: the resolved config and the run's decisions (checkpoint_decisions)."""
     if not isinstance(state, dict):
         raise ConfigError(f"{path} is not an antimetric checkpoint (it holds a {type(state).__name__}, not a "
                           f"dict); {_REMEDY}")
@@ -73,13 +75,13 @@ def check_trained_state(state: Any, path: Path) -> None:
         raise ConfigError(f"{path} is not an antimetric checkpoint (it has no {', '.join(missing)}); {_REMEDY}")
     config = checkpoint_config(state["config"], path)
     _check_meta_ids(state["meta_ids"], config, path)
-    if "epoch" in state and not _is_count(state["epoch"]):
+    if "epoch" in state and not is_count(state["epoch"]):
         raise damaged(path, f"its epoch is {state['epoch']!r}, not a whole number")
     if "metrics" in state and not _is_metrics(state["metrics"]):
         raise damaged(path, "its metrics are not a dict of numbers")
     if "tracker" in state:
         check_tracker(state["tracker"], path)
-    checkpoint_decisions(state, path)
+    decisions = checkpoint_decisions(state, path)
     weights = state["model"]
     if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                 for k, v in weights.items()):
@@ -90,6 +92,7 @@ def check_trained_state(state: Any, path: Path) -> None:
     mismatch = weights_mismatch(expected, weights)
     if mismatch:
         raise damaged(path, f"its weights do not fit the {layout} network its config describes ({mismatch})")
+    return config, decisions
 
 
 def checkpoint_config(values: Any, path: Path) -> RunConfig:
@@ -110,10 +113,6 @@ def checkpoint_decisions(state: dict[str, Any], path: Path) -> dict[str, Any]:
     if DECISIONS_KEY in state:
         return StartDecisions.from_dict(state[DECISIONS_KEY], f"{path} is a damaged checkpoint").as_dict()
     return split_recorded(state["config"])[1]
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _is_metrics(value: Any) -> bool:

@@ -11,16 +11,18 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from antimetric.base.fields import is_count
 from antimetric.errors import ConfigError
-from antimetric.model.settings import IMPLEMENTATIONS
+from antimetric.model.settings import IMPLEMENTATIONS, PRECISIONS
 
 DECISIONS_KEY = "decisions"  # beside the config's keys in config.json, and in a checkpoint
+DECIDED_PRECISIONS = tuple(p for p in PRECISIONS if p != "auto")  # what "auto" settles to
 
 
 @dataclass(frozen=True)
 class StartDecisions:
     device: str  # "cpu", "cuda", "cuda:1"
-    precision: str  # of the forward pass: "bf16" or "fp32"
+    precision: str  # of the forward pass: one of DECIDED_PRECISIONS
     implementation: str  # the network the weights are laid out for: "batched" or "reference"
     num_workers: int | None = None  # data-loader processes; None where nothing loads a dataset (a loaded ensemble)
     image_memory: int | None = None  # MiB of decoded images kept between epochs; None likewise
@@ -33,16 +35,12 @@ class StartDecisions:
         """Decisions a config.json or checkpoint recorded; a ConfigError naming `where` if they are damaged."""
         fields = {f.name for f in dataclasses.fields(cls)}
         if not (isinstance(values, dict) and {"device", "precision", "implementation"} <= set(values) <= fields
-                and isinstance(values["device"], str) and values["precision"] in ("bf16", "fp32")
+                and isinstance(values["device"], str) and values["precision"] in DECIDED_PRECISIONS
                 and values["implementation"] in IMPLEMENTATIONS
-                and all(_is_count_or_none(values.get(key)) for key in ("num_workers", "image_memory"))):
+                and all(values.get(key) is None or is_count(values[key]) for key in ("num_workers", "image_memory"))):
             raise ConfigError(f"{where}: its {DECISIONS_KEY!r} are not the decisions of a run ({values!r:.200}); "
                               "train it again")
         return cls(**values)
-
-
-def _is_count_or_none(value: Any) -> bool:
-    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
 
 
 DECISION_KEYS = tuple(f.name for f in dataclasses.fields(StartDecisions))  # also config fields (but for their values)

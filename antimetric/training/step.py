@@ -21,13 +21,22 @@ def prepare_device(plan: DevicePlan) -> None:
     torch.backends.cudnn.benchmark = plan.cudnn_benchmark
 
 
+def _forward_loss(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, bf16: bool,
+                  whole_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, logits): the model's logits (b, k, d) for its k branches, under bf16 autocast if asked
+    (DevicePlan.bf16), and the sum of their cross-entropies against targets (b, k) over b x whole_size, the
+    whole ensemble's branches: the mean when the model holds them all, this block's share when it holds k."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(images)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+    return loss / (images.shape[0] * whole_size), logits
+
+
 def training_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                   optimizer: torch.optim.Optimizer, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy over branches of logits (b, m, d) against meta-class targets (b, m), under
     bf16 autocast if asked (DevicePlan.bf16). Returns (loss, logits), both detached."""
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits = model(images)  # (b, m, d)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    loss, logits = _forward_loss(model, images, targets, bf16, whole_size=targets.shape[1])
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -41,10 +50,7 @@ def branch_parallel_step(model: EnsembleNet, images: torch.Tensor, targets: torc
     (the sum of its cross-entropies over batch x whole ensemble, so that the shares add up to training_step's
     mean), then one all-reduce of the trunk's gradients; each process steps its own parameters. targets: this
     block's meta-class targets (b, k). Returns (the whole ensemble's loss, this block's logits), detached."""
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits = model(images)  # (b, k, d)
-        share = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum") \
-            / (images.shape[0] * model.whole_size)
+    share, logits = _forward_loss(model, images, targets, bf16, whole_size=model.whole_size)
     optimizer.zero_grad(set_to_none=True)
     share.backward()
     grads = [p.grad for p in model.trunk.parameters() if p.grad is not None]

@@ -63,18 +63,30 @@ def test_a_module_name_from_before_the_folders_imports_as_its_new_place(old):
     assert not (ROOT / (old.replace(".", "/") + ".py")).exists()  # an alias only, never a second copy
 
 
-def test_a_pickle_that_names_a_class_by_its_old_path_loads_the_class_at_its_new_place():
-    """As Ray's tuner.pkl (the scheduler) and an MLflow model's python_model.pkl were written before the move:
-    the GLOBAL opcode names module and class; unpickling imports the module by that name. In a fresh
-    interpreter, so that nothing this test session imported already answers the name."""
-    code = ("import pickle; "
-            "print(pickle.loads(b'cstudies.pyfunc_model\\nEnsembleModel\\n.').__module__, "
-            "pickle.loads(b'cstudies.resumable_asha\\nResumableASHA\\n.').__module__)")
+def _unpickle_in_a_fresh_interpreter(code: str) -> list[str]:
+    """Run in a fresh interpreter, so that nothing this test session imported already answers an old name."""
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["studies.record.pyfunc_model", "studies.trials.resumable_asha"]
-    # and what is pickled now names the new place
-    assert b"studies.record.pyfunc_model" in pickle.dumps(EnsembleModel)
+    return proc.stdout.split()
+
+
+def test_a_model_a_study_logged_before_the_folders_unpickles_as_the_class_at_its_new_place():
+    """tests/fixtures/before_folders/python_model.pkl is the python_model.pkl MLflow saved for a trial's model
+    in a study run with the code before the move (commit df06c54); MLflow's pyfunc loader cloudpickles it."""
+    fixture = ROOT / "tests" / "fixtures" / "before_folders" / "python_model.pkl"
+    assert b"studies.pyfunc_model" in fixture.read_bytes()
+    loaded = _unpickle_in_a_fresh_interpreter(
+        f"import cloudpickle; print(type(cloudpickle.loads(open({str(fixture)!r}, 'rb').read())).__module__)")
+    assert loaded == ["studies.record.pyfunc_model"]
+    assert b"studies.record.pyfunc_model" in pickle.dumps(EnsembleModel)  # what is pickled now names the new place
+
+
+def test_a_scheduler_pickled_by_its_old_path_loads_the_class_at_its_new_place():
+    """As Ray's tuner.pkl names ResumableASHA (and the callbacks, the reporter, the sampler) since before the
+    move: the GLOBAL opcode names module and class, and unpickling imports the module by that name."""
+    loaded = _unpickle_in_a_fresh_interpreter(
+        "import pickle; print(pickle.loads(b'cstudies.resumable_asha\\nResumableASHA\\n.').__module__)")
+    assert loaded == ["studies.trials.resumable_asha"]
 
 
 def test_nothing_of_ours_imports_a_module_by_its_old_name():
