@@ -25,6 +25,7 @@ from tests.fixtures.studies import (
     check_trial_weights,
     metric_steps,
     run_study,
+    start_and_kill,
     study_command,
     trial_runs,
     wait_for_epochs,
@@ -151,17 +152,6 @@ def test_a_cut_short_state_file_is_found(tmp_path):
     assert cut_short_state_file(tmp_path) == state
 
 
-def _start_and_kill(data_path, dirs: dict, args: tuple[str, ...]) -> None:
-    """Start a study and SIGKILL its driver once some trial has reported a few epochs."""
-    driver = subprocess.Popen(study_command(data_path, dirs, *args), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env={**os.environ, **RAY_ENV})
-    try:
-        wait_for_epochs(driver, dirs, lambda epochs: any(n >= 3 for n in epochs.values()))
-    finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-
-
 def _resume_and_interrupt(data_path, dirs: dict, args: tuple[str, ...], tmp_path) -> list[str]:
     """--resume, then Ctrl-C (SIGINT) once a trial went on: exit 130, no summary, the trials' runs KILLED
     (not FINISHED), and one line with the command that continues the study, which is returned."""
@@ -201,7 +191,7 @@ def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs, tmp_path)
         if attempt:  # the kill fell in Ray's copy of a state file (docs/design.md, Faults): once more, in a new study
             (tmp_path / "again").mkdir()
             dirs = {"tracking_uri": f"sqlite:///{tmp_path / 'again' / 'mlflow.db'}", "storage": tmp_path / "again" / "ray"}
-        _start_and_kill(demo_data_path, dirs, args)
+        start_and_kill(demo_data_path, dirs, args, epochs=3)
         if cut_short_state_file(dirs["storage"] / "t") is None:
             break
     else:

@@ -20,6 +20,7 @@ from tests.fixtures.studies import (
     check_trial_runs,
     check_trial_weights,
     metric_steps,
+    start_and_kill,
     study_command,
     trial_runs,
     wait_for_epochs,
@@ -68,13 +69,7 @@ def test_a_two_worker_trial_resumes_after_the_driver_is_killed(demo_data_path, s
         pytest.skip("two workers need two CPUs")
     dirs = study_dirs
     longer = (*WORKERS, "--max-epochs", "5")  # epochs left after the kill, beyond the checkpoint's
-    driver = subprocess.Popen(study_command(demo_data_path, dirs, *longer), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env={**os.environ, **RAY_ENV})
-    try:
-        wait_for_epochs(driver, dirs, lambda epochs: any(n >= 2 for n in epochs.values()))
-    finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
+    start_and_kill(demo_data_path, dirs, longer, epochs=2)
     client, before, _ = trial_runs(dirs["tracking_uri"])
     running = {r.data.tags["trial_id"]: len(metric_steps(client, r)) for r in before if r.info.status == "RUNNING"}
     assert running, [r.info.status for r in before]

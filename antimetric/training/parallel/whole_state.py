@@ -37,11 +37,11 @@ def whole_optimizer_state(model: EnsembleNet, optimizer: torch.optim.Optimizer) 
                      for index, per_parameter in state["state"].items()})
     if blocks is None:
         return None
-    joined = {}
+    joined, index_of = {}, {name: index for index, name in enumerate(names)}
     for name, first in blocks[0].items():
         moments = [key for key, value in first.items() if isinstance(value, torch.Tensor) and value.dim() > 0]
         parts = {key: join_blocks([{name: block[name][key]} for block in blocks])[name] for key in moments}
-        joined[names.index(name)] = {**first, **parts}
+        joined[index_of[name]] = {**first, **parts}
     return {"state": joined, "param_groups": state["param_groups"]}
 
 
