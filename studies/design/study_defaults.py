@@ -2,7 +2,7 @@
 
 Keyed by the dataset's name in the dataset table (antimetric.data.table), which holds what a dataset is; a
 study's epochs default to the table's training epochs. studies.design.spaces builds the spaces from these ranges and
-studies.design.settings the option defaults; tests/studies/test_spaces.py checks every dataset of the table has a row.
+studies.design.settings the option defaults; tests/studies/design/test_spaces.py checks every dataset of the table has a row.
 """
 from __future__ import annotations
 
