@@ -25,10 +25,9 @@ from tests.fixtures.studies import (
     check_trial_weights,
     metric_steps,
     run_study,
-    start_and_kill,
+    stop_study_when,
     study_command,
     trial_runs,
-    wait_for_epochs,
 )
 
 
@@ -158,16 +157,8 @@ def _resume_and_interrupt(data_path, dirs: dict, args: tuple[str, ...], tmp_path
     client, runs, _ = trial_runs(dirs["tracking_uri"])
     before = {r.data.tags["trial_id"]: len(metric_steps(client, r)) for r in runs}
     stderr_path = tmp_path / "interrupted.err"
-    with stderr_path.open("w") as stderr:
-        driver = subprocess.Popen(study_command(data_path, dirs, *args, "--resume"), stdout=subprocess.DEVNULL,
-                                  stderr=stderr, env={**os.environ, **RAY_ENV})
-        try:
-            wait_for_epochs(driver, dirs, lambda epochs: any(n > before.get(t, 0) for t, n in epochs.items()))
-            driver.send_signal(signal.SIGINT)
-            assert driver.wait(timeout=120) == 130
-        finally:
-            driver.kill()
-            driver.wait()
+    stop_study_when(data_path, dirs, (*args, "--resume"),
+                    lambda epochs: any(n > before.get(t, 0) for t, n in epochs.items()), signal.SIGINT, stderr_path)
     err = stderr_path.read_text()
     client, runs, summary = trial_runs(dirs["tracking_uri"])  # summary: the parent run, KILLED without one
     assert [(p.info.status, p.data.tags.get("interrupted")) for p in summary] == [("KILLED", "true")], err[-3000:]
@@ -191,7 +182,8 @@ def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs, tmp_path)
         if attempt:  # the kill fell in Ray's copy of a state file (docs/design.md, Faults): once more, in a new study
             (tmp_path / "again").mkdir()
             dirs = {"tracking_uri": f"sqlite:///{tmp_path / 'again' / 'mlflow.db'}", "storage": tmp_path / "again" / "ray"}
-        start_and_kill(demo_data_path, dirs, args, epochs=3)
+        stop_study_when(demo_data_path, dirs, args, lambda epochs: any(n >= 3 for n in epochs.values()),
+                        signal.SIGKILL)
         if cut_short_state_file(dirs["storage"] / "t") is None:
             break
     else:

@@ -3,16 +3,14 @@ the same command gives the same study, and that a study interrupted and resumed 
 import csv
 import io
 import math
-import os
 import signal
-import subprocess
 
 import optuna
 import pytest
 
 from antimetric.data.manifest.prepare import load_or_prepare
 from antimetric.data.splits import make_splits
-from tests.fixtures.studies import RAY_ENV, run_study, study_command, trial_runs, wait_for_epochs
+from tests.fixtures.studies import run_study, stop_study_when, trial_runs
 
 pytestmark = pytest.mark.slow  # each study: 3 trials and 6 confirmation runs of 2 epochs (~1-2 min on 2 cores)
 
@@ -131,15 +129,7 @@ def test_a_resumed_study_equals_the_uninterrupted_one(confirmed, demo_data_path,
     """Ctrl-C during the search (after trial 0 and an epoch of trial 1), then --resume: the same study."""
     dirs, _ = confirmed
     resumed = _dirs(tmp_path)
-    driver = subprocess.Popen(study_command(demo_data_path, resumed, *ARGS), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env={**os.environ, **RAY_ENV})
-    try:
-        wait_for_epochs(driver, resumed, lambda epochs: sum(epochs.values()) >= 3)
-        driver.send_signal(signal.SIGINT)
-        assert driver.wait(timeout=120) == 130
-    finally:
-        driver.kill()
-        driver.wait()
+    stop_study_when(demo_data_path, resumed, ARGS, lambda epochs: sum(epochs.values()) >= 3, signal.SIGINT)
     _, runs, _ = trial_runs(resumed["tracking_uri"])
     assert len(runs) < 3 + 6  # interrupted before its end
     run_study(demo_data_path, resumed, "--resume", timeout=600)

@@ -20,10 +20,9 @@ from tests.fixtures.studies import (
     check_trial_runs,
     check_trial_weights,
     metric_steps,
-    start_and_kill,
+    stop_study_when,
     study_command,
     trial_runs,
-    wait_for_epochs,
 )
 
 WORKERS = ("--workers-per-trial", "2", "--backbone", "tiny", "--num-samples", "4", "--max-epochs", "3",
@@ -41,16 +40,8 @@ def test_a_study_of_two_worker_trials_stops_resumes_and_records_each_trial_once(
         pytest.skip("two workers need two CPUs")
     dirs = study_dirs
     err_path = tmp_path / "interrupted.err"
-    with err_path.open("w") as err:
-        driver = subprocess.Popen(study_command(demo_data_path, dirs, *WORKERS), stdout=subprocess.DEVNULL,
-                                  stderr=err, env={**os.environ, **RAY_ENV})
-        try:
-            wait_for_epochs(driver, dirs, lambda epochs: any(n >= 1 for n in epochs.values()))
-            driver.send_signal(signal.SIGINT)
-            assert driver.wait(timeout=120) == 130
-        finally:
-            driver.kill()
-            driver.wait()
+    stop_study_when(demo_data_path, dirs, WORKERS, lambda epochs: any(n >= 1 for n in epochs.values()),
+                    signal.SIGINT, err_path)
     client, before, _ = trial_runs(dirs["tracking_uri"])
     interrupted = {r.data.tags["trial_id"]: len(metric_steps(client, r)) for r in before if r.info.status == "KILLED"}
     assert interrupted, [r.info.status for r in before]
@@ -69,7 +60,8 @@ def test_a_two_worker_trial_resumes_after_the_driver_is_killed(demo_data_path, s
         pytest.skip("two workers need two CPUs")
     dirs = study_dirs
     longer = (*WORKERS, "--max-epochs", "5")  # epochs left after the kill, beyond the checkpoint's
-    start_and_kill(demo_data_path, dirs, longer, epochs=2)
+    stop_study_when(demo_data_path, dirs, longer, lambda epochs: any(n >= 2 for n in epochs.values()),
+                    signal.SIGKILL)
     client, before, _ = trial_runs(dirs["tracking_uri"])
     running = {r.data.tags["trial_id"]: len(metric_steps(client, r)) for r in before if r.info.status == "RUNNING"}
     assert running, [r.info.status for r in before]
