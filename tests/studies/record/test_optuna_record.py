@@ -4,10 +4,12 @@ import os
 import shlex
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
@@ -212,13 +214,25 @@ def test_the_study_end_completes_the_live_record_in_place(tmp_path):
     assert [t.user_attrs["ray_trial_id"] for t in study.trials] == ["d", "b", "a"]
 
 
+def _schema_made(path: Path) -> bool:
+    """Whether the study's driver has made the record's tables (Optuna writes its schema version last); read
+    only, so that the poll never writes the schema itself."""
+    if not path.exists():
+        return False
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
+    except sqlite3.Error:  # no table yet, or the driver holding the file
+        return False
+
+
 def _poll_record(driver: subprocess.Popen, storage: str, ready) -> list:
     """The recorded trials, polled until ready(trials) holds while the study's driver still runs."""
     path = Path(storage.removeprefix("sqlite:///"))
     deadline, trials = time.time() + 180, []
     while time.time() < deadline and driver.poll() is None:
         time.sleep(0.5)
-        if not path.exists():  # Optuna would make it, and the study's check of it would find it
+        if not _schema_made(path):  # Optuna would make it (or race the driver making it: the same row twice)
             continue
         try:
             trials = optuna.load_study(study_name="t", storage=storage).trials
