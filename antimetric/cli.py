@@ -78,8 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="{prepare,train,evaluate,index,retrieve,profile}")
 
     prepare = commands.add_parser("prepare", help="check a dataset's layout and images, write its manifest")
-    _add(prepare, "--data-path", default="data", help="parent folder of the dataset folders (default: data)")
-    _add(prepare, "--data-name", required=True, choices=DATASETS, help="dataset folder name")
+    _add(prepare, "--data-path", help="parent folder of the dataset folders (default: data); with a --data table: "
+         "the folder its paths start from (default: the table's folder)")
+    _add(prepare, "--data-name", choices=DATASETS, help="dataset folder name")
+    prepare.add_argument("--data", metavar="PATH", help="your own images instead: a folder of class subfolders or "
+                         "a table (.csv, .parquet) with columns label, path, split")
     _add(prepare, "--cache-size", type=_cache_size, metavar="PIXELS",
          help="also write every image resized for this --image-size (e.g. 256), which training then reads")
     _add(prepare, "--crop-type", choices=CROP_TYPES, help="with --cache-size: the --crop-type the cache is for "
@@ -108,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
                           help="a run folder, best.pt/last.pt, an MLflow run id or models:/NAME/VERSION")
     _add(evaluate, "--data-path", help="parent folder of the dataset folders (default: the one it was trained on)")
     _add(evaluate, "--data-name", choices=DATASETS, help="dataset (default: the one the ensemble was trained on)")
+    evaluate.add_argument("--data", metavar="PATH", help="your own images instead: a folder of class subfolders "
+                          "(its test classes drawn as in training) or a table with columns label, path, split")
     _add(evaluate, "--crop-type", choices=CROP_TYPES, help="default: the ensemble's own, where the dataset has boxes")
     _add(evaluate, "--device", default="auto", help="auto (CUDA if present), cpu or cuda:N")
     _add(evaluate, "--tracking-uri", help="MLflow store of an MLflow SOURCE (default: $MLFLOW_TRACKING_URI, "
@@ -138,15 +143,21 @@ def _add(parser: argparse.ArgumentParser, *names: str, **kwargs) -> None:
 def _prepare(args: argparse.Namespace) -> int:
     from antimetric.data.cache import CacheForm
     from antimetric.data.manifest.prepare import prepare
+    from antimetric.data.readers.source import benchmark, own_data
 
+    if bool(args.data) == bool(args.data_name):
+        raise ConfigError("prepare needs the data: --data-name NAME (a benchmark in --data-path) or --data PATH "
+                          "(your own folder or table), one of them")
+    source = own_data(args.data, args.data_path) if args.data else benchmark(args.data_name, args.data_path or "data")
     cache = None
     if args.cache_size is not None:
         cache = CacheForm(args.crop_type or "uncropped", args.cache_size)
-        check_crop_type(args.data_name, cache.crop_type)
+        if not source.own:
+            check_crop_type(args.data_name, cache.crop_type)
     elif args.crop_type is not None:
         raise ConfigError("prepare --crop-type only says which cache --cache-size writes; add --cache-size "
                           "(e.g. 256) or drop --crop-type")
-    report = prepare(args.data_name, Path(args.data_path), progress=sys.stderr.isatty(), cache=cache)
+    report = prepare(source, progress=sys.stderr.isatty(), cache=cache)
     summary = report.to_json()
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -272,9 +283,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from antimetric.retrieval.trained import load
 
     check_device(args.device)
+    if args.data and args.data_name:
+        raise ConfigError("--data and --data-name each name the data to evaluate on; give one")
     ensemble = load(args.model, device=args.device, tracking_uri=args.tracking_uri)
-    data_path = Path(args.data_path) if args.data_path else trained_data_path(ensemble)
-    metrics = evaluate_model(ensemble, data_path, args.data_name, args.crop_type,
+    if args.data:
+        data_path = Path(args.data_path) if args.data_path else None
+    else:
+        data_path = Path(args.data_path) if args.data_path else trained_data_path(ensemble)
+    metrics = evaluate_model(ensemble, data_path, args.data_name, args.crop_type, data=args.data,
                              progress=sys.stderr.isatty())
     if args.json:
         print(json.dumps(metrics))

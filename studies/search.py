@@ -20,6 +20,16 @@ from antimetric.base.cpus import available_cpus
 from antimetric.data.settings import DATASETS
 from antimetric.errors import AntimetricError, ConfigError
 from antimetric.options import OneLineParser, add_config_arguments, given_options
+from studies.design.own_data import (
+    dataset_constants,
+    dataset_label,
+    image_root,
+    is_own_data,
+    measured_defaults,
+    own_space,
+    own_study_values,
+    printed_space,
+)
 from studies.design.settings import (
     APPLIED,
     CONFIRM_DEFAULTS,
@@ -77,7 +87,8 @@ def _address(text: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m studies.search", description=__doc__)
-    parser.add_argument("name", choices=DATASETS, help="dataset to study")
+    parser.add_argument("name", metavar="NAME|PATH", help=f"dataset to study: {', '.join(DATASETS)}, or your own "
+                        "images: a folder of class subfolders or a table (.csv, .parquet) with columns label, path, split")
     parser.add_argument("--print-space", action=_PrintSpace, nargs=0,
                         help="print the built-in search space of NAME (the --space form) and exit")
     parser.add_argument("--data-path", "--data_path", help="parent folder of the dataset folders (default: data)")
@@ -128,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
 # Config keys the study sets itself: the dataset (NAME), its folder and seeds (the study's --data-path and
 # --seed; each trial's own seed, validation split and fold: studies/design/seeds.py), the epochs (--max-epochs, also
 # spelled --num-epochs), and a run's own folder (each trial has one).
-STUDY_OWN_KEYS = ("data_name", "data_path", "seed", "split_seed", "val_fold", "num_epochs", "output_dir", "run_name",
+STUDY_OWN_KEYS = ("data_name", "data", "data_path", "seed", "split_seed", "val_fold", "num_epochs", "output_dir", "run_name",
                   "reuse_run_name")
 
 
@@ -139,7 +150,11 @@ class _PrintSpace(argparse.Action):
         name = getattr(namespace, "name", None)
         if name is None:
             parser.error("--print-space comes after NAME, e.g. `python -m studies.search cub --print-space`")
-        print(json.dumps(SPACES[name](), indent=1))
+        try:
+            space = printed_space(name, getattr(namespace, "backbone", None), getattr(namespace, "data_path", None))
+        except AntimetricError as error:
+            parser.error(str(error))
+        print(json.dumps(space, indent=1))
         parser.exit(0)
 
 
@@ -147,6 +162,8 @@ def parse_args(argv: list[str] | None = None) -> StudySettings:
     """The settings of the study to run. With --resume, the options a study keeps (KEPT) come from its
     settings file; one given with another value is refused."""
     args = _parser().parse_args(argv)
+    if is_own_data(args.name):  # a path: recorded absolute, as a trial (in its own folder) reads it
+        args.name = str(Path(args.name).expanduser().absolute())
     # --space is a file: its parsed space is compared with the saved one below, not its path
     given = {key: getattr(args, key) for key in (*KEPT, *APPLIED) if key != "space" and getattr(args, key, None) is not None}
     if args.data_path is not None:
@@ -157,8 +174,8 @@ def parse_args(argv: list[str] | None = None) -> StudySettings:
     if args.smoke_test or training:
         given["fixed"] = {**(SMOKE["fixed"] if args.smoke_test else {}), **training}
     storage_path = Path(args.storage_path).resolve()
-    experiment = args.experiment or default_experiment(args.name)
-    values = _defaults(args.name, args.smoke_test, local=args.address is None)
+    experiment = args.experiment or default_experiment(dataset_label(args.name))
+    values = _defaults(args.name, args.smoke_test, local=args.address is None, backbone=training.get("backbone"))
     saved = saved_settings(storage_path / experiment) if args.resume else None  # None: a study without one
     if saved is not None:
         for key in KEPT:
@@ -168,6 +185,10 @@ def parse_args(argv: list[str] | None = None) -> StudySettings:
                 raise ConfigError(_refusal(key, saved[key], given[key]))
         values.update(saved)
     values.update(given)
+    if is_own_data(args.name):
+        values["data_path"] = image_root(args.name, given.get("data_path"))
+        if saved is None:  # what the data decides of each trial's config, measured once (own_data.MEASURED)
+            values["fixed"] = {**measured_defaults(_constants(args.name, values)), **values["fixed"]}
     if "cost" in given and values["objective"] != "pareto":
         raise ConfigError(f"--cost {given['cost']} ranks trials only in a Pareto study; add --objective pareto or "
                           "drop --cost")
@@ -177,7 +198,7 @@ def parse_args(argv: list[str] | None = None) -> StudySettings:
     if saved is None and "max_concurrent" not in given and args.address is None:
         values["max_concurrent"] = _concurrent_trials(values["cpus_per_trial"], values["gpus_per_trial"])
     if saved is None or args.space is not None:
-        raw = load_space(args.space) if args.space is not None else SPACES[args.name]()
+        raw = load_space(args.space) if args.space is not None else _space(args.name, values["fixed"])
         where = "--space" if args.space else f"the built-in {args.name} space"
         values["space"] = _searched(raw, values, args.name, where, local=args.address is None)
         if saved is not None and values["space"] != saved["space"]:
@@ -198,8 +219,7 @@ def _searched(raw: dict[str, Any], values: dict[str, Any], name: str, where: str
     """The space to search: `raw` without the keys a training option fixes, checked (in a local study, also
     against the memory of the trials' device)."""
     space = {key: spec for key, spec in raw.items() if key not in values["fixed"]}
-    constants = {"data_name": name, "data_path": values["data_path"], "num_epochs": values["max_epochs"],
-                 "seed": values["seed"], **TRIAL_DEFAULTS, **values["fixed"]}
+    constants = _constants(name, values)
     device = _trial_device(constants.get("device", "auto"), values["gpus_per_trial"]) if local else None
     try:
         check_trial(constants, device)
@@ -213,6 +233,17 @@ def _searched(raw: dict[str, Any], values: dict[str, Any], name: str, where: str
     return space
 
 
+def _constants(name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The config every trial of the study shares (the searched keys aside)."""
+    return {**dataset_constants(name, values["data_path"]), "num_epochs": values["max_epochs"], "seed": values["seed"],
+            **TRIAL_DEFAULTS, **values["fixed"]}
+
+
+def _space(name: str, fixed: dict[str, Any]) -> dict[str, Any]:
+    """The built-in space of a benchmark, or of a user's data (with the backbone the study fixes)."""
+    return own_space(fixed.get("backbone")) if is_own_data(name) else SPACES[name]()
+
+
 def _trial_device(device: str, gpus_per_trial: float) -> torch.device | None:
     """Where a local trial trains: --device, or with auto a GPU when trials get one (Ray hides the GPUs from
     a trial that gets none). None for a --device that is not one (resolve says so)."""
@@ -224,8 +255,9 @@ def _trial_device(device: str, gpus_per_trial: float) -> torch.device | None:
         return None
 
 
-def _defaults(name: str, smoke_test: bool, local: bool) -> dict[str, Any]:
-    values: dict[str, Any] = {**STUDY_DEFAULTS[name], "data_path": str(Path("data").resolve()), "seed": 0,
+def _defaults(name: str, smoke_test: bool, local: bool, backbone: str | None = None) -> dict[str, Any]:
+    study = own_study_values(backbone) if is_own_data(name) else STUDY_DEFAULTS[name]
+    values: dict[str, Any] = {**study, "data_path": str(Path("data").resolve()), "seed": 0,
                               **CONFIRM_DEFAULTS,
                               "tracking_uri": default_tracking_uri(), "fixed": {},
                               "objective": StudySettings.objective, "cost": StudySettings.cost,

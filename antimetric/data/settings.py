@@ -5,24 +5,53 @@ This module imports no torch: every command imports it to build its options.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from antimetric.base.fields import check_at_least, check_at_most, option
-from antimetric.data.table import TABLE
+from antimetric.data.table import RGB, TABLE
 from antimetric.errors import ConfigError
 
 DATASETS = tuple(TABLE)
 CROP_TYPES = ("uncropped", "cropped")
 BOXED_DATASETS = tuple(name for name, row in TABLE.items() if row.has_boxes)  # what crop_type 'cropped' needs
 MAX_IMAGE_SIZE = 4096  # 16x the seed's 256 px: a value no one means, refused at once
+DEFAULT_DATA_PATH = "data"
+
+
+def parse_rgb(value: str | tuple | list) -> RGB:
+    """Three numbers, one per channel: '0.485,0.456,0.406' or a list of three."""
+    try:
+        channels = tuple(float(v) for v in (value.split(",") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        channels = ()
+    if len(channels) != 3 or not all(math.isfinite(v) for v in channels):
+        raise ConfigError(f"expected three comma-separated numbers (R,G,B) such as 0.485,0.456,0.406, got {value!r}")
+    return channels
 
 
 @dataclass
 class DataConfig:
     data_name: str = option("demo", "dataset (demo is generated on first use)", choices=DATASETS)
-    data_path: str = option("data", f"parent folder of the dataset folders {', '.join(n + '/' for n in DATASETS)}")
-    crop_type: str = option("uncropped", f"cropped uses the bounding boxes ({', '.join(BOXED_DATASETS)})",
-                            choices=CROP_TYPES)
+    data: str | None = option(None, "your own images instead of --data-name: a folder of class subfolders "
+                                    "(ROOT/<class>/<image>) or a table (.csv, .parquet) with open-metric-learning's "
+                                    "columns label, path, split", metavar="PATH")
+    data_path: str | None = option(None, f"parent folder of the dataset folders {', '.join(n + '/' for n in DATASETS)} "
+                                         f"(default: {DEFAULT_DATA_PATH}); with a --data table: the folder its paths "
+                                         "start from (default: the table's folder)")
+    test_classes: float = option(0.5, "with a --data folder: fraction of its classes held out for testing, never "
+                                      "trained on (as CUB and CARS halve theirs)", parse=float, metavar="FRACTION")
+    test_split_seed: int = option(0, "with a --data folder: seed of the draw of its test classes (the same for every "
+                                     "--seed, so that runs compare on the same test classes)", parse=int)
+    allow_shared_labels: bool = option(False, "with a --data table: accept labels in both train and test rows (the "
+                                              "test classes are then not unseen; recorded in the run's config)")
+    crop_type: str = option("uncropped", f"cropped uses the bounding boxes ({', '.join(BOXED_DATASETS)}, or a "
+                                         "--data table with columns x_1, x_2, y_1, y_2)", choices=CROP_TYPES)
+    mean: RGB | None = option(None, "channel means of the input normalisation (default: the dataset's; your own "
+                                    "data: ImageNet's with a pretrained backbone, else measured on its training images)",
+                              parse=parse_rgb, metavar="R,G,B")
+    std: RGB | None = option(None, "channel standard deviations of the input normalisation (default: as --mean)",
+                             parse=parse_rgb, metavar="R,G,B")
     image_size: int | None = option(None, "side of the square network input in pixels", parse=int)
     val_fraction: float = option(0.0, "fraction of the training classes held out to select the best epoch",
                                  parse=float)
@@ -39,8 +68,17 @@ class DataConfig:
 
     def check(self) -> None:
         """The rules of a resolved data section (every None default filled in)."""
-        check_dataset(self.data_name)
-        check_crop_type(self.data_name, self.crop_type)
+        if self.data is None:
+            check_dataset(self.data_name)
+            check_crop_type(self.data_name, self.crop_type)
+        elif self.crop_type not in CROP_TYPES:
+            check_crop_type(self.data_name, self.crop_type)
+        if not 0.0 < self.test_classes < 1.0:
+            raise ConfigError(f"--test-classes must be a fraction between 0 and 1 (e.g. 0.5), got {self.test_classes}")
+        if self.test_split_seed < 0:
+            raise ConfigError(f"--test-split-seed must be 0 or more, got {self.test_split_seed}")
+        if self.std is not None and min(self.std) <= 0:
+            raise ConfigError(f"--std must be positive numbers, got {','.join(f'{v:g}' for v in self.std)}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         check_at_least({"image_size": self.image_size, "max_per_class": self.max_per_class}, 1)

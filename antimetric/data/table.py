@@ -42,7 +42,7 @@ class DatasetRow:
 
     def defaults(self) -> dict[str, Any]:
         """The config values this dataset gives the fields left as None."""
-        return {**asdict(self.training), "recalls": self.recalls}
+        return {**asdict(self.training), "recalls": self.recalls, "mean": self.mean, "std": self.std}
 
 
 def _seed_resnet(meta_class_size: int, num_epochs: int) -> TrainingDefaults:
@@ -79,3 +79,10 @@ _ROWS = (
     ),
 )
 TABLE: dict[str, DatasetRow] = {row.name: row for row in _ROWS}
+
+# A user's own images (--data): the seed's ResNet-18 settings, or the demo's with the tiny backbone (a CPU-sized
+# run). The rest is measured on the data (antimetric.data.readers.own_defaults): the meta-class size bounded by
+# the training classes, Recall@K fitting the gallery, the normalisation (ImageNet's for pretrained weights).
+OWN_DATA_TRAINING = _seed_resnet(meta_class_size=12, num_epochs=20)
+OWN_DATA_TRAINING_BY_BACKBONE = {"tiny": TABLE["demo"].training}
+IMAGENET_MEAN_STD: tuple[RGB, RGB] = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # torchvision's weights

@@ -16,8 +16,9 @@ from torchvision.transforms import functional as F
 
 from antimetric.data.table import RGB, TABLE
 
-# Per-dataset channel statistics for the input normalisation.
-MEAN_STD: dict[str, tuple[RGB, RGB]] = {name: (row.mean, row.std) for name, row in TABLE.items()}
+Normalisation = tuple[RGB, RGB]  # (mean, std) per channel, on the 0..1 scale
+# Per-dataset channel statistics for the input normalisation (a run's config holds its own: --mean, --std).
+MEAN_STD: dict[str, Normalisation] = {name: (row.mean, row.std) for name, row in TABLE.items()}
 
 
 @dataclass(frozen=True)
@@ -35,19 +36,19 @@ class ImageTransform:
         return self.finish(self.decoded(image))
 
 
-def train_transform(data_name: str, crop_type: str, image_size: int) -> ImageTransform:
+def train_transform(normalisation: Normalisation, crop_type: str, image_size: int) -> ImageTransform:
     """Uncropped: resize the short side, random square crop; cropped (box already applied):
     resize to a square. Both with a random horizontal flip."""
     crop = [] if crop_type == "cropped" else [transforms.RandomCrop(image_size)]
     return ImageTransform(resize_transform(crop_type, image_size), transforms.Compose([
-        *crop, transforms.RandomHorizontalFlip(), *_to_normalized_float(data_name),
+        *crop, transforms.RandomHorizontalFlip(), *_to_normalized_float(normalisation),
     ]))
 
 
-def test_transform(data_name: str, crop_type: str, image_size: int) -> ImageTransform:
+def test_transform(normalisation: Normalisation, crop_type: str, image_size: int) -> ImageTransform:
     crop = [] if crop_type == "cropped" else [transforms.CenterCrop(image_size)]
     return ImageTransform(resize_transform(crop_type, image_size),
-                          transforms.Compose([*crop, *_to_normalized_float(data_name)]))
+                          transforms.Compose([*crop, *_to_normalized_float(normalisation)]))
 
 
 def resize_transform(crop_type: str, image_size: int) -> transforms.Resize:
@@ -60,7 +61,7 @@ def resize_transform(crop_type: str, image_size: int) -> transforms.Resize:
     return transforms.Resize(image_size)
 
 
-def _to_normalized_float(data_name: str) -> list:
+def _to_normalized_float(normalisation: Normalisation) -> list:
     """uint8 0..255 -> float 0..1 (as ToTensor divides), then the dataset's normalisation."""
-    mean, std = MEAN_STD[data_name]
+    mean, std = normalisation
     return [transforms.ConvertImageDtype(torch.float32), transforms.Normalize(mean, std)]

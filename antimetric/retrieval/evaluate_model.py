@@ -20,7 +20,7 @@ def trained_data_path(ensemble: TrainedEnsemble) -> Path:
     there, so that no demo is generated in a folder nobody named."""
     config = ensemble.config
     data_path, output_dir = Path(config.data.data_path), Path(config.output_dir)
-    if data_path.is_absolute():
+    if data_path.is_absolute() or config.data.data is not None:  # a user's own data is recorded absolute
         return data_path
     run_dir = ensemble.checkpoint.resolve().parent
     depth = len(output_dir.parts)
@@ -33,29 +33,45 @@ def trained_data_path(ensemble: TrainedEnsemble) -> Path:
                       f"(its checkpoint is outside its run folder); pass --data-path")
 
 
-def evaluation_config(ensemble: TrainedEnsemble, data_path: Path, data_name: str | None = None,
-                      crop_type: str | None = None) -> RunConfig:
-    """The ensemble's own config pointed at another data folder (or dataset). Crop type: the ensemble's own
-    where the dataset has boxes; Recall@K: the ensemble's own on its dataset, else that dataset's."""
+def evaluation_config(ensemble: TrainedEnsemble, data_path: Path | None, data_name: str | None = None,
+                      crop_type: str | None = None, data: str | None = None) -> RunConfig:
+    """The ensemble's own config pointed at another data folder, dataset (`data_name`) or a user's own folder or
+    table (`data`). Crop type: the ensemble's own where the data has boxes; Recall@K: the ensemble's own on its
+    own data, else the other data's; the normalisation stays the network's own, whatever data it looks at."""
     trained = ensemble.config
-    name = data_name or trained.data.data_name
+    if data is not None:
+        target = {"data": data, "data_path": None if data_path is None else str(data_path)}
+    elif data_name is not None:
+        target = {"data": None, "data_name": data_name, "data_path": str(data_path)}
+    else:
+        target = {"data_path": str(data_path)}
+    flat = {**trained.to_flat(), **target}
+    same = _dataset(flat["data"], flat["data_name"]) == _dataset(trained.data.data, trained.data.data_name)
+    has_boxes = flat["data"] is not None or flat["data_name"] in BOXED_DATASETS  # a table may: load_index checks
     if crop_type is None:
-        crop_type = trained.data.crop_type if name in BOXED_DATASETS else "uncropped"
-    recalls = trained.eval.recalls if name == trained.data.data_name else DATASET_DEFAULTS[name]["recalls"]
-    return resolve(RunConfig.from_flat({**trained.to_flat(), "data_path": str(data_path), "data_name": name,
-                                        "crop_type": crop_type, "recalls": recalls}))
+        crop_type = trained.data.crop_type if same and has_boxes else "uncropped"
+    if not same:
+        flat["recalls"] = None if flat["data"] is not None else DATASET_DEFAULTS[flat["data_name"]]["recalls"]
+    return resolve(RunConfig.from_flat({**flat, "crop_type": crop_type}))
 
 
-def evaluate_model(ensemble: TrainedEnsemble, data_path: Path, data_name: str | None = None,
-                   crop_type: str | None = None, *, progress: bool = False) -> dict[str, float]:
+def _dataset(data: str | None, data_name: str) -> str:
+    """What names a dataset: a user's folder or table by its absolute path, a benchmark by its name."""
+    return str(Path(data).expanduser().absolute()) if data is not None else data_name
+
+
+def evaluate_model(ensemble: TrainedEnsemble, data_path: Path | None, data_name: str | None = None,
+                   crop_type: str | None = None, *, data: str | None = None,
+                   progress: bool = False) -> dict[str, float]:
     """test_* Recall@K, MAP@R and R-precision, equal to what training reported for the checkpoint's epoch
     (same images, transform, batches and search) when run on the data it was trained on."""
-    config = evaluation_config(ensemble, data_path, data_name, crop_type)
+    config = evaluation_config(ensemble, data_path, data_name, crop_type, data)
     index = load_index(config, progress)
     test = test_set(index)
     image_root, crop = image_source(config, index, progress)
     # the network's own normalisation, whatever dataset it now looks at
-    transform = test_transform(ensemble.config.data.data_name, config.data.crop_type, config.data.image_size)
+    own = ensemble.config.data
+    transform = test_transform((own.mean, own.std), config.data.crop_type, config.data.image_size)
     loaders = eval_loaders(test, image_root, transform, crop, config.eval.eval_batch_size, num_workers(None),
                            ensemble.device)
     query = embed(ensemble.model, loaders.query, ensemble.device, progress=progress, desc="embed test")

@@ -9,7 +9,6 @@ of it are skipped, and so are hidden files and folders.
 """
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -23,11 +22,12 @@ from tqdm import tqdm
 from antimetric.data.images import open_rgb
 from antimetric.data.manifest.prepare import load_or_prepare
 from antimetric.data.readers import read_dataset
+from antimetric.data.readers.image_folder import IMAGE_SUFFIXES, scan_images
+from antimetric.data.readers.source import benchmark
 from antimetric.data.records import GALLERY, TEST, DatasetIndex
 from antimetric.data.settings import DATASETS
 from antimetric.errors import ConfigError, DatasetLayoutError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
 NO_LABEL = -1
 _REPORTED_FAILURES = 20
 
@@ -83,7 +83,7 @@ def find_images(path: Path, *, progress: bool = False) -> ImageSet:
 
 def dataset_images(path: Path, *, progress: bool = False) -> ImageSet:
     """A dataset's test split (In-shop: gallery), from its manifest (prepared first if needed)."""
-    index: DatasetIndex = load_or_prepare(path.name, path.parent, progress=progress)
+    index: DatasetIndex = load_or_prepare(benchmark(path.name, path.parent), progress=progress)
     split = GALLERY if index.split(GALLERY) else TEST
     records = index.split(split)
     boxes = None
@@ -103,21 +103,6 @@ def folder_images(path: Path) -> ImageSet:
         labels = np.array([position[PurePosixPath(p).parts[0]] for p in paths], dtype=np.int64)
         return ImageSet(root, root, paths, labels, class_names)
     return ImageSet(root, root, paths, np.full(len(paths), NO_LABEL, dtype=np.int64))
-
-
-def scan_images(root: Path) -> list[str]:
-    """Image files under root (resolved), relative and sorted; links out of root and hidden entries skipped."""
-    found = []
-    for folder, subfolders, files in os.walk(root):  # does not descend into linked folders
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        for name in files:
-            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            file = Path(folder) / name
-            if file.is_symlink() and not file.resolve().is_relative_to(root):
-                continue
-            found.append(file.relative_to(root).as_posix())
-    return sorted(found)
 
 
 def check_relative(path: str) -> str:

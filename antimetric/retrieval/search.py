@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from antimetric.data.manifest.prepare import load_manifest
+from antimetric.data.readers.source import benchmark
 from antimetric.data.records import ImageRecord
 from antimetric.errors import AntimetricError, ConfigError
 from antimetric.retrieval.gallery_images import NO_LABEL, Failures, embed_files, folder_images
@@ -94,7 +95,7 @@ def _dataset_records(index: GalleryIndex) -> dict[str, ImageRecord]:
     if name is None:
         return {}
     try:
-        dataset = load_manifest(name, Path(index.info["images_folder"]).parent)
+        dataset = load_manifest(benchmark(name, Path(index.info["images_folder"]).parent))
     except (AntimetricError, OSError):
         return {}
     return {record.path: record for record in dataset.records}

@@ -56,7 +56,7 @@ class TrainedEnsemble:
     @property
     def transform(self):
         data = self.config.data
-        return test_transform(data.data_name, data.crop_type, data.image_size)
+        return test_transform((data.mean, data.std), data.crop_type, data.image_size)
 
     @property
     def ensemble_size(self) -> int:

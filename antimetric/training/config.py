@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from antimetric.base.fields import check_at_least, check_types, option
-from antimetric.data.settings import DataConfig, check_dataset
-from antimetric.data.table import TABLE
+from antimetric.data.settings import DEFAULT_DATA_PATH, DataConfig, check_dataset, parse_rgb
+from antimetric.data.table import OWN_DATA_TRAINING, OWN_DATA_TRAINING_BY_BACKBONE, TABLE
 from antimetric.errors import ConfigError
 from antimetric.evaluation.settings import EvalConfig, parse_recalls
 from antimetric.model.settings import PRECISIONS, ModelConfig, check_name
@@ -84,6 +84,8 @@ class RunConfig:
                 raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(_FIELD_SECTION))}")
             if key == "recalls" and value is not None:
                 value = parse_recalls(value)
+            if key in ("mean", "std") and value is not None:  # a config.json holds a list
+                value = parse_rgb(value)
             if key == "implementation" and value == "auto":  # a config.json from before 2026-11-29
                 value = "batched"
             setattr(getattr(config, section), key, value)
@@ -103,9 +105,15 @@ _FIELD_SECTION = {
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {name: row.defaults() for name, row in TABLE.items()}
 
 
-def resolve(config: RunConfig) -> RunConfig:
-    """A copy with every None default filled in from the dataset, then checked."""
-    check_dataset(config.data.data_name)
+def resolve(config: RunConfig, *, progress: bool = False) -> RunConfig:
+    """A copy with every None default filled in from the dataset, then checked.
+
+    A user's own data (--data) is read for the defaults it gives (antimetric.data.readers.own_defaults), after
+    every rule that needs no data is checked, and only when a field it decides is left as None: the resolved
+    config a run writes holds them all, so resuming or evaluating the run does not measure them again.
+    """
+    if config.data.data is None:
+        check_dataset(config.data.data_name)
     resolved = dataclasses.replace(
         config,
         data=dataclasses.replace(config.data),
@@ -113,14 +121,62 @@ def resolve(config: RunConfig) -> RunConfig:
         train=dataclasses.replace(config.train),
         eval=dataclasses.replace(config.eval),
     )
-    for key, value in DATASET_DEFAULTS[config.data.data_name].items():
-        section = getattr(resolved, _FIELD_SECTION[key])
-        if getattr(section, key) is None:
-            setattr(section, key, value)
+    if resolved.data.data is None:
+        _fill(resolved, DATASET_DEFAULTS[config.data.data_name])
+        if resolved.data.data_path is None:
+            resolved.data.data_path = DEFAULT_DATA_PATH
+    else:
+        _fill_own_data(resolved, progress)
     if resolved.eval.eval_batch_size is None:
         resolved.eval.eval_batch_size = 2 * resolved.train.batch_size
     _check(resolved)
     return resolved
+
+
+def _fill(config: RunConfig, defaults: dict[str, Any]) -> None:
+    """Set each field left as None to its value in `defaults` (config field name -> value)."""
+    for key, value in defaults.items():
+        section = getattr(config, _FIELD_SECTION[key])
+        if getattr(section, key) is None:
+            setattr(section, key, value)
+
+
+def _fill_own_data(config: RunConfig, progress: bool) -> None:
+    """The defaults of a user's folder or table: the seed's training settings (the demo's with the tiny backbone),
+    then what is measured on the data; its name and absolute paths, so that the run's config finds it again."""
+    data, model = config.data, config.model
+    source = data_source(data)
+    data.data, data.data_path, data.data_name = str(Path(data.data).expanduser().absolute()), \
+        str(source.dataset_dir), source.name
+    if model.backbone is None:
+        model.backbone = OWN_DATA_TRAINING.backbone
+    _fill(config, dataclasses.asdict(OWN_DATA_TRAINING_BY_BACKBONE.get(model.backbone, OWN_DATA_TRAINING)))
+    own_data_fields = ("meta_class_size", "recalls", "mean", "std")
+    if all(getattr(getattr(config, _FIELD_SECTION[key]), key) is not None for key in own_data_fields):
+        return
+    _check(config)  # every rule that needs no data, before the data is read
+    from antimetric.data.manifest.prepare import load_or_prepare
+    from antimetric.data.readers import own_defaults
+
+    index = load_or_prepare(source, progress=progress)
+    split_seed = data.split_seed if data.split_seed is not None else config.train.seed
+    classes = own_defaults.training_classes(index, data.val_fraction, data.max_per_class, split_seed, data.val_fold)
+    preferred = OWN_DATA_TRAINING_BY_BACKBONE.get(model.backbone, OWN_DATA_TRAINING).meta_class_size
+    measured: dict[str, Any] = {"meta_class_size": own_defaults.meta_class_size(preferred, classes, model.ensemble_size),
+                                "recalls": own_defaults.recalls_for(index)}
+    if data.mean is None or data.std is None:
+        measured["mean"], measured["std"] = own_defaults.normalisation(index, config.model.pretrained)
+    _fill(config, measured)
+
+
+def data_source(data: DataConfig):
+    """Where the data of a data section is and how it is read (antimetric.data.readers.source.DataSource)."""
+    from antimetric.data.readers.source import benchmark, own_data
+
+    if data.data is None:
+        return benchmark(data.data_name, data.data_path if data.data_path is not None else DEFAULT_DATA_PATH)
+    return own_data(data.data, data.data_path, test_classes=data.test_classes, test_split_seed=data.test_split_seed,
+                    allow_shared_labels=data.allow_shared_labels)
 
 
 def _check(config: RunConfig) -> None:

@@ -26,9 +26,17 @@ class StartDecisions:
     implementation: str  # the network the weights are laid out for: "batched" or "reference"
     num_workers: int | None = None  # data-loader processes; None where nothing loads a dataset (a loaded ensemble)
     image_memory: int | None = None  # MiB of decoded images kept between epochs; None likewise
+    # The digest of the records the run started on (DatasetIndex.digest): a run resumed on data whose images,
+    # labels or splits changed since would train and be scored on other data, and is refused. None: not known.
+    data_digest: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The decisions as a record holds them (a data digest only where one is known: records made before it
+        existed, and loaded ensembles, have none)."""
+        values = dataclasses.asdict(self)
+        if values["data_digest"] is None:
+            del values["data_digest"]
+        return values
 
     @classmethod
     def from_dict(cls, values: Any, where: str) -> "StartDecisions":
@@ -37,7 +45,8 @@ class StartDecisions:
         if not (isinstance(values, dict) and {"device", "precision", "implementation"} <= set(values) <= fields
                 and isinstance(values["device"], str) and values["precision"] in DECIDED_PRECISIONS
                 and values["implementation"] in IMPLEMENTATIONS
-                and all(values.get(key) is None or is_count(values[key]) for key in ("num_workers", "image_memory"))):
+                and all(values.get(key) is None or is_count(values[key]) for key in ("num_workers", "image_memory"))
+                and isinstance(values.get("data_digest"), (str, type(None)))):
             raise ConfigError(f"{where}: its {DECISIONS_KEY!r} are not the decisions of a run ({values!r:.200}); "
                               "train it again")
         return cls(**values)

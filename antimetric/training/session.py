@@ -16,7 +16,7 @@ from antimetric.data.cache import CacheForm, find_cache
 from antimetric.data.dataset import ImageDataset
 from antimetric.data.decoded_images import DecodedImages
 from antimetric.data.demo import ensure_demo
-from antimetric.data.manifest.prepare import load_or_prepare
+from antimetric.data.manifest.prepare import NO_MANIFEST, is_up_to_date, load_or_prepare
 from antimetric.data.records import DatasetIndex
 from antimetric.data.splits import EvalSet, Splits, make_splits
 from antimetric.data.transforms import ImageTransform, test_transform, train_transform
@@ -24,7 +24,7 @@ from antimetric.errors import ConfigError
 from antimetric.model.convert import branch_blocks
 from antimetric.model.device_plan import DevicePlan, plan_for
 from antimetric.model.ensemble import EnsembleNet, build_block, build_model
-from antimetric.training.config import RunConfig
+from antimetric.training.config import RunConfig, data_source
 from antimetric.training.decisions import StartDecisions
 from antimetric.training.memory_estimate import check_memory
 from antimetric.training.meta_classes import assign_meta_classes, check_meta_class_size, load_meta_ids
@@ -79,11 +79,25 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def load_index(config: RunConfig, progress: bool) -> DatasetIndex:
-    data_path = Path(config.data.data_path)
-    if config.data.data_name == "demo":
-        ensure_demo(data_path / "demo", progress=progress)
-    return load_or_prepare(config.data.data_name, data_path, progress=progress)
+def load_index(config: RunConfig, progress: bool, started_on: str | None = None) -> DatasetIndex:
+    """The run's dataset from its manifest (prepared first where needed; the demo generated on first use).
+
+    `started_on`: the digest of the data a resumed run started on; data changed since is refused in one line."""
+    source = data_source(config.data)
+    if not source.own and source.name == "demo":
+        ensure_demo(source.dataset_dir, progress=progress)
+    stale = is_up_to_date(source) if started_on is not None else None
+    if stale is not None and stale != NO_MANIFEST:
+        raise ConfigError(f"--resume: {source.name}: {stale}; this run trained on the data as it was: start a new "
+                          "run, which prepares the data again")
+    index = load_or_prepare(source, progress=progress)
+    if started_on is not None and index.digest() != started_on:
+        raise ConfigError(f"--resume: the images, labels or splits of {source.name} changed since this run started; "
+                          "it trained on the data as it was: start a new run")
+    if config.data.crop_type == "cropped" and not any(record.box is not None for record in index.records):
+        raise ConfigError(f"--crop-type cropped needs bounding boxes, which {source.name} does not have (a table "
+                          "gives them in columns x_1, x_2, y_1, y_2); drop --crop-type")
+    return index
 
 
 def config_splits(config: RunConfig, index: DatasetIndex) -> Splits:
@@ -107,7 +121,7 @@ def build_session(config: RunConfig, *, progress: bool = False, pinned: dict[str
     block = branch_blocks(model_cfg.ensemble_size, group_size())[rank()]  # all of them on one process
     check_memory(_block_config(config, block), device, plan=plan)  # before any data is read
     torch.manual_seed(train.seed)
-    index = load_index(config, progress)
+    index = load_index(config, progress, started_on=pinned.get("data_digest"))
     splits = config_splits(config, index)
     meta_ids = _meta_ids(config, splits.train_classes)
     prepare_device(plan)
@@ -127,7 +141,7 @@ def build_session(config: RunConfig, *, progress: bool = False, pinned: dict[str
     memory = DecodedImages(image_memory_mib(pinned.get("image_memory", data.image_memory), workers) * 2**20)
     targets = {label: torch.as_tensor(meta_ids[block.start:block.stop, col])  # this process's branches'
                for col, label in enumerate(splits.train_classes)}
-    train_set = ImageDataset(splits.train, image_root, train_transform(data.data_name, data.crop_type, data.image_size),
+    train_set = ImageDataset(splits.train, image_root, train_transform((data.mean, data.std), data.crop_type, data.image_size),
                              crop, targets, memory)
     if len(train_set) < train.batch_size and train.train:
         raise ConfigError(f"{len(train_set)} training images are fewer than --batch-size {train.batch_size}")
@@ -136,11 +150,11 @@ def build_session(config: RunConfig, *, progress: bool = False, pinned: dict[str
     generator = torch.Generator().manual_seed(train.seed)
     decisions = StartDecisions(device=str(device), precision="bf16" if plan.bf16 else "fp32",
                                implementation=model_cfg.implementation, num_workers=workers,
-                               image_memory=memory.budget_bytes // 2**20)
+                               image_memory=memory.budget_bytes // 2**20, data_digest=index.digest())
     train_loader = DataLoader(train_set, batch_size=train.batch_size, shuffle=True, drop_last=True,
                               num_workers=workers, pin_memory=device.type == "cuda", generator=generator)
 
-    transform = test_transform(data.data_name, data.crop_type, data.image_size)
+    transform = test_transform((data.mean, data.std), data.crop_type, data.image_size)
 
     def loaders(eval_set: EvalSet) -> EvalLoaders:
         return eval_loaders(eval_set, image_root, transform, crop, config.eval.eval_batch_size, workers, device, memory)
@@ -180,7 +194,8 @@ def image_source(config: RunConfig, index: DatasetIndex, progress: bool) -> tupl
     if not data.image_cache:
         return index.root, crop
     form = CacheForm(data.crop_type, data.image_size)
-    folder = find_cache(Path(data.data_path) / data.data_name, data.data_name, form, index.root, index.records)
+    source = data_source(data)
+    folder = find_cache(source.work_dir, source.name, form, index.root, index.records)
     if folder is None:
         return index.root, crop
     if progress:

@@ -58,6 +58,8 @@ STUDY_DEFAULTS: dict[str, dict[str, Any]] = {
                max_concurrent=study.max_concurrent, cpus_per_trial=study.cpus_per_trial)
     for name, study in DATASET_STUDY_DEFAULTS.items()
 }
+# Study defaults over the core's: a validation split to select on, quiet loaders inside trials.
+TRIAL_DEFAULTS: dict[str, Any] = {"val_fraction": 0.2, "num_workers": 0}
 # --smoke-test: seconds, not minutes: few trials on small, low-resolution data.
 SMOKE = dict(num_samples=3, max_epochs=2, fixed=dict(image_size=32, max_per_class=8))
 
@@ -112,5 +114,7 @@ _FIELD_DEFAULTS = {f.name: f.default for f in fields(StudySettings) if f.default
 
 def trial_constants(settings: StudySettings) -> dict[str, Any]:
     """The config every trial shares; the searched keys are added per trial."""
-    return {"data_name": settings.name, "data_path": str(settings.data_path), "num_epochs": settings.max_epochs,
+    from studies.design.own_data import dataset_constants  # it builds on this module's neighbours
+
+    return {**dataset_constants(settings.name, settings.data_path), "num_epochs": settings.max_epochs,
             "seed": settings.seed, **settings.fixed}

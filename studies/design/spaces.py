@@ -19,14 +19,18 @@ import optuna
 from antimetric.errors import ConfigError
 from antimetric.training.meta_classes import check_class_count
 from studies.design.seeds import trial_seeds
-from studies.design.study_defaults import DATASET_STUDY_DEFAULTS
+from studies.design.study_defaults import DATASET_STUDY_DEFAULTS, StudyDefaults
 
 Space = dict[str, dict[str, Any]]
 
 
 def dataset_space(name: str) -> Space:
     """The built-in space of a dataset, from the ranges of its study defaults."""
-    study = DATASET_STUDY_DEFAULTS[name]
+    return space_of(DATASET_STUDY_DEFAULTS[name])
+
+
+def space_of(study: StudyDefaults) -> Space:
+    """The space the ranges of a study's defaults span."""
     return {
         "ensemble_size": {"type": "choice", "values": list(study.ensemble_sizes)},
         "meta_class_size": {"type": "int", "low": study.meta_class_sizes[0], "high": study.meta_class_sizes[1],

@@ -35,3 +35,8 @@ DATASET_STUDY_DEFAULTS: dict[str, StudyDefaults] = {
     "sop": StudyDefaults(num_samples=16, meta_class_sizes=(64, 1024)),
     "isc": StudyDefaults(num_samples=16, meta_class_sizes=(32, 512)),
 }
+
+# A user's own images (studies/design/own_data.py): CUB's study of the seed's ResNet-18, its meta-class sizes from 2
+# (the sampler narrows them to the training classes); with --backbone tiny, the demo's CPU-sized study.
+OWN_DATA_STUDY = StudyDefaults(num_samples=24, meta_class_sizes=(2, 48))
+OWN_DATA_STUDY_BY_BACKBONE = {"tiny": DATASET_STUDY_DEFAULTS["demo"]}

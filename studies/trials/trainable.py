@@ -33,8 +33,7 @@ BEST_EPOCH_FILES = (BEST_FILE, RETRIEVALS_FILE)
 # "trial 4"), "repeat": r, "values": the config values it sets}. One key, so that one grid_search lists the runs.
 CONFIRM = "confirm"
 
-# Study defaults over the core's: a validation split to select on, quiet loaders inside trials.
-TRIAL_DEFAULTS: dict[str, Any] = {"val_fraction": 0.2, "num_workers": 0}
+from studies.design.settings import TRIAL_DEFAULTS as TRIAL_DEFAULTS  # noqa: E402 (kept importable from here)
 
 
 def ended_early(epochs_run: int, config: dict[str, Any]) -> bool:

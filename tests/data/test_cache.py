@@ -11,6 +11,7 @@ from antimetric.data import transforms
 from antimetric.data.cache import CACHE_FOLDER, CacheForm, find_cache, save_cached
 from antimetric.data.dataset import ImageDataset
 from antimetric.data.manifest.prepare import load_manifest, prepare
+from antimetric.data.readers.source import benchmark
 from antimetric.data.records import ImageRecord
 from antimetric.errors import DatasetLayoutError
 from antimetric.options import given_options
@@ -50,13 +51,13 @@ def test_the_cached_resize_leaves_a_cached_image_unchanged(size, crop_type):
 @pytest.mark.parametrize("crop_type", ["uncropped", "cropped"])
 def test_training_and_evaluation_read_cached_images_like_the_originals(cub, crop_type):
     data_path, info = cub
-    report = prepare("cub", data_path, progress=False, cache=CacheForm(crop_type, SIZE))
-    index = load_manifest("cub", data_path)
+    report = prepare(benchmark("cub", data_path), progress=False, cache=CacheForm(crop_type, SIZE))
+    index = load_manifest(benchmark("cub", data_path))
     folder = find_cache(data_path / "cub", "cub", CacheForm(crop_type, SIZE), index.root, index.records)
     assert folder == report.cache == data_path / "cub" / CACHE_FOLDER / f"{crop_type}-{SIZE}"
     crop = crop_type == "cropped"
     errors = []
-    for transform in (transforms.train_transform("cub", crop_type, SIZE), transforms.test_transform("cub", crop_type, SIZE)):
+    for transform in (transforms.train_transform(transforms.MEAN_STD["cub"], crop_type, SIZE), transforms.test_transform(transforms.MEAN_STD["cub"], crop_type, SIZE)):
         original = ImageDataset(index.records, index.root, transform, crop=crop)
         cached = ImageDataset(index.records, folder, transform, crop=False)
         uncropped_cache = ImageDataset(index.records, folder, transform, crop=True)
@@ -74,24 +75,24 @@ def test_training_and_evaluation_read_cached_images_like_the_originals(cub, crop
 
 
 def _found(data_path, form):
-    index = load_manifest("cub", data_path)
+    index = load_manifest(benchmark("cub", data_path))
     return find_cache(data_path / "cub", "cub", form, index.root, index.records)
 
 
 def test_a_cache_is_used_only_for_its_form_and_the_same_images(cub):
     data_path, info = cub
     form = CacheForm("uncropped", SIZE)
-    report = prepare("cub", data_path, progress=False, cache=form)
+    report = prepare(benchmark("cub", data_path), progress=False, cache=form)
     assert _found(data_path, form) == report.cache
     assert _found(data_path, CacheForm("uncropped", SIZE + 1)) is None
     assert _found(data_path, CacheForm("cropped", SIZE)) is None
 
     (info["root"] / info["records"][4][0]).write_bytes(b"not a jpeg")
-    prepare("cub", data_path, progress=False)  # the manifest now leaves that image out
-    assert len(load_manifest("cub", data_path).records) == len(info["records"]) - 1
+    prepare(benchmark("cub", data_path), progress=False)  # the manifest now leaves that image out
+    assert len(load_manifest(benchmark("cub", data_path)).records) == len(info["records"]) - 1
     assert _found(data_path, form) is None
 
-    report = prepare("cub", data_path, progress=False, cache=form)
+    report = prepare(benchmark("cub", data_path), progress=False, cache=form)
     assert [image.path for image in report.unreadable] == [info["records"][4][0]]
     assert _found(data_path, form) == report.cache
     (report.cache / "cache.json").unlink()  # as an interrupted prepare leaves it
@@ -101,27 +102,27 @@ def test_a_cache_is_used_only_for_its_form_and_the_same_images(cub):
 def test_a_replaced_image_or_a_changed_box_makes_the_cache_stale(cub):
     data_path, info = cub
     form = CacheForm("cropped", SIZE)
-    prepare("cub", data_path, progress=False, cache=form)
+    prepare(benchmark("cub", data_path), progress=False, cache=form)
     _photo(80, 48, seed=99).save(info["root"] / info["records"][2][0], quality=95)  # same path, other image
     assert _found(data_path, form) is None
 
-    prepare("cub", data_path, progress=False, cache=form)
+    prepare(benchmark("cub", data_path), progress=False, cache=form)
     assert _found(data_path, form) is not None
     boxes = info["root"] / "bounding_boxes.txt"
     boxes.write_text(boxes.read_text().replace("1 ", "1 1", 1))  # first image's box moves
-    prepare("cub", data_path, progress=False)
+    prepare(benchmark("cub", data_path), progress=False)
     assert _found(data_path, form) is None
 
 
 def test_a_failed_prepare_leaves_no_usable_cache(cub, capsys):
     data_path, info = cub
     form = CacheForm("uncropped", SIZE)
-    report = prepare("cub", data_path, progress=False, cache=form)
+    report = prepare(benchmark("cub", data_path), progress=False, cache=form)
     blocked = report.cache / info["records"][5][0]
     blocked.unlink()
     (blocked / "in-the-way").mkdir(parents=True)  # a folder where a cached file must go
     with pytest.raises(DatasetLayoutError, match="cannot write the cached copy of"):
-        prepare("cub", data_path, progress=False, cache=form)
+        prepare(benchmark("cub", data_path), progress=False, cache=form)
     assert _found(data_path, form) is None
     assert not list(report.cache.rglob("*.tmp"))  # no temporary file left behind
 
@@ -144,7 +145,7 @@ def test_an_empty_box_is_a_clear_error_before_anything_is_cached(cub, capsys):
 
 def test_a_training_session_reads_a_matching_cache_unless_told_not_to(cub, tmp_path):
     data_path, info = cub
-    report = prepare("cub", data_path, progress=False, cache=CacheForm("cropped", SIZE))
+    report = prepare(benchmark("cub", data_path), progress=False, cache=CacheForm("cropped", SIZE))
     values = dict(data_name="cub", data_path=str(data_path), output_dir=str(tmp_path / "runs"), crop_type="cropped",
                   image_size=SIZE, backbone="tiny", ensemble_size=2, meta_class_size=2, pretrained=False,
                   num_epochs=1, num_workers=0, batch_size=4)
@@ -202,13 +203,13 @@ def test_an_unwritable_cache_folder_is_a_clear_error(cub):
     data_path, _ = cub
     (data_path / "cub" / CACHE_FOLDER).write_text("a file where the cache folder goes")
     with pytest.raises(DatasetLayoutError, match="cannot write the image cache"):
-        prepare("cub", data_path, progress=False, cache=CacheForm("uncropped", SIZE))
+        prepare(benchmark("cub", data_path), progress=False, cache=CacheForm("uncropped", SIZE))
 
 
 def test_a_deleted_cached_file_makes_the_cache_unused(cub):
     data_path, info = cub
     form = CacheForm("uncropped", SIZE)
-    report = prepare("cub", data_path, progress=False, cache=form)
+    report = prepare(benchmark("cub", data_path), progress=False, cache=form)
     assert _found(data_path, form) == report.cache
     (report.cache / info["records"][3][0]).unlink()
     assert _found(data_path, form) is None  # training then reads the originals

@@ -12,6 +12,7 @@ from antimetric.data import demo
 from antimetric.data.manifest import prepare as manifest_module
 from antimetric.data.manifest.locking import dataset_lock
 from antimetric.data.manifest.prepare import MANIFEST_NAME, load_or_prepare
+from antimetric.data.readers.source import benchmark
 from tests.fixtures.datasets import make_cub
 
 _WORKERS = 2
@@ -23,7 +24,7 @@ def _first_use(data_path: str, barrier, results) -> None:
     try:
         barrier.wait(timeout=_TIMEOUT_S)
         demo.ensure_demo(Path(data_path) / "demo")
-        index = load_or_prepare("demo", Path(data_path), progress=False)
+        index = load_or_prepare(benchmark("demo", Path(data_path)), progress=False)
         unreadable = [path for path in (index.root / r.path for r in index.records) if not path.is_file()]
         results.put(("ok", len(index.records), len(unreadable)))
     except BaseException:  # report everything: the parent asserts on it
@@ -57,7 +58,7 @@ def test_load_or_prepare_waits_for_the_lock_and_prepares_once(tmp_path, monkeypa
     write_json = manifest_module.write_json
     monkeypatch.setattr(manifest_module, "write_json", lambda *args: writes.append(1) or write_json(*args))
     loaded = []
-    threads = [threading.Thread(target=lambda: loaded.append(load_or_prepare("cub", tmp_path, progress=False)))
+    threads = [threading.Thread(target=lambda: loaded.append(load_or_prepare(benchmark("cub", tmp_path), progress=False)))
                for _ in range(2)]
     waiting, err = "cub: waiting for another process that is preparing it", ""
     with dataset_lock(tmp_path, "cub"):  # as another process preparing the dataset holds it

@@ -12,6 +12,7 @@ from antimetric.data import transforms
 from antimetric.data.dataset import ImageDataset
 from antimetric.data.decoded_images import DecodedImages
 from antimetric.data.manifest.prepare import load_or_prepare
+from antimetric.data.readers.source import benchmark
 from antimetric.errors import ConfigError
 from antimetric.training.config import RunConfig, resolve
 from antimetric.training.session import DEFAULT_IMAGE_MEMORY_MIB, build_session
@@ -42,7 +43,7 @@ def _seed_pipeline(train: bool, crop_type: str) -> tv.Compose:
 @pytest.mark.parametrize("train", [True, False])
 def test_the_two_step_transform_computes_the_seed_pipeline_bit_for_bit(size, crop_type, train):
     image = _photo(*size, seed=sum(size))
-    ours = (transforms.train_transform if train else transforms.test_transform)("cub", crop_type, SIZE)
+    ours = (transforms.train_transform if train else transforms.test_transform)(transforms.MEAN_STD["cub"], crop_type, SIZE)
     seed = _seed_pipeline(train, crop_type)
     for draw in range(4):  # the same random crops and flips from the same generator state
         torch.manual_seed(draw)
@@ -68,8 +69,8 @@ def _epoch(dataset: ImageDataset) -> torch.Tensor:
 @pytest.mark.parametrize("crop_type", ["uncropped", "cropped"])
 def test_kept_images_give_what_decoding_gives_and_are_not_read_again(cub, crop_type):
     data_path, info = cub
-    index = load_or_prepare("cub", data_path)
-    transform = transforms.train_transform("cub", crop_type, SIZE)
+    index = load_or_prepare(benchmark("cub", data_path))
+    transform = transforms.train_transform(transforms.MEAN_STD["cub"], crop_type, SIZE)
     crop = crop_type == "cropped"
     torch.manual_seed(0)
     decoding = ImageDataset(index.records, index.root, transform, crop)
@@ -84,8 +85,8 @@ def test_kept_images_give_what_decoding_gives_and_are_not_read_again(cub, crop_t
 
 def test_the_budget_bounds_what_is_kept(cub):
     data_path, _ = cub
-    index = load_or_prepare("cub", data_path)
-    transform = transforms.test_transform("cub", "cropped", SIZE)
+    index = load_or_prepare(benchmark("cub", data_path))
+    transform = transforms.test_transform(transforms.MEAN_STD["cub"], "cropped", SIZE)
     one_image = 3 * SIZE * SIZE
     memory = DecodedImages(5 * one_image + one_image // 2)
     dataset = ImageDataset(index.records, index.root, transform, True, memory=memory)

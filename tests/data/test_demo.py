@@ -4,6 +4,7 @@ import pytest
 from antimetric.data import demo
 from antimetric.data.manifest.prepare import prepare
 from antimetric.data.readers import read_dataset
+from antimetric.data.readers.source import benchmark
 from antimetric.errors import ConfigError
 
 
@@ -19,7 +20,7 @@ def test_demo_is_a_cub_layout_with_disjoint_halves(demo_data_path):
 
 
 def test_demo_images_are_all_readable(demo_data_path, tmp_path):
-    report = prepare("demo", demo_data_path, progress=False)
+    report = prepare(benchmark("demo", demo_data_path), progress=False)
     assert report.unreadable == [] and report.splits["train"]["classes"] == 30
 
 

@@ -17,9 +17,9 @@ from studies.search import parse_args
 
 # `train` options a study does not take, and why: the dataset is the study's NAME, and a trial's
 # run folder is its own (in the study's storage); --resume, --json and --quiet mean other things there.
-NOT_IN_STUDIES = {"--data-name", "--data_name", "--output-dir", "--output_dir", "--run-name", "--run_name",
+NOT_IN_STUDIES = {"--data-name", "--data_name", "--data", "--output-dir", "--output_dir", "--run-name", "--run_name",
                   "--reuse-run-name", "--no-reuse-run-name", "--reuse_run_name", "--json", "--quiet", "-h", "--help",
-                  "--resume", "--val-fold", "--val_fold", "--split-seed", "--split_seed"}  # the study sets these per run
+                  "--resume", "--val-fold", "--val_fold", "--split-seed", "--split_seed"}  # the study sets these per run (--data: its NAME|PATH)
 
 
 def _option_strings(parser, command=None):

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from antimetric.data.manifest.prepare import load_or_prepare
+from antimetric.data.readers.source import benchmark
 from antimetric.errors import ConfigError
 from antimetric.training.config import RunConfig
 from antimetric.training.run_folder import CONFIG_FILE, RETRIEVALS_FILE, OutputError, create_run_dir
@@ -71,7 +72,7 @@ def _small_files_only():
 
 @pytest.mark.slow
 def test_an_output_folder_that_fills_up_is_one_line_and_loses_nothing(demo_data_path, tmp_path):
-    load_or_prepare("demo", demo_data_path, progress=False)  # the manifest exists before the limit applies
+    load_or_prepare(benchmark("demo", demo_data_path), progress=False)  # the manifest exists before the limit applies
     out = tmp_path / "runs"
     proc = subprocess.run(
         [sys.executable, "-m", "antimetric", "train", "--data-path", str(demo_data_path), "--output-dir", str(out),

@@ -32,15 +32,14 @@ from antimetric.data.manifest.saved import (
     SavedManifest,
     UnreadableImage,
     manifest_json,
-    manifest_path,
     read_manifest,
 )
 from antimetric.data.manifest.stamps import Stamp, file_stamp
-from antimetric.data.readers import index_files, read_dataset
+from antimetric.data.readers.source import DataSource
 from antimetric.data.records import DatasetIndex, ImageRecord
 from antimetric.errors import DatasetLayoutError
 
-_NO_MANIFEST = "no manifest"
+NO_MANIFEST = "no manifest"
 _REPORTED_UNREADABLE = 20
 _REASON_CHARS = 200
 # PIL releases the GIL while decoding, so threads check images in parallel without extra processes.
@@ -66,72 +65,81 @@ class PrepareReport:
         }
 
 
-def prepare(name: str, data_path: Path, *, progress: bool = True, cache: CacheForm | None = None) -> PrepareReport:
-    """Read dataset `name` from data_path/name, decode every image once and write its manifest there.
+def prepare(source: DataSource, *, progress: bool = True, cache: CacheForm | None = None) -> PrepareReport:
+    """Read the dataset of `source`, decode every image once and write its manifest in its folder.
 
     Missing or undecodable images do not stop the run: they are listed as unreadable in the manifest
     and the report, and load_manifest leaves them out. With `cache`, each readable image is also
     written resized into that cache folder (antimetric.data.cache), in the same pass.
     """
-    index = read_dataset(name, Path(data_path) / name)  # a missing layout fails before a lock file is made
-    with dataset_lock(data_path, name):
-        return _prepare(name, data_path, index, progress=progress, cache=cache)
+    index = source.read()  # a missing layout or bad table fails before a lock file is made
+    with dataset_lock(*source.lock_place()):
+        return _prepare(source, index, progress=progress, cache=cache)
 
 
-def load_manifest(name: str, data_path: Path) -> DatasetIndex:
-    """The DatasetIndex saved by prepare, without its unreadable images, with an absolute root."""
-    return read_manifest(name, data_path).readable()
+def load_manifest(source: DataSource) -> DatasetIndex:
+    """The DatasetIndex saved by prepare, without its unreadable images, with an absolute root (and a folder's
+    test classes drawn)."""
+    return source.with_splits(read_manifest(source).readable())
 
 
-def load_or_prepare(name: str, data_path: Path, *, progress: bool = True) -> DatasetIndex:
-    """The saved manifest of dataset `name`, preparing it first when there is none or it is out of date.
+def load_or_prepare(source: DataSource, *, progress: bool = True) -> DatasetIndex:
+    """The saved manifest of `source`, preparing it first when there is none or it is out of date.
 
     Out of date: an older manifest format, or an image or index file changed or gone since it was
-    written; one line on stderr says which. Unreadable images the manifest leaves out are counted in
-    one line on stderr, so that a run on part of a dataset does not pass unnoticed.
+    written (a user's folder: an image added, removed or moved between class folders); one line on stderr
+    says which. Unreadable images the manifest leaves out are counted in one line on stderr, so that a run
+    on part of a dataset does not pass unnoticed.
     """
-    saved, reason = _saved_or_why_not(name, data_path)
+    name = source.name
+    saved, reason = _saved_or_why_not(source)
     if reason is not None:
-        index = read_dataset(name, Path(data_path) / name)
-        with dataset_lock(data_path, name):
-            saved, reason = _saved_or_why_not(name, data_path)  # another process may have prepared it meanwhile
+        index = source.read()
+        with dataset_lock(*source.lock_place()):
+            saved, reason = _saved_or_why_not(source)  # another process may have prepared it meanwhile
             if reason is not None:
-                if reason != _NO_MANIFEST:
+                if reason != NO_MANIFEST:
                     print(f"{name}: {reason}; preparing again", file=sys.stderr)
-                _prepare(name, data_path, index, progress=progress, cache=None)
-                saved = read_manifest(name, data_path)
+                _prepare(source, index, progress=progress, cache=None)
+                saved = read_manifest(source)
     if saved.unreadable:
         print(f"{name}: {len(saved.unreadable)} of {len(saved.records)} images are unreadable and left out "
               f"(see {saved.path})", file=sys.stderr)
-    return saved.readable()
+    return source.with_splits(saved.readable())
 
 
-def _prepare(name: str, data_path: Path, index: DatasetIndex, *, progress: bool,
-             cache: CacheForm | None) -> PrepareReport:
+def is_up_to_date(source: DataSource) -> str | None:
+    """None when the manifest of `source` matches its data, else why not (a run resumed on changed data
+    refuses with it)."""
+    return _saved_or_why_not(source)[1]
+
+
+def _prepare(source: DataSource, index: DatasetIndex, *, progress: bool, cache: CacheForm | None) -> PrepareReport:
     """prepare, for a caller that holds the dataset's lock."""
-    dataset_dir = Path(data_path) / name
+    name, dataset_dir = source.name, source.work_dir  # the cache is written in its work folder
     if cache is not None:
         try:
             start_cache(cache.folder(dataset_dir))
         except OSError as error:
             raise DatasetLayoutError(f"{name}: cannot write the image cache in {cache.folder(dataset_dir)} "
                                      f"({error})") from None
-    sources = {relative: file_stamp(index.root / relative) for relative in index_files(name)}
+    sources = {relative: file_stamp(index.root / relative) for relative in index.sources}
     stamps, unreadable = _check_images(index, cache, dataset_dir, progress=progress)
-    path = manifest_path(name, data_path)
+    path = source.manifest
     try:
-        write_json(path, manifest_json(name, dataset_dir, index, sources, stamps, unreadable))
+        write_json(path, manifest_json(source, index, sources, stamps, unreadable))
     except OSError as error:
         raise DatasetLayoutError(f"{name}: cannot write manifest {path} ({error})") from None
     skipped = {image.path for image in unreadable}
-    readable = DatasetIndex(index.name, index.root, [r for r in index.records if r.path not in skipped])
+    readable = DatasetIndex(index.name, index.root, [r for r in index.records if r.path not in skipped],
+                            index.class_names, index.sources)
     cache_folder = cache.folder(dataset_dir) if cache is not None else None
     if cache is not None:
         try:
             finish_cache(dataset_dir, name, cache, index.root, readable.records)
         except OSError as error:
             raise DatasetLayoutError(f"{name}: cannot write the image cache index in {cache_folder} ({error})") from None
-    return PrepareReport(dataset=name, manifest=path, splits=readable.summary(), unreadable=unreadable,
+    return PrepareReport(dataset=name, manifest=path, splits=source.with_splits(readable).summary(), unreadable=unreadable,
                          cache=cache_folder)
 
 
@@ -189,14 +197,14 @@ def _check_image(name: str, root: Path, record: ImageRecord, cache: CacheForm | 
     return None
 
 
-def _saved_or_why_not(name: str, data_path: Path) -> tuple[SavedManifest | None, str | None]:
-    """The manifest when it is up to date, else why it must be prepared (_NO_MANIFEST when there is none)."""
-    if not manifest_path(name, data_path).is_file():
-        return None, _NO_MANIFEST
+def _saved_or_why_not(source: DataSource) -> tuple[SavedManifest | None, str | None]:
+    """The manifest when it is up to date, else why it must be prepared (NO_MANIFEST when there is none)."""
+    if not source.manifest.is_file():
+        return None, NO_MANIFEST
     try:
-        saved = read_manifest(name, data_path)
+        saved = read_manifest(source)
     except OlderManifestFormat as older:
-        return None, (f"manifest {manifest_path(name, data_path)} has format {older.found}, "
+        return None, (f"manifest {source.manifest} has format {older.found}, "
                       f"this version writes format {MANIFEST_FORMAT}")
     reason = saved.stale_reason()
     return (saved, None) if reason is None else (None, reason)

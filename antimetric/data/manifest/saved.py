@@ -1,13 +1,15 @@
 """The manifest file itself: its JSON form, its checks when read back, and whether it is still up to date.
 
-Format 2, in MANIFEST_NAME in the dataset folder:
+Format 3, in the dataset's folder (MANIFEST_NAME; a table's: named after the table, DataSource.manifest):
 
     format       MANIFEST_FORMAT
     dataset      the dataset's name
     root         the layout's root, relative to the dataset folder ('.' when it is the folder itself)
-    index_files  {path relative to root: [size, mtime_ns]} of the files the reader parsed
+    index_files  {path relative to root: [size, mtime_ns]} of what the reader parsed: a layout's index files, a
+                 table (an absolute path when it lies outside the root), or every folder of a folder of classes
+    class_names  {label: name} of a user's own classes ({} for a benchmark)
     records      [path relative to root, label, split, box [left, upper, right, lower] or null,
-                  [size, mtime_ns] of the image or null when it was missing] per image
+                  [size, mtime_ns] of the image or null when it was missing, category or null] per image
     unreadable   [{path, reason}] of the images left out
 
 The file is written by prepare and may be edited or damaged by anyone since, so reading it back checks
@@ -22,14 +24,17 @@ from pathlib import Path
 
 from antimetric.data.manifest.stamps import Stamp, file_stamp
 from antimetric.data.readers.layout import box_problem, path_problem
+from antimetric.data.readers.source import MANIFEST_NAME as MANIFEST_NAME
+from antimetric.data.readers.source import DataSource
 from antimetric.data.records import GALLERY, QUERY, TEST, TRAIN, Box, DatasetIndex, ImageRecord
 from antimetric.errors import DatasetLayoutError
 
-MANIFEST_NAME = "antimetric-manifest.json"
-# 2 added the stamps of images and index files. load_or_prepare prepares a manifest of an older format
-# again (nothing in it is lost: it is all derived from the dataset); load_manifest refuses it.
-MANIFEST_FORMAT = 2
+# 2 added the stamps of images and index files; 3 class names and categories (a user's own data). load_or_prepare
+# prepares a manifest of an older format again (nothing in it is lost: it is all derived from the dataset);
+# load_manifest refuses it.
+MANIFEST_FORMAT = 3
 _SPLITS = {TRAIN, TEST, QUERY, GALLERY}
+_SHOWN_EDITS = 3
 
 
 @dataclass(frozen=True)
@@ -57,15 +62,18 @@ class SavedManifest:
     stamps: list[Stamp | None]  # per record
     index_files: dict[str, Stamp | None]
     unreadable: frozenset[str]  # record paths
+    class_names: dict[int, str]
 
     def readable(self) -> DatasetIndex:
-        return DatasetIndex(self.name, self.root, [r for r in self.records if r.path not in self.unreadable])
+        return DatasetIndex(self.name, self.root, [r for r in self.records if r.path not in self.unreadable],
+                            self.class_names, tuple(self.index_files))
 
     def stale_reason(self) -> str | None:
         """Why the dataset no longer matches the manifest, or None; one os.stat per file."""
         edited = [name for name, stamp in self.index_files.items() if file_stamp(self.root / name) != stamp]
         if edited:
-            return f"{', '.join(edited)} changed since the manifest was written"
+            more = f" and {len(edited) - _SHOWN_EDITS} more" if len(edited) > _SHOWN_EDITS else ""
+            return f"{', '.join(edited[:_SHOWN_EDITS])}{more} changed since the manifest was written"
         changed = sum(file_stamp(self.root / r.path) != stamp for r, stamp in zip(self.records, self.stamps))
         if changed:
             images = "image" if changed == 1 else "images"
@@ -73,27 +81,24 @@ class SavedManifest:
         return None
 
 
-def manifest_path(name: str, data_path: Path) -> Path:
-    return Path(data_path) / name / MANIFEST_NAME
-
-
-def manifest_json(name: str, dataset_dir: Path, index: DatasetIndex, index_files: dict[str, Stamp | None],
+def manifest_json(source: DataSource, index: DatasetIndex, index_files: dict[str, Stamp | None],
                   stamps: list[Stamp | None], unreadable: list[UnreadableImage]) -> dict:
     return {
         "format": MANIFEST_FORMAT,
-        "dataset": name,
-        "root": index.root.relative_to(dataset_dir).as_posix(),
+        "dataset": source.name,
+        "root": index.root.relative_to(source.dataset_dir.resolve()).as_posix(),
         "index_files": {relative: _listed(stamp) for relative, stamp in index_files.items()},
-        "records": [[r.path, r.label, r.split, _listed(r.box), _listed(stamp)]
+        "class_names": {str(label): name for label, name in index.class_names.items()},
+        "records": [[r.path, r.label, r.split, _listed(r.box), _listed(stamp), r.category]
                     for r, stamp in zip(index.records, stamps, strict=True)],
         "unreadable": [{"path": image.path, "reason": image.reason} for image in unreadable],
     }
 
 
-def read_manifest(name: str, data_path: Path) -> SavedManifest:
-    """The manifest of dataset `name`, checked; DatasetLayoutError (OlderManifestFormat) if it cannot be used."""
-    path = manifest_path(name, data_path)
-    rerun = f"run `python -m antimetric prepare --data-path {data_path} --data-name {name}`"
+def read_manifest(source: DataSource) -> SavedManifest:
+    """The manifest of `source`, checked; DatasetLayoutError (OlderManifestFormat) if it cannot be used."""
+    path, name = source.manifest, source.name
+    rerun = f"run `{source.prepare_command()}`"
     if not path.is_file():
         raise DatasetLayoutError(f"{name}: no manifest {path}; {rerun} first")
     try:
@@ -112,18 +117,20 @@ def read_manifest(name: str, data_path: Path) -> SavedManifest:
             f"{name}: manifest {path} is for dataset {manifest.get('dataset')!r}, not {name!r}; {rerun} again"
         )
     try:
-        root = _root(manifest["root"], path.parent)
+        root = _root(manifest["root"], source.dataset_dir)
         rows = [_record(row) for row in manifest["records"]]
-        index_files = {_relative(relative, "index file"): _stamp(stamp)
+        index_files = {_index_file(relative, source): _stamp(stamp)
                        for relative, stamp in manifest["index_files"].items()}
         unreadable = frozenset(entry["path"] for entry in manifest["unreadable"])
+        class_names = {int(label): str(name) for label, name in manifest["class_names"].items()}
     except ValueError as error:
         detail = str(error)
     except (KeyError, TypeError, IndexError, AttributeError) as error:
         detail = repr(error)
     else:
         return SavedManifest(name=name, path=path, root=root, records=[record for record, _ in rows],
-                             stamps=[stamp for _, stamp in rows], index_files=index_files, unreadable=unreadable)
+                             stamps=[stamp for _, stamp in rows], index_files=index_files, unreadable=unreadable,
+                             class_names=class_names)
     raise DatasetLayoutError(f"{name}: malformed manifest {path} ({detail}); {rerun} again")
 
 
@@ -147,12 +154,20 @@ def _relative(text: object, what: str) -> str:
     return text
 
 
+def _index_file(text: object, source: DataSource) -> str:
+    """An index file's path: inside the dataset ('.': the root folder itself, for a folder of classes), or the
+    source's own table where that lies outside the root."""
+    if text == "." or (source.table is not None and text == str(source.table)):
+        return text
+    return _relative(text, "index file")
+
+
 def _record(row: list) -> tuple[ImageRecord, Stamp | None]:
-    path, label, split, box, stamp = row
-    if not isinstance(label, int) or split not in _SPLITS:
+    path, label, split, box, stamp, category = row
+    if not isinstance(label, int) or split not in _SPLITS or not isinstance(category, (str, type(None))):
         raise ValueError(f"bad record {row!r}")
     record = ImageRecord(path=_relative(path, "record"), label=label, split=split,
-                         box=None if box is None else _box(box))
+                         box=None if box is None else _box(box), category=category)
     return record, _stamp(stamp)
 
 

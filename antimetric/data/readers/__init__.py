@@ -1,12 +1,15 @@
 """Reading a dataset folder in its official layout into a DatasetIndex.
 
-One module per layout (cub, cars, sop, inshop), each exporting READER; `layout` holds what they share.
+One module per layout (cub, cars, sop, inshop), each exporting READER; `layout` holds what they share. A user's
+own images are read by `image_folder` (class subfolders) and `oml_table` (open-metric-learning's table); `source`
+says which reader a dataset takes and where its manifest lives.
 Which dataset a reader serves is said by its row in antimetric.data.table (the demo reads the CUB
 layout under its own name), and every row's reader module is imported here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from functools import partial
 from importlib import import_module
@@ -31,7 +34,8 @@ def read_dataset(name: str, dataset_dir: Path) -> DatasetIndex:
     Only the index files are read: images are neither opened nor checked for existence (see
     antimetric.data.manifest.prepare.prepare for that). A missing or malformed layout raises DatasetLayoutError.
     """
-    return _reader(name).read(Path(dataset_dir), name)
+    reader = _reader(name)
+    return dataclasses.replace(reader.read(Path(dataset_dir), name), sources=reader.spec.index_files)
 
 
 def index_files(name: str) -> tuple[str, ...]:

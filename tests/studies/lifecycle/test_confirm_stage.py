@@ -9,6 +9,7 @@ import optuna
 import pytest
 
 from antimetric.data.manifest.prepare import load_or_prepare
+from antimetric.data.readers.source import benchmark
 from antimetric.data.splits import make_splits
 from tests.fixtures.studies import run_study, stop_study_when, trial_runs
 
@@ -58,7 +59,7 @@ def test_the_confirmation_stage_is_recorded(confirmed, demo_data_path):
     assert all(r.info.status == "FINISHED" and "trial_number" not in r.data.tags for r in confirm)
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in confirm)
     assert sorted(r.data.params["seed"] for r in search) != ["0"] * 3  # each trial its own seed
-    index = load_or_prepare("demo", demo_data_path)
+    index = load_or_prepare(benchmark("demo", demo_data_path))
     by_config: dict[str, list] = {}
     for run in confirm:
         config, repeat = run.info.run_name.removeprefix("confirm: ").rsplit(", repeat ", 1)
