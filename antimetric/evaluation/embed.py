@@ -12,7 +12,7 @@ from antimetric.evaluation.metrics import retrieval_metrics
 from antimetric.model.device_plan import to_device_batch
 from antimetric.model.ensemble import EnsembleNet
 
-__all__ = ["Embeddings", "embed", "embeddings_arrays", "score"]
+__all__ = ["Embeddings", "embed", "embeddings_arrays", "score", "score_per_category"]
 
 
 @dataclass
@@ -49,6 +49,28 @@ def score(query: Embeddings, ks: tuple[int, ...], gallery: Embeddings | None = N
         gallery.labels.to(device) if gallery is not None else None,
         chunk_size=chunk_size,
     )
+
+
+def score_per_category(query: Embeddings, query_categories: list[str | None], ks: tuple[int, ...],
+                       gallery: Embeddings | None = None, gallery_categories: list[str | None] | None = None, *,
+                       device: torch.device | None = None, chunk_size: int = 4096) -> dict[str, dict[str, float]]:
+    """score() within each category (a table's `category` column), queries and gallery both restricted to it,
+    as open-metric-learning reports them; images without a category are in none."""
+    out = {}
+    for category in sorted({c for c in query_categories if c is not None}):
+        rows = [i for i, c in enumerate(query_categories) if c == category]
+        part = _subset(query, rows)
+        other = None
+        if gallery is not None:
+            other = _subset(gallery, [i for i, c in enumerate(gallery_categories or []) if c == category])
+        if len(rows) > 1 or (other is not None and other.paths):
+            out[category] = score(part, ks, other, device=device, chunk_size=chunk_size)
+    return out
+
+
+def _subset(embeddings: Embeddings, rows: list[int]) -> Embeddings:
+    index = torch.as_tensor(rows, dtype=torch.long)
+    return Embeddings(embeddings.features[index], embeddings.labels[index], [embeddings.paths[i] for i in rows])
 
 
 def embeddings_arrays(prefix: str, embeddings: Embeddings) -> dict[str, np.ndarray]:

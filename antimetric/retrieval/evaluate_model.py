@@ -7,7 +7,7 @@ from antimetric.data.settings import BOXED_DATASETS
 from antimetric.data.splits import test_set
 from antimetric.data.transforms import test_transform
 from antimetric.errors import ConfigError
-from antimetric.evaluation.embed import embed, score
+from antimetric.evaluation.embed import embed, score, score_per_category
 from antimetric.retrieval.trained import TrainedEnsemble
 from antimetric.training.config import DATASET_DEFAULTS, RunConfig, resolve
 from antimetric.training.session import eval_loaders, image_source, load_index, num_workers
@@ -64,7 +64,8 @@ def evaluate_model(ensemble: TrainedEnsemble, data_path: Path | None, data_name:
                    crop_type: str | None = None, *, data: str | None = None,
                    progress: bool = False) -> dict[str, float]:
     """test_* Recall@K, MAP@R and R-precision, equal to what training reported for the checkpoint's epoch
-    (same images, transform, batches and search) when run on the data it was trained on."""
+    (same images, transform, batches and search) when run on the data it was trained on; for a table with a
+    `category` column, each also per category (`test_recall_at_1/<category>`)."""
     config = evaluation_config(ensemble, data_path, data_name, crop_type, data)
     index = load_index(config, progress)
     test = test_set(index)
@@ -79,4 +80,12 @@ def evaluate_model(ensemble: TrainedEnsemble, data_path: Path | None, data_name:
     if loaders.gallery is not None:
         gallery = embed(ensemble.model, loaders.gallery, ensemble.device, progress=progress, desc="embed gallery")
     scores = score(query, config.eval.recalls, gallery, device=ensemble.device, chunk_size=config.eval.chunk_size)
-    return {f"test_{key}": value for key, value in scores.items()}
+    metrics = {f"test_{key}": value for key, value in scores.items()}
+    if any(record.category is not None for record in test.query):  # a table's categories, each on its own
+        per_category = score_per_category(
+            query, [r.category for r in test.query], config.eval.recalls, gallery,
+            [r.category for r in test.gallery] if test.gallery is not None else None,
+            device=ensemble.device, chunk_size=config.eval.chunk_size)
+        for category, values in per_category.items():
+            metrics.update({f"test_{key}/{category}": value for key, value in values.items()})
+    return metrics

@@ -23,7 +23,7 @@ from antimetric.data.images import open_rgb
 from antimetric.data.manifest.prepare import load_or_prepare
 from antimetric.data.readers import read_dataset
 from antimetric.data.readers.image_folder import IMAGE_SUFFIXES, scan_images
-from antimetric.data.readers.source import benchmark
+from antimetric.data.readers.source import TABLE_SUFFIXES, DataSource, benchmark, own_data
 from antimetric.data.records import GALLERY, TEST, DatasetIndex
 from antimetric.data.settings import DATASETS
 from antimetric.errors import ConfigError, DatasetLayoutError
@@ -69,28 +69,35 @@ def is_dataset_folder(path: Path) -> bool:
 
 
 def find_images(path: Path, *, progress: bool = False) -> ImageSet:
-    """The gallery images of PATH (a dataset folder or any folder of images); ConfigError when there are none."""
+    """The gallery images of PATH (a dataset folder, a table of your own images, or any folder of images);
+    ConfigError when there are none."""
     path = Path(path).expanduser()
-    if not path.is_dir():
-        raise ConfigError(f"--images {path}: no such folder; pass a dataset folder (e.g. data/cub) or a folder "
-                          "of images")
-    images = dataset_images(path, progress=progress) if is_dataset_folder(path) else folder_images(path)
+    if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
+        images = dataset_images(own_data(path), path, progress=progress)
+    elif not path.is_dir():
+        raise ConfigError(f"--images {path}: no such folder; pass a dataset folder (e.g. data/cub), a folder "
+                          f"of images or a table ({', '.join(TABLE_SUFFIXES)}) with columns label, path, split")
+    elif is_dataset_folder(path):
+        images = dataset_images(benchmark(path.name, path.parent), path, progress=progress)
+    else:
+        images = folder_images(path)
     if not images.paths:
         raise ConfigError(f"no images found in {path} (looked for {', '.join(sorted(IMAGE_SUFFIXES))} files, "
                           "hidden folders skipped)")
     return images
 
 
-def dataset_images(path: Path, *, progress: bool = False) -> ImageSet:
-    """A dataset's test split (In-shop: gallery), from its manifest (prepared first if needed)."""
-    index: DatasetIndex = load_or_prepare(benchmark(path.name, path.parent), progress=progress)
+def dataset_images(source: DataSource, path: Path, *, progress: bool = False) -> ImageSet:
+    """A dataset's test split (In-shop and a table with is_query/is_gallery: its gallery), from its manifest
+    (prepared first if needed); `path` is what the user named."""
+    index: DatasetIndex = load_or_prepare(source, progress=progress)
     split = GALLERY if index.split(GALLERY) else TEST
     records = index.split(split)
     boxes = None
     if any(r.box is not None for r in records):
         boxes = np.array([r.box if r.box is not None else (np.nan,) * 4 for r in records], dtype=np.float32)
     return ImageSet(Path(index.root).resolve(), path.resolve(), [r.path for r in records],
-                    np.array([r.label for r in records], dtype=np.int64), [], boxes, path.name, split)
+                    np.array([r.label for r in records], dtype=np.int64), [], boxes, source.name, split)
 
 
 def folder_images(path: Path) -> ImageSet:

@@ -2,10 +2,9 @@
 images (`--data PATH`): a folder of class subfolders or a table in open-metric-learning's columns.
 
 The manifest, its lock and the resized-image cache of a dataset live in its `work_dir`: a benchmark's folder
-under --data-path; in a user's folder of classes, its hidden subfolder `.antimetric` (files written into the
-folder itself would change its modification time, which tells that an image was added or removed); beside a
-table, the folder its paths are relative to (its manifest named after the table, so that two tables of one
-image folder keep a manifest each).
+under --data-path; for a user's own data, the hidden subfolder `.antimetric` of its folder (files written into
+a folder of classes itself would change its modification time, which tells that an image was added or removed),
+where a table's manifest is named after the table, so that two tables of one image folder keep one each.
 """
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ BENCHMARK, FOLDER, TABLE_FORM = "benchmark", "folder", "table"
 TABLE_SUFFIXES = (".csv", ".parquet")
 MANIFEST_NAME = "antimetric-manifest.json"
 _OWN_LOCK = "antimetric"  # a user's data holds its own lock, hidden: `.antimetric.lock`
-WORK_FOLDER = ".antimetric"  # in a user's folder of classes: its manifest, lock and resized images
+WORK_FOLDER = ".antimetric"  # in the folder of a user's own data: its manifest, lock and resized images
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class DataSource:
     @property
     def work_dir(self) -> Path:
         """Where antimetric writes the dataset's manifest and resized images."""
-        return self.dataset_dir / WORK_FOLDER if self.form == FOLDER else self.dataset_dir
+        return self.dataset_dir / WORK_FOLDER if self.own else self.dataset_dir
 
     @property
     def manifest(self) -> Path:
