@@ -3,7 +3,6 @@ written here as real small images, trained for real (tiny backbone, 32 px, one e
 searched, resumed and refused, through antimetric.cli.main as a user runs it."""
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +170,7 @@ def test_measured_defaults_fit_the_folders_training_classes(shapes, tmp_path, ca
         assert run_config(run)["meta_class_size"] <= training_classes
 
 
-def test_a_folders_test_classes_are_never_trained_on(folder_run, shapes):
+def test_a_folders_test_classes_are_never_trained_on(folder_run, shapes, capsys):
     config = antimetric.load(folder_run, device="cpu").config
     index = load_index(config, progress=False)
     splits = config_splits(config, index)
@@ -184,6 +183,8 @@ def test_a_folders_test_classes_are_never_trained_on(folder_run, shapes):
     assert {r.path.split("/")[0] for r in splits.train} == train_folders
     saved = np.load(folder_run / FEATURES_FILE)
     assert {p.split("/")[0] for p in saved["query_paths"]} == test_folders and len(saved["query_paths"]) == 20
+    summary = json_of(capsys, "prepare", "--data", str(shapes))
+    assert summary["splits"] == {"train": {"images": 20, "classes": 4}, "test": {"images": 20, "classes": 4}}
 
 
 def test_evaluate_a_folder_run_gives_the_metrics_training_reported(folder_run, shapes, capsys):
@@ -211,21 +212,28 @@ def test_index_a_folder_and_retrieve_one_of_its_images_first(folder_run, shapes,
 
 # --- 2. a table in open-metric-learning's columns ---------------------------------------------------------------
 
-def _brute_force_recall_at_1(features: np.lib.npyio.NpzFile) -> float:
-    """Query -> gallery Recall@1, ties counted as misses: a query hits when its best same-class gallery item is
-    strictly more similar than every other-class one."""
-    query, gallery = features["query_features"].astype(np.float64), features["gallery_features"].astype(np.float64)
-    same = features["query_labels"][:, None] == features["gallery_labels"][None, :]
+def _brute_force_recall_at_1(saved, keep_query=None, keep_gallery=None) -> float:
+    """Query -> gallery Recall@1 from a run's feature database (the rows kept, default all), ties counted as misses:
+    a query hits when its best same-class gallery item is strictly more similar than every other-class one."""
+    keep_query = np.ones(len(saved["query_paths"]), bool) if keep_query is None else keep_query
+    keep_gallery = np.ones(len(saved["gallery_paths"]), bool) if keep_gallery is None else keep_gallery
+    query = saved["query_features"][keep_query].astype(np.float64)
+    gallery = saved["gallery_features"][keep_gallery].astype(np.float64)
+    same = saved["query_labels"][keep_query][:, None] == saved["gallery_labels"][keep_gallery][None, :]
     sims = query @ gallery.T
     hits = [row[mask].max() > row[~mask].max() for row, mask in zip(sims, same) if mask.any()]
     return float(np.mean(hits))
 
 
 def test_a_table_with_queries_and_galleries_scores_query_to_gallery(tmp_path, capsys):
+    """Each test class: one query, four gallery images; two categories of two test classes each, which evaluate
+    scores each on its own images."""
     root = make_shapes(tmp_path / "images")
-    table = write_table(tmp_path / "items.csv", [dict(row, path=f"images/{row['path']}")
-                                                 for row in table_rows(root, query_gallery=True)],
-                        ("label", "path", "split", "is_query", "is_gallery"))
+    rows = table_rows(root, query_gallery=True)
+    test_classes = sorted({row["label"] for row in rows if row["split"] == TEST})
+    category = {name: "first" if name in test_classes[:2] else "second" for name in test_classes}
+    rows = [dict(row, path=f"images/{row['path']}", category=category.get(row["label"], "")) for row in rows]
+    table = write_table(tmp_path / "items.csv", rows, ("label", "path", "split", "is_query", "is_gallery", "category"))
     run = train(capsys, *META, "--data", str(table), "--output-dir", str(tmp_path / "runs"))
     config = run_config(run)
     assert config["data_name"] == "items" and config["data"] == str(table) and config["data_path"] == str(tmp_path)
@@ -234,8 +242,14 @@ def test_a_table_with_queries_and_galleries_scores_query_to_gallery(tmp_path, ca
     assert len(saved["query_paths"]) == 4 and len(saved["gallery_paths"]) == 16
     reported = reported_test_metrics(run)
     evaluated = json_of(capsys, "evaluate", "--model", str(run), "--device", "cpu")
-    assert evaluated == pytest.approx(reported, abs=1e-9)
+    assert {key: evaluated[key] for key in reported} == pytest.approx(reported, abs=1e-9)
     assert evaluated["test_recall_at_1"] == pytest.approx(_brute_force_recall_at_1(saved), abs=1e-9)
+    category_of = {f"images/{row['path'].split('/', 1)[1]}": row["category"] for row in rows}
+    for name in ("first", "second"):
+        in_query = np.array([category_of[p] == name for p in saved["query_paths"]])
+        in_gallery = np.array([category_of[p] == name for p in saved["gallery_paths"]])
+        assert evaluated[f"test_recall_at_1/{name}"] == pytest.approx(
+            _brute_force_recall_at_1(saved, in_query, in_gallery), abs=1e-9)
     # `index` on the table holds its gallery, labelled
     summary = json_of(capsys, "index", "--model", str(run), "--images", str(table), "--out", str(tmp_path / "idx"),
                       "--device", "cpu")
@@ -338,7 +352,6 @@ def test_resume_refuses_a_table_edited_since_the_run_started(tmp_path, capsys):
     first = next(i for i, row in enumerate(rows) if row["label"] == train_labels[0])
     rows[first] = dict(rows[first], label=train_labels[1])  # one image relabelled
     write_table(table, rows)
-    os.utime(table, ns=(table.stat().st_atime_ns, table.stat().st_mtime_ns + 10**9))  # whatever the clock's grain
 
     error = one_line_error(capsys, "train", "--resume", str(run))
     assert error.startswith("error: --resume: tab: ") and "tab.csv" in error, error
@@ -366,9 +379,10 @@ def _bad_data(kind: str, tmp_path: Path) -> Path:
     if kind == "path outside the root":
         _write_image(tmp_path / "x", 0, 0)
         rows[0] = dict(rows[0], path="../x.png")
-    if kind == "label in train and test":
+    if kind == "label in train and test":  # the first train row (line 2) relabelled as a test class
         test_label = next(row["label"] for row in rows if row["split"] == TEST)
-        rows[0] = dict(rows[0], label=test_label)
+        first = next(i for i, row in enumerate(rows) if row["split"] == TRAIN)
+        rows.insert(0, dict(rows.pop(first), label=test_label))
     return write_table(root / "t.csv", rows)
 
 
@@ -382,7 +396,8 @@ def _bad_data(kind: str, tmp_path: Path) -> Path:
 def test_bad_data_is_one_line_and_no_run_folder(tmp_path, capsys, kind, needles):
     data = _bad_data(kind, tmp_path)
     out = tmp_path / "runs"
-    for args in ([], META):  # with --meta-class-size and without (the default is measured on the data)
+    # the defaults measured on the data (it is read before the run folder is made), or all given (it is read after)
+    for args in ([], [*META, "--recalls", "1,2", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"]):
         error = one_line_error(capsys, "train", *FAST, *args, "--data", str(data), "--output-dir", str(out))
         assert all(needle in error for needle in needles), error
         assert not out.exists() or list(out.iterdir()) == []
@@ -390,8 +405,15 @@ def test_bad_data_is_one_line_and_no_run_folder(tmp_path, capsys, kind, needles)
 
 def test_allow_shared_labels_trains_a_table_whose_label_is_on_both_sides(tmp_path, capsys):
     table = _bad_data("label in train and test", tmp_path)
-    run = train(capsys, *META, "--data", str(table), "--allow-shared-labels", "--output-dir", str(tmp_path / "runs"))
+    shared = next(csv.DictReader(table.open()))["label"]
+    # 5 training classes now (the shared one too): 3 ** 2 codes
+    run = train(capsys, "--meta-class-size", "3", "--data", str(table), "--allow-shared-labels", "--output-dir",
+                str(tmp_path / "runs"))
     assert run_config(run)["allow_shared_labels"] is True
+    config = antimetric.load(run, device="cpu").config
+    splits = config_splits(config, load_index(config, progress=False))
+    test_labels = {r.label for r in splits.test.query}
+    assert len(splits.train_classes) == 5 and set(splits.train_classes) & test_labels == {int(shared[5:])}
 
 
 # --- 6. test classes of a single image ---------------------------------------------------------------------------

@@ -99,7 +99,23 @@ def test_set(index: DatasetIndex) -> EvalSet:
         test = EvalSet(index.split(TEST))
     if not test.query:
         raise ConfigError(f"{index.name}: no test images found under {index.root}")
+    _check_some_query_has_a_positive(index.name, test)
     return test
+
+
+def _check_some_query_has_a_positive(name: str, test: EvalSet) -> None:
+    """Recall@K needs a query with another image of its class to find. Queries without one are left out of the
+    metrics (evaluation.metrics.LeftOutQueries says how many); with none left, every metric would be NaN."""
+    if test.gallery is None:
+        counts: dict[int, int] = {}
+        for record in test.query:
+            counts[record.label] = counts.get(record.label, 0) + 1
+        if max(counts.values()) < 2:
+            raise ConfigError(f"{name}: each of its {len(counts)} test classes has a single image, so no query has "
+                              "another image of its class to find; give the test classes at least 2 images each")
+    elif not {r.label for r in test.query} & {r.label for r in test.gallery}:
+        raise ConfigError(f"{name}: no query's class has an image in the gallery, so no query has anything to find; "
+                          "put images of the query classes in the gallery")
 
 
 def _cap_per_class(records: list[ImageRecord], max_per_class: int, rng: np.random.Generator) -> list[ImageRecord]:

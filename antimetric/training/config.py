@@ -150,20 +150,21 @@ def _fill_own_data(config: RunConfig, progress: bool) -> None:
         str(source.dataset_dir), source.name
     if model.backbone is None:
         model.backbone = OWN_DATA_TRAINING.backbone
+    meta_asked = model.meta_class_size is not None
     _fill(config, dataclasses.asdict(OWN_DATA_TRAINING_BY_BACKBONE.get(model.backbone, OWN_DATA_TRAINING)))
-    own_data_fields = ("meta_class_size", "recalls", "mean", "std")
-    if all(getattr(getattr(config, _FIELD_SECTION[key]), key) is not None for key in own_data_fields):
+    measured_fields = ("recalls", "mean", "std")
+    if meta_asked and all(getattr(getattr(config, _FIELD_SECTION[key]), key) is not None for key in measured_fields):
         return
-    _check(config)  # every rule that needs no data, before the data is read
+    _check(config)  # every rule that needs no data (the meta-class size the preferred one), before the data is read
     from antimetric.data.manifest.prepare import load_or_prepare
     from antimetric.data.readers import own_defaults
 
     index = load_or_prepare(source, progress=progress)
     split_seed = data.split_seed if data.split_seed is not None else config.train.seed
     classes = own_defaults.training_classes(index, data.val_fraction, data.max_per_class, split_seed, data.val_fold)
-    preferred = OWN_DATA_TRAINING_BY_BACKBONE.get(model.backbone, OWN_DATA_TRAINING).meta_class_size
-    measured: dict[str, Any] = {"meta_class_size": own_defaults.meta_class_size(preferred, classes, model.ensemble_size),
-                                "recalls": own_defaults.recalls_for(index)}
+    if not meta_asked:  # the preferred size, brought within the training classes
+        model.meta_class_size = own_defaults.meta_class_size(model.meta_class_size, classes, model.ensemble_size)
+    measured: dict[str, Any] = {"recalls": own_defaults.recalls_for(index)}
     if data.mean is None or data.std is None:
         measured["mean"], measured["std"] = own_defaults.normalisation(index, config.model.pretrained)
     _fill(config, measured)

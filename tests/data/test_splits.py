@@ -2,6 +2,7 @@ import pytest
 
 from antimetric.data.records import DatasetIndex, ImageRecord
 from antimetric.data.splits import class_folds, make_splits
+from antimetric.data.splits import test_set as scored_test_set  # not a test of its own
 from antimetric.errors import ConfigError
 
 
@@ -123,3 +124,17 @@ def test_a_run_config_picks_its_split_seed_and_fold():
     folds = class_folds(train_classes, 0.2, seed=3)
     assert [held_out(split_seed=3, val_fold=r, seed=r) for r in range(4)] == [set(f) for f in folds[:4]]
     assert held_out(val_fold=1) == set(class_folds(train_classes, 0.2, seed=5)[1])
+
+
+def test_a_test_set_where_no_query_has_anything_to_find_is_refused_in_one_line():
+    """Queries without a positive are left out of the metrics; with none left, every metric would be NaN."""
+    single = DatasetIndex("x", ".", [ImageRecord("tr/a.jpg", 0, "train"), ImageRecord("tr/b.jpg", 1, "train"),
+                                     ImageRecord("te/c.jpg", 2, "test"), ImageRecord("te/d.jpg", 3, "test")])
+    with pytest.raises(ConfigError, match="each of its 2 test classes has a single image") as refused:
+        scored_test_set(single)
+    assert "\n" not in str(refused.value)
+    unmatched = DatasetIndex("x", ".", [ImageRecord("q/a.jpg", 2, "query"), ImageRecord("g/b.jpg", 3, "gallery")])
+    with pytest.raises(ConfigError, match="no query's class has an image in the gallery"):
+        scored_test_set(unmatched)
+    one_pair = DatasetIndex("x", ".", single.records + [ImageRecord("te/e.jpg", 3, "test")])
+    assert len(scored_test_set(one_pair).query) == 3  # one class of two images: its queries can be scored
