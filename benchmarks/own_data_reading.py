@@ -43,10 +43,7 @@ from PIL import Image
 
 from antimetric.base.cpus import available_cpus
 from antimetric.data.manifest.prepare import load_or_prepare
-from antimetric.data.readers import own_defaults
 from antimetric.data.readers.source import own_data
-from antimetric.data.records import TRAIN, DatasetIndex
-from antimetric.data.table import OWN_DATA_TRAINING_BY_BACKBONE
 from antimetric.training.config import RunConfig, resolve
 from antimetric.training.session import build_session
 from benchmarks.common import environment, run_child, write_result
@@ -132,10 +129,9 @@ def measure(form: str, data: Path) -> dict[str, Any]:
     phase("1 read the index (DataSource.read)", source.read, lambda index: {"records": len(index.records)})
     phase("2 load_or_prepare, first (decode all, write manifest)", lambda: load_or_prepare(source, progress=False),
           lambda index: {"records": len(index.records), "manifest_bytes": source.manifest.stat().st_size})
-    index = phase("3 load_or_prepare, up to date (stat per file)", lambda: load_or_prepare(source, progress=False),
-                  lambda index: {"records": len(index.records)})
-    config = RunConfig.from_flat({"data": str(data), **RUN, "meta_class_size": _meta_class_size(index)})
-    del index
+    phase("3 load_or_prepare, up to date (stat per file)", lambda: load_or_prepare(source, progress=False),
+          lambda index: {"records": len(index.records)})
+    config = RunConfig.from_flat({"data": str(data), **RUN})
     resolved = phase("4 resolve (defaults measured on the data)", lambda: resolve(config),
                      lambda r: {"meta_class_size": r.model.meta_class_size, "recalls": list(r.eval.recalls),
                                 "mean": list(r.data.mean), "std": list(r.data.std)})
@@ -149,17 +145,6 @@ def measure(form: str, data: Path) -> dict[str, Any]:
           lambda r: {"train_images": r[0], "batch_shape": r[1]})
     return {"form": form, "data": str(data), "memory_method": "clear_refs" if memory.resets else "ru_maxrss",
             "phases": phases, "torch_threads": torch.get_num_threads()}
-
-
-def _meta_class_size(index: DatasetIndex) -> int:
-    """The meta-class size resolve means to measure (own_defaults.meta_class_size over the training classes; no
-    validation split here). Given explicitly because resolve keeps the tiny backbone's 6 instead
-    (antimetric/training/config.py, _fill_own_data fills it before measuring), which 2 branches cannot use for
-    more than 36 training classes. resolve still measures everything else as it would, the training classes
-    included."""
-    train_classes = len({record.label for record in index.records if record.split == TRAIN})
-    preferred = OWN_DATA_TRAINING_BY_BACKBONE[RUN["backbone"]].meta_class_size
-    return own_defaults.meta_class_size(preferred, train_classes, RUN["ensemble_size"])
 
 
 def run(entries: int, classes: int, out: Path | None, timeout_s: float) -> dict[str, Any]:

@@ -178,3 +178,21 @@ def test_branch_parallel_measures_two_processes_against_one(demo_data_path):
     assert len(rows[-1]["peak_rss_mib"]) == 2 and all(m > 0 for m in rows[-1]["peak_rss_mib"])
     alone = next(r for r in rows if r["processes"] == 1 and r["threads_each"] == rows[-1]["threads_each"])
     assert rows[-1]["losses"] == pytest.approx(alone["losses"], rel=1e-2)  # the same run, to bf16 rounding
+
+
+@pytest.mark.slow
+def test_own_data_reading_times_both_forms_to_the_first_batch(tmp_path):
+    """Both forms of the same generated files, the five phases each, in processes of their own; --out is kept."""
+    out = tmp_path / "data"
+    result = json.loads(run_module("own_data_reading", "--entries", "200", "--out", str(out), "--json"))
+    assert result["entries"] == 200 and result["generate_s"] > 0 and result["kept"] == str(out)
+    assert set(result["forms"]) == {"folder", "table"}
+    for form in result["forms"].values():
+        phases = form["phases"]
+        assert [p["phase"][0] for p in phases] == ["1", "2", "3", "4", "5"]
+        assert all(p["seconds"] > 0 and p["growth_mib"] is not None for p in phases)
+        assert [p["records"] for p in phases[:3]] == [200, 200, 200]
+        assert phases[3]["meta_class_size"] <= 4  # resolve's, within the 4 training classes of 8
+        assert phases[4]["batch_shape"] == [32, 3, 32, 32]
+    assert result["forms"]["folder"]["data"] != result["forms"]["table"]["data"]
+    assert len(list((out / "images").rglob("*.png"))) == 200 and (out / "table.csv").is_file()

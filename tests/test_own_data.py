@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 import antimetric
 from antimetric.cli import main
@@ -18,6 +18,7 @@ from antimetric.training.config import RunConfig
 from antimetric.training.loop import fit
 from antimetric.training.run_folder import BEST_FILE, CONFIG_FILE, EPOCHS_FILE, FEATURES_FILE, LAST_FILE, META_IDS_FILE
 from antimetric.training.session import config_splits, load_index
+from tests.fixtures.own_data import N_CLASSES, PER_CLASS, SIDE, image_path, make_shapes, write_image
 
 # Each training run is a few seconds on a CPU: these options on every run of this module.
 FAST = ["--backbone", "tiny", "--image-size", "32", "--ensemble-size", "2", "--num-epochs", "1", "--batch-size", "8",
@@ -25,41 +26,6 @@ FAST = ["--backbone", "tiny", "--image-size", "32", "--ensemble-size", "2", "--n
 # 4 training classes and 2 branches: 2 ** 2 codes. Given, so that these runs do not rest on the measured default
 # (test_measured_defaults_fit_the_folders_training_classes checks that one).
 META = ["--meta-class-size", "2"]
-N_CLASSES, PER_CLASS, SIDE = 8, 5, 28
-_COLOURS = ((220, 30, 30), (30, 190, 30), (30, 30, 220), (230, 220, 30), (30, 210, 210), (210, 30, 210),
-            (120, 60, 10), (250, 250, 250), (90, 90, 90), (255, 140, 0))
-
-
-def _write_image(path: Path, label: int, k: int) -> None:
-    """Class `label`: its colour and a bar whose width grows with the class; k moves a black square. The
-    formats are mixed: JPEG (odd k), grayscale PNG (k = 2), RGBA PNG (k = 4), else RGB PNG."""
-    image = Image.new("RGB", (SIDE, SIDE), _COLOURS[label % len(_COLOURS)])
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((0, SIDE - 6, 3 + 3 * label, SIDE - 1), fill=(255 - 20 * label, 20 * label, 128))
-    draw.rectangle((2 + 3 * k, 2 + 2 * k, 8 + 3 * k, 8 + 2 * k), fill=(0, 0, 0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if k % 2:
-        image.save(path.with_suffix(".jpg"), "JPEG", quality=92)
-    elif k == 2:
-        image.convert("L").save(path.with_suffix(".png"), "PNG")
-    elif k == 4:
-        image.convert("RGBA").save(path.with_suffix(".png"), "PNG")
-    else:
-        image.save(path.with_suffix(".png"), "PNG")
-
-
-def make_shapes(root: Path, n_classes: int = N_CLASSES, per_class: int = PER_CLASS) -> Path:
-    """ROOT/class<c>/img<k>.(png|jpg): n_classes classes of per_class images (the same bytes on every call)."""
-    for label in range(n_classes):
-        for k in range(per_class):
-            _write_image(root / f"class{label}" / f"img{k}", label, k)
-    return root
-
-
-def image_path(root: Path, label: int, k: int) -> Path:
-    return root / f"class{label}" / f"img{k}{'.jpg' if k % 2 else '.png'}"
-
-
 def folder_splits(root: Path) -> dict[str, str]:
     """Image path (relative) -> train or test, as a folder's test classes are drawn with the default options."""
     source = own_data(root)
@@ -368,7 +334,7 @@ def _bad_data(kind: str, tmp_path: Path) -> Path:
     root = tmp_path / "data"
     if kind == "no class subfolders":
         for k in range(4):
-            _write_image(root / f"img{k}", k, k)
+            write_image(root / f"img{k}", k, k)
         return root
     if kind == "one class a side":
         return make_shapes(root, n_classes=2)
@@ -377,7 +343,7 @@ def _bad_data(kind: str, tmp_path: Path) -> Path:
     if kind == "no split column":
         return write_table(root / "t.csv", rows, ("label", "path"))
     if kind == "path outside the root":
-        _write_image(tmp_path / "x", 0, 0)
+        write_image(tmp_path / "x", 0, 0)
         rows[0] = dict(rows[0], path="../x.png")
     if kind == "label in train and test":  # the first train row (line 2) relabelled as a test class
         test_label = next(row["label"] for row in rows if row["split"] == TEST)

@@ -9,13 +9,13 @@ import pytest
 
 import antimetric
 from antimetric.cli import main as antimetric_main
-from tests.fixtures.own_data import make_class_folder
+from tests.fixtures.own_data import image_path, make_shapes
 from tests.fixtures.studies import RAY_ENV
 
 
 @pytest.mark.slow
 def test_a_study_of_a_folder_of_classes_runs_to_its_verdict_and_registers_a_model_that_retrieves(tmp_path, capsys):
-    folder = make_class_folder(tmp_path / "shop", n_classes=20, per_class=4)
+    folder = make_shapes(tmp_path / "shop", n_classes=20, per_class=4)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = [sys.executable, "-m", "studies.search", str(folder), "--smoke-test", "--backbone", "tiny",
                "--tracking-uri", tracking_uri, "--storage-path", str(tmp_path / "ray"), "--confirm-top", "1",
@@ -41,8 +41,8 @@ def test_a_study_of_a_folder_of_classes_runs_to_its_verdict_and_registers_a_mode
     capsys.readouterr()
     assert antimetric_main(["index", "--model", model, "--tracking-uri", tracking_uri, "--images", str(folder),
                             "--out", str(tmp_path / "index"), "--device", "cpu"]) == 0
-    query = folder / "class-03" / "001.png"
+    query = image_path(folder, 3, 2)
     assert antimetric_main(["retrieve", "--index", str(tmp_path / "index"), "--query", str(query), "--top-k", "3",
                             "--json"]) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["queries"][0]["neighbours"][0]
-    assert first["path"] == str(query) and first["label"] == "class-03" and first["similarity"] > 0.99
+    assert first["path"] == str(query) and first["label"] == "class3" and first["similarity"] > 0.99
