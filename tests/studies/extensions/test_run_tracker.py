@@ -57,7 +57,8 @@ def test_a_train_run_is_recorded_as_a_trial_is(cub_path, tmp_path, store, capsys
     assert run.info.status == "FINISHED" and run.info.run_name == run_dir.name
     assert run.data.tags["dataset"] == "cub" and run.data.tags["run_dir"] == str(run_dir)
     params, metrics = run.data.params, run.data.metrics
-    assert set(params) == set(RunConfig().to_flat())  # the whole resolved config, as a trial's params
+    # the whole resolved config, as a trial's params, and the digest of the data it trained on (a decision)
+    assert set(params) == set(RunConfig().to_flat()) | {"data_digest"}
     assert params["ensemble_size"] == "3" and params["val_fraction"] == "0.2"
     assert params["device"] == "cpu" and params["implementation"] == "batched" and params["num_workers"] == "0"
     assert "lr" not in metrics and "lr_epoch" in metrics
