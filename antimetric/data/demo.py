@@ -1,4 +1,7 @@
-"""The built-in `demo` dataset: generated on first use, in the CUB-200-2011 layout.
+"""The built-in `demo` dataset: generated on first use, in the two forms a user's own images take (README, "Your own
+images"), so that data/demo shows them: a folder of class subfolders (`<class>/<image>.jpg`), and beside them the
+table `demo.csv` in open-metric-learning's columns (label, path, split and the glyphs' box), which the demo is read
+from (its first half of the classes train, as CUB's).
 
 Each class is an ordered pair of glyphs (top, bottom) from a vocabulary of eight
 left-right-symmetric shapes, so a horizontal flip keeps the class. Everything else varies
@@ -11,6 +14,7 @@ parts with seen ones.
 from __future__ import annotations
 
 import colorsys
+import csv
 import math
 import os
 import shutil
@@ -25,14 +29,16 @@ from tqdm import tqdm
 from antimetric.data.manifest.locking import dataset_lock
 from antimetric.errors import ConfigError
 
-VERSION = "2"
-N_CLASSES = 60  # classes 1-30 train, 31-60 test (first half train, as for CUB)
+VERSION = "3"  # 3: as class folders and a table (2: CUB's layout), the same images
+N_CLASSES = 60  # the first 30 train, the other 30 test (first half train, as for CUB)
 IMAGES_PER_CLASS = 30
 SIZE = 64
 _SUPERSAMPLE = 4
 _SEED = 2026
 _GLYPHS = ("disk", "ring", "square", "triangle", "plus", "cross", "diamond", "bars")
 _VERSION_FILE = "demo-version.txt"
+TABLE_FILE = "demo.csv"  # open-metric-learning's columns, as a user's own table (antimetric.data.readers.oml_table)
+TABLE_COLUMNS = ("label", "path", "split", "x_1", "x_2", "y_1", "y_2")
 
 
 def ensure_demo(dataset_dir: Path, *, progress: bool = False) -> Path:
@@ -87,30 +93,26 @@ def class_pairs(rng: np.random.Generator) -> list[tuple[str, str]]:
 
 
 def _write_dataset(root: Path, progress: bool = False) -> None:
+    """The classes' images in a folder of class subfolders, and TABLE_FILE naming them with their split and box."""
     rng = np.random.default_rng(_SEED)
-    images, labels, boxes, classes = [], [], [], []
-    pairs = tqdm(class_pairs(rng), desc="generate demo", unit="class", file=sys.stderr, disable=not progress)
-    for class_id, (top, bottom) in enumerate(pairs, start=1):
-        folder = f"{class_id:03d}.{top}_over_{bottom}"
-        classes.append(f"{class_id} {folder}")
-        (root / "images" / folder).mkdir(parents=True)
+    rows = []
+    pairs = class_pairs(rng)
+    n_train = len(pairs) // 2  # the first half train, as for CUB
+    for i, (top, bottom) in enumerate(tqdm(pairs, desc="generate demo", unit="class", file=sys.stderr,
+                                           disable=not progress)):
+        name = f"{top}-over-{bottom}"
+        (root / name).mkdir(parents=True)
         for k in range(IMAGES_PER_CLASS):
-            image, box = render(top, bottom, rng)
-            rel = f"{folder}/{top}_over_{bottom}_{k:04d}.jpg"
-            image.save(root / "images" / rel, quality=90)
-            images.append(rel)
-            labels.append(class_id)
-            boxes.append(box)
-    ids = range(1, len(images) + 1)
-    _write_lines(root / "images.txt", [f"{i} {p}" for i, p in zip(ids, images)])
-    _write_lines(root / "image_class_labels.txt", [f"{i} {c}" for i, c in zip(ids, labels)])
-    _write_lines(root / "bounding_boxes.txt", [f"{i} {x:.1f} {y:.1f} {w:.1f} {h:.1f}" for i, (x, y, w, h) in zip(ids, boxes)])
-    _write_lines(root / "classes.txt", classes)
-    _write_lines(root / _VERSION_FILE, [VERSION])
-
-
-def _write_lines(path: Path, lines: list[str]) -> None:
-    path.write_text("\n".join(lines) + "\n")
+            image, (x, y, w, h) = render(top, bottom, rng)
+            path = f"{name}/{k:03d}.jpg"
+            image.save(root / path, quality=90)
+            rows.append((name, path, "train" if i < n_train else "test", f"{x:.1f}", f"{x + w:.1f}", f"{y:.1f}",
+                         f"{y + h:.1f}"))
+    with (root / TABLE_FILE).open("w", newline="", encoding="utf-8") as table:
+        writer = csv.writer(table)
+        writer.writerow(TABLE_COLUMNS)
+        writer.writerows(rows)
+    (root / _VERSION_FILE).write_text(VERSION + "\n")
 
 
 def render(top: str, bottom: str, rng: np.random.Generator) -> tuple[Image.Image, tuple[float, float, float, float]]:

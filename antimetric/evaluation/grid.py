@@ -258,10 +258,12 @@ def choose_queries(n_items: int, n_queries: int, seed: int) -> list[int]:
 
 def grid_rows_from_embeddings(query: Embeddings, gallery: Embeddings | None, image_root: Path, *, ensemble_size: int,
                               query_boxes: Sequence | None = None, gallery_boxes: Sequence | None = None,
-                              n_queries: int = 8, top_k: int = 8, seed: int = 0) -> list[Row]:
+                              n_queries: int = 8, top_k: int = 8, seed: int = 0,
+                              class_names: dict[int, str] | None = None) -> list[Row]:
     """Rows for write_grid: a seeded choice of queries and each one's top_k results, leaving the query
     itself out when there is no gallery (as evaluation does). Paths in the embeddings are relative to
-    image_root; boxes (one per image, or None) are applied before showing. The similarity is the cosine."""
+    image_root; boxes (one per image, or None) are applied before showing. The similarity is the cosine.
+    class_names: a user's own classes by label (DatasetIndex.class_names), shown under each image."""
     chosen = choose_queries(len(query.paths), n_queries, seed)
     leave_one_out = gallery is None
     gallery = query if gallery is None else gallery
@@ -274,17 +276,19 @@ def grid_rows_from_embeddings(query: Embeddings, gallery: Embeddings | None, ima
         for sim, g in zip(sims[row].tolist(), indices[row].tolist()):
             if g < 0 or (leave_one_out and g == q):
                 continue
-            results.append(_grid_image(gallery, g, image_root, gallery_boxes, cosine(sim, ensemble_size), label))
-        rows.append((_grid_image(query, q, image_root, query_boxes, None, None), results[:top_k]))
+            results.append(_grid_image(gallery, g, image_root, gallery_boxes, cosine(sim, ensemble_size), label,
+                                       class_names))
+        rows.append((_grid_image(query, q, image_root, query_boxes, None, None, class_names), results[:top_k]))
     return rows
 
 
 def _grid_image(embeddings: Embeddings, i: int, image_root: Path, boxes: Sequence | None, similarity: float | None,
-                query_label: int | None) -> GridImage:
+                query_label: int | None, class_names: dict[int, str] | None) -> GridImage:
     path, label = embeddings.paths[i], int(embeddings.labels[i])
     box = boxes[i] if boxes is not None else None
     correct = None if query_label is None else label == query_label
-    return GridImage(Path(image_root) / path, class_caption(label, path), similarity, correct, box)
+    caption = class_names[label] if class_names and label in class_names else class_caption(label, path)
+    return GridImage(Path(image_root) / path, caption, similarity, correct, box)
 
 
 def class_caption(label: int, path: str) -> str:

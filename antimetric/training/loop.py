@@ -349,7 +349,7 @@ def _write_retrievals(run_dir: Path, session: TrainingSession, result: EpochResu
              for name, loader in (("query", session.test.query), ("gallery", session.test.gallery))}
     rows = grid_rows_from_embeddings(evaluation.test_query, evaluation.test_gallery, session.image_root,
                                      ensemble_size=session.config.model.ensemble_size, seed=session.config.train.seed,
-                                     **boxes)
+                                     class_names=session.index.class_names, **boxes)
     write_grid(run_dir / RETRIEVALS_FILE, rows, title=title)
 
 

@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from antimetric.data.readers import READERS, index_files, read_dataset
+from antimetric.data.readers import READERS, read_dataset
 from antimetric.data.settings import BOXED_DATASETS, DATASETS
 from antimetric.data.table import TABLE
 from antimetric.data.transforms import MEAN_STD
 from antimetric.errors import ConfigError
 from antimetric.training.config import DATASET_DEFAULTS, SECTION_CLASSES, RunConfig, resolve
-from tests.fixtures.datasets import make_cars, make_cub, make_inshop, make_sop
+from tests.fixtures.datasets import make_cars, make_cub, make_inshop, make_oml_table, make_sop
 
 # A fixture per reader module, so that a dataset with a new reader is read here too.
-FIXTURE_OF_READER = {"cub": make_cub, "cars": make_cars, "sop": make_sop, "inshop": make_inshop}
+FIXTURE_OF_READER = {"cub": make_cub, "cars": make_cars, "sop": make_sop, "inshop": make_inshop,
+                     "oml_table": make_oml_table}
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
@@ -38,7 +39,8 @@ def test_the_reader_of_a_row_reads_its_layout_with_boxes_as_the_row_says(tmp_pat
     index = read_dataset(name, tmp_path / name)
     assert index.name == name and len(index.records) == len(info["records"])
     assert {record.box is not None for record in index.records} == {row.has_boxes}
-    for relative in index_files(name):  # what the manifest watches for edits
+    assert index.sources  # what the manifest watches for edits: a layout's index files, a table
+    for relative in index.sources:
         assert (index.root / relative).is_file()
 
 

@@ -4,24 +4,34 @@ import pytest
 from antimetric.data import demo
 from antimetric.data.manifest.prepare import prepare
 from antimetric.data.readers import read_dataset
+from antimetric.data.readers.image_folder import read_image_folder
 from antimetric.data.readers.source import benchmark
 from antimetric.errors import ConfigError
 
 
-def test_demo_is_a_cub_layout_with_disjoint_halves(demo_data_path):
+def test_demo_is_a_table_of_class_folders_with_disjoint_halves(demo_data_path):
+    """The demo shows a newcomer both forms of their own data: class subfolders, and a table naming them."""
     index = read_dataset("demo", demo_data_path / "demo")
     summary = index.summary()
-    assert summary["train"] == {"images": 30 * demo.IMAGES_PER_CLASS, "classes": 30}
-    assert summary["test"] == {"images": 30 * demo.IMAGES_PER_CLASS, "classes": 30}
+    half = demo.N_CLASSES // 2
+    assert summary["train"] == {"images": half * demo.IMAGES_PER_CLASS, "classes": half}
+    rest = demo.N_CLASSES - half
+    assert summary["test"] == {"images": rest * demo.IMAGES_PER_CLASS, "classes": rest}
     assert not {r.label for r in index.split("train")} & {r.label for r in index.split("test")}
     for record in index.records[:50]:
         left, upper, right, lower = record.box
         assert 0 <= left < right <= demo.SIZE and 0 <= upper < lower <= demo.SIZE
+        assert index.class_names[record.label] == record.path.split("/")[0]  # the table's label is its folder
+    assert index.sources == (demo.TABLE_FILE,)
+    # read as a user's folder of class subfolders, the same images under the same classes
+    folder = read_image_folder(demo_data_path / "demo", "demo")
+    assert {(r.path, folder.class_names[r.label]) for r in folder.records} == \
+        {(r.path, index.class_names[r.label]) for r in index.records}
 
 
 def test_demo_images_are_all_readable(demo_data_path, tmp_path):
     report = prepare(benchmark("demo", demo_data_path), progress=False)
-    assert report.unreadable == [] and report.splits["train"]["classes"] == 30
+    assert report.unreadable == [] and report.splits["train"]["classes"] == demo.N_CLASSES // 2
 
 
 def test_generation_is_deterministic_and_classes_are_distinct_pairs():
@@ -75,7 +85,7 @@ def test_an_empty_folder_or_an_older_demo_is_generated_into(tmp_path, small_demo
     older = tmp_path / "older" / "demo"
     older.mkdir(parents=True)
     (older / "demo-version.txt").write_text("1\n")
-    (older / "images.txt").write_text("1 left/over.jpg\n")
+    (older / "images.txt").write_text("1 left/over.jpg\n")  # version 2 was in CUB's layout
     demo.ensure_demo(older)
     assert (older / "demo-version.txt").read_text().strip() == demo.VERSION
     assert len(read_dataset("demo", older).records) == demo.N_CLASSES

@@ -8,9 +8,12 @@ from antimetric.data.manifest.prepare import MANIFEST_NAME, load_manifest, load_
 from antimetric.data.readers import read_dataset
 from antimetric.data.readers.source import benchmark
 from antimetric.errors import DatasetLayoutError
-from tests.fixtures.datasets import make_cars, make_cub, make_inshop, make_sop
+from tests.fixtures.datasets import make_cars, make_cub, make_inshop, make_oml_table, make_sop
 
-MAKERS = {"cub": make_cub, "car": make_cars, "sop": make_sop, "isc": make_inshop, "demo": make_cub}
+MAKERS = {"cub": make_cub, "car": make_cars, "sop": make_sop, "isc": make_inshop, "demo": make_oml_table}
+# An archive's layout may come inside its own top folder; the demo's table is read where it lies.
+LAYOUTS = [(name, top_folder) for name in sorted(MAKERS) for top_folder in (False, True)
+           if not (name == "demo" and top_folder)]
 
 
 def _damage(info, missing_index: int, corrupt_index: int) -> tuple[str, str]:
@@ -22,10 +25,10 @@ def _damage(info, missing_index: int, corrupt_index: int) -> tuple[str, str]:
     return missing, corrupt
 
 
-@pytest.mark.parametrize("top_folder", [False, True], ids=["flat", "top-folder"])
-@pytest.mark.parametrize("name", sorted(MAKERS))
+@pytest.mark.parametrize(("name", "top_folder"), LAYOUTS,
+                         ids=[f"{name}-{'top-folder' if top else 'flat'}" for name, top in LAYOUTS])
 def test_manifest_reads_back_as_the_layout(tmp_path, name, top_folder):
-    info = MAKERS[name](tmp_path / name, top_folder=top_folder)
+    info = MAKERS[name](tmp_path / name, **({"top_folder": True} if top_folder else {}))
 
     report = prepare(benchmark(name, tmp_path), progress=False)
     loaded = load_manifest(benchmark(name, tmp_path))

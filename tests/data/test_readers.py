@@ -6,7 +6,7 @@ import pytest
 
 from antimetric.data.readers import READERS, read_dataset
 from antimetric.errors import DatasetLayoutError
-from tests.fixtures.datasets import make_cars, make_cub, make_inshop, make_sop
+from tests.fixtures.datasets import make_cars, make_cub, make_inshop, make_oml_table, make_sop
 
 MAKERS = {"cub": make_cub, "car": make_cars, "sop": make_sop, "isc": make_inshop}
 
@@ -41,11 +41,12 @@ def test_reader_returns_what_the_fixture_wrote(tmp_path, name, top_folder):
         assert (index.root / record.path).is_file()
 
 
-def test_demo_reads_the_cub_layout_under_its_own_name(tmp_path):
-    info = make_cub(tmp_path / "demo", n_classes=4, per_class=2)
+def test_demo_reads_its_table_under_its_own_name(tmp_path):
+    """The demo is kept as class folders and an open-metric-learning table, demo.csv, naming them."""
+    info = make_oml_table(tmp_path / "demo", n_classes=4, per_class=2)
     index = read_dataset("demo", tmp_path / "demo")
-    assert index.name == "demo"
-    assert _as_tuples(index) == info["records"]
+    assert index.name == "demo" and index.sources == ("demo.csv",)
+    assert [(r.path, int(index.class_names[r.label][-2:]), r.split, r.box) for r in index.records] == info["records"]
 
 
 def test_unknown_dataset_lists_the_valid_names(tmp_path):

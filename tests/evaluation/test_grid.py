@@ -186,3 +186,14 @@ def test_captions_name_the_class():
     assert class_caption(12, "images/012.Laysan_Albatross/x.jpg") == "12 Laysan Albatross"
     assert class_caption(12, "images/013.Other/x.jpg") == "class 12"
     assert class_caption(7, "car_ims/000123.jpg") == "class 7"
+
+
+def test_a_users_own_classes_are_shown_by_their_names(tmp_path):
+    """A folder's or table's classes are captioned as the user named them, not as 'class 3'."""
+    query = _embeddings([[1, 0, 1, 0], [1, 0.1, 1, 0.1], [0, 1, 0, 1]], [0, 0, 1], ["mug/a.jpg", "mug/b.jpg", "x/c.jpg"])
+    rows = grid_rows_from_embeddings(query, None, tmp_path, ensemble_size=2, n_queries=3, top_k=2,
+                                     class_names={0: "mug", 1: "lamp"})
+    captions = {row[0].caption for row in rows} | {image.caption for row in rows for image in row[1]}
+    assert captions == {"mug", "lamp"}
+    plain = grid_rows_from_embeddings(query, None, tmp_path, ensemble_size=2, n_queries=3, top_k=2)
+    assert {row[0].caption for row in plain} == {"class 0", "class 1"}

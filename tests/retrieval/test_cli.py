@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from antimetric.cli import main
+from antimetric.data.readers import read_dataset
 from antimetric.retrieval.gallery_index import read_index
 from antimetric.retrieval.trained import load
 from tests.fixtures.folders import make_fifo
@@ -72,18 +73,20 @@ def test_retrieve_prints_each_query_and_marks_the_query_itself(demo_index, capsy
 
 
 def test_a_dataset_image_outside_the_index_has_its_label(demo_data_path, demo_index, capsys):
-    train_image = sorted((demo_data_path / "demo" / "images").glob("001.*/*.jpg"))[0]  # class 1 trains
+    record = read_dataset("demo", demo_data_path / "demo").split("train")[0]  # a training class's image
+    train_image = demo_data_path / "demo" / record.path
     answer = run_json(capsys, "retrieve", "--index", str(demo_index), "--query", str(train_image),
                       "--top-k", "4")["queries"][0]
-    assert answer["label"] == "1" and answer["index_position"] is None
+    assert answer["label"] == str(record.label) and answer["index_position"] is None
     assert [n["correct"] for n in answer["neighbours"]] == [False] * 4  # test classes are other classes
     assert not any(n["is_query"] for n in answer["neighbours"])
 
 
 def test_a_folder_index_labels_queries_by_subfolder_name(demo_run, demo_data_path, tmp_path, capsys):
-    images = demo_data_path / "demo" / "images"
+    images = demo_data_path / "demo"
+    test_classes = sorted({r.path.split("/")[0] for r in read_dataset("demo", images).split("test")})
     gallery, queries = tmp_path / "gallery", tmp_path / "queries"
-    for folder, name in (("031.*", "c31"), ("032.*", "c32")):
+    for folder, name in ((test_classes[0], "c31"), (test_classes[1], "c32")):
         files = sorted(images.glob(f"{folder}/*.jpg"))
         for file in files[:5]:
             (gallery / name).mkdir(parents=True, exist_ok=True)
@@ -91,7 +94,7 @@ def test_a_folder_index_labels_queries_by_subfolder_name(demo_run, demo_data_pat
         (queries / name).mkdir(parents=True)
         shutil.copy(files[5], queries / name / files[5].name)
     (queries / "unknown").mkdir()
-    shutil.copy(sorted(images.glob("040.*/*.jpg"))[0], queries / "unknown" / "x.jpg")
+    shutil.copy(sorted(images.glob(f"{test_classes[9]}/*.jpg"))[0], queries / "unknown" / "x.jpg")
     summary = run_json(capsys, "index", "--model", str(demo_run), "--images", str(gallery), "--out",
                        str(tmp_path / "index"))
     assert summary["images"] == 10 and summary["labelled"] and summary["dataset"] is None

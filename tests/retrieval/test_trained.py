@@ -53,7 +53,7 @@ def test_embeddings_equal_the_runs_feature_database(demo_run, demo_data_path):
 
 def test_every_image_input_kind_embeds_the_same(demo_run, demo_data_path):
     ensemble = antimetric.load(demo_run, device="cpu")
-    path = sorted((demo_data_path / "demo" / "images").rglob("*.jpg"))[0]
+    path = sorted((demo_data_path / "demo").rglob("*.jpg"))[0]
     image = Image.open(path).convert("RGB")
     encoded = io.BytesIO()
     image.save(encoded, format="PNG")

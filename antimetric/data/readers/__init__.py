@@ -35,7 +35,8 @@ def read_dataset(name: str, dataset_dir: Path) -> DatasetIndex:
     antimetric.data.manifest.prepare.prepare for that). A missing or malformed layout raises DatasetLayoutError.
     """
     reader = _reader(name)
-    return dataclasses.replace(reader.read(Path(dataset_dir), name), sources=reader.spec.index_files)
+    index = reader.read(Path(dataset_dir), name)
+    return index if index.sources else dataclasses.replace(index, sources=reader.spec.index_files)
 
 
 def index_files(name: str) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from antimetric.data.readers.image_folder import SIGNATURE_BYTES, has_image_signature
-from antimetric.data.readers.layout import box_problem, path_problem, posix_path
+from antimetric.data.readers.layout import LayoutSpec, Reader, box_problem, path_problem, posix_path
 from antimetric.data.records import GALLERY, QUERY, TEST, TRAIN, Box, DatasetIndex, ImageRecord
 from antimetric.errors import DatasetLayoutError
 
@@ -307,3 +307,19 @@ def _shown(text: str) -> str:
     """Text quoted for a one-line message, shortened."""
     text = text.strip()
     return repr(text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "...")
+
+
+def _read_dataset_table(dataset_dir: Path, name: str) -> DatasetIndex:
+    """A dataset of the dataset table kept as a table: `<dataset folder>/<name>.csv`, its paths relative to it."""
+    table = Path(dataset_dir) / f"{name}.csv"
+    if not table.is_file():
+        raise DatasetLayoutError(f"{name}: missing {table.name} in {dataset_dir} "
+                                 f"({TABLE_LAYOUT.describe(Path(dataset_dir))})")
+    return read_oml_table(table, Path(dataset_dir), name)
+
+
+# A row of antimetric.data.table whose reader is this module (the demo): its folder holds <name>.csv.
+TABLE_LAYOUT = LayoutSpec(title="open-metric-learning table", contents=("<name>.csv",),
+                          source="a table with columns label, path, split, paths relative to {dir}",
+                          marker="<name>.csv")
+READER = Reader(read=_read_dataset_table, spec=TABLE_LAYOUT)
