@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -196,3 +197,13 @@ def test_own_data_reading_times_both_forms_to_the_first_batch(tmp_path):
         assert phases[4]["batch_shape"] == [32, 3, 32, 32]
     assert result["forms"]["folder"]["data"] != result["forms"]["table"]["data"]
     assert len(list((out / "images").rglob("*.png"))) == 200 and (out / "table.csv").is_file()
+
+
+@pytest.mark.slow
+def test_demo_spread_trains_the_repeats_of_a_demo_design_and_leaves_no_data():
+    before = set(Path(tempfile.gettempdir()).glob("demo-spread-*"))
+    result = json.loads(run_module("demo_spread", "--classes", "20", "--per-class", "4", "--size", "32", "--epochs",
+                                   "1", "--repeats", "2", "--json"))
+    assert len(result["test_recall_at_1"]) == 2 and all(0 <= v <= 100 for v in result["test_recall_at_1"])
+    assert result["mean"] == pytest.approx(sum(result["test_recall_at_1"]) / 2, abs=0.06) and result["sd"] >= 0
+    assert set(Path(tempfile.gettempdir()).glob("demo-spread-*")) == before  # its generated data is removed

@@ -36,6 +36,8 @@ SIZE = 64
 _SUPERSAMPLE = 4
 _SEED = 2026
 _GLYPHS = ("disk", "ring", "square", "triangle", "plus", "cross", "diamond", "bars")
+# Four more, for a design of more than 64 classes (benchmarks/demo_spread.py measured such designs)
+_MORE_GLYPHS = ("hexagon", "star", "chevron", "tee")
 _VERSION_FILE = "demo-version.txt"
 TABLE_FILE = "demo.csv"  # open-metric-learning's columns, as a user's own table (antimetric.data.readers.oml_table)
 TABLE_COLUMNS = ("label", "path", "split", "x_1", "x_2", "y_1", "y_2")
@@ -87,7 +89,8 @@ def _is_empty_folder(path: Path) -> bool:
 
 def class_pairs(rng: np.random.Generator) -> list[tuple[str, str]]:
     """N_CLASSES distinct (top, bottom) glyph pairs in a seeded order."""
-    pairs = [(a, b) for a in _GLYPHS for b in _GLYPHS]
+    glyphs = _GLYPHS if N_CLASSES <= len(_GLYPHS) ** 2 else _GLYPHS + _MORE_GLYPHS
+    pairs = [(a, b) for a in glyphs for b in glyphs]
     order = rng.permutation(len(pairs))[:N_CLASSES]
     return [pairs[i] for i in order]
 
@@ -199,6 +202,19 @@ def _glyph_layer(glyph: str, s: int, x: float, y: float, r: float, angle: float)
     elif glyph == "bars":
         for offset in (-0.7, 0.0, 0.7):
             bar(-r, offset * r - w / 3, r, offset * r + w / 3)
+    elif glyph == "hexagon":
+        draw.polygon(pts([(r * math.cos(math.radians(a)), r * math.sin(math.radians(a))) for a in range(0, 360, 60)]),
+                     fill=255)
+    elif glyph == "star":  # five points, one up
+        corners = [((r if i % 2 == 0 else r * 0.45) * math.sin(math.radians(36 * i)),
+                    -(r if i % 2 == 0 else r * 0.45) * math.cos(math.radians(36 * i))) for i in range(10)]
+        draw.polygon(pts(corners), fill=255)
+    elif glyph == "chevron":  # a V
+        draw.polygon(pts([(-r, -r * 0.8), (-r + w, -r * 0.8), (0, r * 0.5), (r - w, -r * 0.8), (r, -r * 0.8),
+                          (0, r)]), fill=255)
+    elif glyph == "tee":
+        bar(-r, -r, r, -r + w)
+        bar(-w / 2, -r, w / 2, r)
     else:
         raise ValueError(f"unknown glyph {glyph!r}")
     return mask
