@@ -21,6 +21,7 @@ from antimetric.training.session import load_index
 from studies.compat import EXPERIMENT_STATE_GLOB, RAY_STAGING_FOLDER, SEARCHER_STATE_GLOB, keep_ray_on_localhost
 from studies.conclusions.pareto import pareto_scheduler, search_objectives
 from studies.conclusions.report import summarize
+from studies.design.own_data import dataset_label
 from studies.design.settings import SETTINGS_FILE, StudySettings, save_settings, trial_constants
 from studies.design.spaces import SpaceSampler
 from studies.lifecycle.checks import (
@@ -211,7 +212,7 @@ def open_parent_run(settings: StudySettings, experiment_id: str) -> str:
               "searched": ", ".join(settings.space), "objective": settings.objective, **settings.fixed}
     if settings.objective == "pareto":
         params["cost"] = settings.cost
-    tags = {"dataset": settings.name, "study_dir": str(settings.experiment_path),
+    tags = {"dataset": dataset_label(settings.name), "study_dir": str(settings.experiment_path),
             "cpus_per_trial": f"{settings.cpus_per_trial:g}", "gpus_per_trial": f"{settings.gpus_per_trial:g}",
             "workers_per_trial": str(settings.workers_per_trial)}
     return open_study_run(settings.tracking_uri, experiment_id, settings.experiment, params, tags, settings.space,

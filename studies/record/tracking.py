@@ -18,6 +18,7 @@ from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECK
 
 from antimetric.training.decisions import DECISION_KEYS
 from studies.compat import trial_storage
+from studies.design.own_data import dataset_label
 from studies.design.seeds import SEED_KEYS
 from studies.record.study_run import (
     BEST,
@@ -283,7 +284,7 @@ def trial_run(client: MlflowClient, experiment_id: str, parent_id: str, trial, s
         return run_id, True
     config = trial.config
     tags = {TRIAL_TAG: trial.trial_id, TRIAL_DIR_TAG: Path(trial.path).name, STUDY_TAG: study, STAGE_TAG: stage,
-            "dataset": str(config.get("data_name", "")), PARENT_ID_TAG: parent_id}
+            "dataset": dataset_label(str(config.get("data") or config.get("data_name", ""))), PARENT_ID_TAG: parent_id}
     if stage == SEARCH:
         named = re.fullmatch(r"trial (\d+)", str(trial))  # a study's trials are named by their number (lifecycle/console.py)
         number = int(named[1]) if named else len(client.search_runs(  # your own Tuner: the search trials before it

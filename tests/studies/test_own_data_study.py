@@ -29,6 +29,7 @@ def test_a_study_of_a_folder_of_classes_runs_to_its_verdict_and_registers_a_mode
     runs = client.search_runs([experiment.experiment_id])
     trials = [run for run in runs if "trial_id" in run.data.tags]
     assert len(trials) >= 3
+    assert {run.data.tags["dataset"] for run in runs} == {"shop"}  # the study's run and its trials, by the folder's name
     measured = {key: {run.data.params[key] for run in trials} for key in ("data", "recalls", "mean", "std")}
     assert measured["data"] == {str(folder)}  # every trial and confirmation run read the folder itself
     for key in ("recalls", "mean", "std"):  # measured once, when the study started, and the same for every run
