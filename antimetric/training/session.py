@@ -16,7 +16,7 @@ from antimetric.data.cache import CacheForm, find_cache
 from antimetric.data.dataset import ImageDataset
 from antimetric.data.decoded_images import DecodedImages
 from antimetric.data.demo import ensure_demo
-from antimetric.data.manifest.prepare import NO_MANIFEST, is_up_to_date, load_or_prepare
+from antimetric.data.manifest.prepare import NO_MANIFEST, load_or_prepare, why_out_of_date
 from antimetric.data.records import DatasetIndex
 from antimetric.data.splits import EvalSet, Splits, make_splits
 from antimetric.data.transforms import ImageTransform, test_transform, train_transform
@@ -86,7 +86,7 @@ def load_index(config: RunConfig, progress: bool, started_on: str | None = None)
     source = data_source(config.data)
     if not source.own and source.name == "demo":
         ensure_demo(source.dataset_dir, progress=progress)
-    stale = is_up_to_date(source) if started_on is not None else None
+    stale = why_out_of_date(source) if started_on is not None else None
     if stale is not None and stale != NO_MANIFEST:
         raise ConfigError(f"--resume: {source.name}: {stale}; this run trained on the data as it was: start a new "
                           "run, which prepares the data again")

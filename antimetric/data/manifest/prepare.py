@@ -108,7 +108,7 @@ def load_or_prepare(source: DataSource, *, progress: bool = True) -> DatasetInde
     return source.with_splits(saved.readable())
 
 
-def is_up_to_date(source: DataSource) -> str | None:
+def why_out_of_date(source: DataSource) -> str | None:
     """None when the manifest of `source` matches its data, else why not (a run resumed on changed data
     refuses with it)."""
     return _saved_or_why_not(source)[1]

@@ -39,11 +39,6 @@ def read_dataset(name: str, dataset_dir: Path) -> DatasetIndex:
     return index if index.sources else dataclasses.replace(index, sources=reader.spec.index_files)
 
 
-def index_files(name: str) -> tuple[str, ...]:
-    """The files, relative to the layout's root, that read_dataset parses for dataset `name`."""
-    return _reader(name).spec.index_files
-
-
 def _reader(name: str) -> Reader:
     reader = _BY_DATASET.get(name)
     if reader is None:
