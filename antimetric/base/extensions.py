@@ -1,7 +1,7 @@
 """What the core can use from packages built on it, found through Python entry points.
 
 The core never imports MLflow or Ray; `studies` (installed with the `studies` extras) registers
-functions under the entry-point group `antimetric.base.extensions` (pyproject.toml), and the core calls
+functions under the entry-point group `antimetric.extensions` (pyproject.toml), and the core calls
 them by name when a user asks for something only they can do (an MLflow model as a source, a run
 recorded in MLflow).
 """

@@ -20,8 +20,9 @@ Modes:
 Recall@K: a query is a hit if a same-label item is among its K nearest. Ties are
 pessimistic and independent of order: the rank of the first positive is the number
 of negatives whose similarity is >= the best positive's, and the query is a hit iff
-that rank < K. The denominator is *all* queries; a query with no positive in the
-gallery is a miss.
+that rank < K. A query with no positive (no other item of its class, or none in the
+gallery) cannot be scored: it is left out of every metric's denominator, and a
+LeftOutQueries warning says how many were (the test split refuses a set where none is left).
 
 MAP@R and R-precision (Musgrave et al., "A Metric Learning Reality Check", 2020):
 with R the number of relevant gallery items of a query,
