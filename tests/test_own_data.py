@@ -398,3 +398,18 @@ def test_a_test_class_of_one_image_is_left_out_and_said_so(tmp_path, capsys):
     assert captured.err.splitlines().count(warning) == 1, captured.err
     result = json.loads(captured.out.strip().splitlines()[-1])
     assert result["best_epoch"] == 1 and 0 <= result["test_recall_at_1"] <= 1
+
+
+def test_a_table_outside_its_image_folder_keeps_a_manifest_that_reads_back(tmp_path):
+    """A table elsewhere than its images (--data-path ROOT), named through a linked folder: its manifest stamps
+    the table by its real path, and reading the manifest back accepts it."""
+    from antimetric.data.manifest.prepare import load_manifest, prepare
+
+    root = make_shapes(tmp_path / "images")
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "tables")
+    table = write_table(tmp_path / "tables" / "shop.csv", table_rows(root))
+    source = own_data(tmp_path / "linked" / "shop.csv", root)
+    prepare(source, progress=False)
+    assert len(load_manifest(source).records) == len(table_rows(root))
+    assert table.is_file()

@@ -157,7 +157,7 @@ def _relative(text: object, what: str) -> str:
 def _index_file(text: object, source: DataSource) -> str:
     """An index file's path: inside the dataset ('.': the root folder itself, for a folder of classes), or the
     source's own table where that lies outside the root."""
-    if text == "." or (source.table is not None and text == str(source.table)):
+    if text == "." or (source.table is not None and text == str(source.table.resolve())):  # as the reader wrote it
         return text
     return _relative(text, "index file")
 
