@@ -187,8 +187,9 @@ def _train(args: argparse.Namespace) -> int:
     config = None
     if args.resume is None:
         if values.get("load_ids") == "latest":
-            values["load_ids"] = str(_latest_meta_ids(Path(values.get("output_dir", _default("output_dir"))),
-                                                      values.get("data_name", _default("data_name"))))
+            dataset = str(Path(values["data"]).expanduser().absolute()) if values.get("data") else \
+                values.get("data_name", _default("data_name"))
+            values["load_ids"] = str(_latest_meta_ids(Path(values.get("output_dir", _default("output_dir"))), dataset))
         config = RunConfig.from_flat(values)
     device = values.get("device", _default("device"))
     if launched_size() > 1:
@@ -272,10 +273,12 @@ def _latest_meta_ids(output_dir: Path, data_name: str) -> Path:
 
 
 def _run_dataset(run_dir: Path) -> str | None:
+    """What a run folder trained on: a user's own data by its absolute path, a benchmark by its name."""
     try:
-        return json.loads((run_dir / "config.json").read_text()).get("data_name")
+        config = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
         return None
+    return config.get("data") or config.get("data_name")
 
 
 def _evaluate(args: argparse.Namespace) -> int:

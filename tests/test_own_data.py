@@ -413,3 +413,9 @@ def test_a_table_outside_its_image_folder_keeps_a_manifest_that_reads_back(tmp_p
     prepare(source, progress=False)
     assert len(load_manifest(source).records) == len(table_rows(root))
     assert table.is_file()
+
+
+def test_load_ids_alone_reuses_the_latest_run_of_the_same_folder(folder_run, shapes, capsys):
+    """--load-ids without a path: the latest run of this dataset in --output-dir, a folder's run found by its name."""
+    run = train(capsys, *META, "--data", str(shapes), "--output-dir", str(folder_run.parent), "--load-ids")
+    assert run_config(run)["load_ids"] == str(folder_run / META_IDS_FILE)
