@@ -5,8 +5,8 @@ Recall@1 of its best validation epoch; mean, sample standard deviation and the 9
     python -m benchmarks.demo_spread --classes 60 --per-class 30 --size 64 --epochs 5 --repeats 3
 
 The demo generator's class count, images per class and image side are set for this process only; the data is
-generated into a temporary folder, removed afterwards. Needs torch and torchvision only (and the studies' seeds,
-plain numpy).
+generated into a temporary folder, removed afterwards. Needs torch and torchvision only (the repeats' seeds
+derived here as the studies derive them).
 """
 from __future__ import annotations
 
@@ -19,14 +19,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from scipy import stats
 
 from antimetric.data import demo
 from antimetric.training.config import RunConfig
 from antimetric.training.loop import fit
-from studies.design.seeds import repeat_seeds
 
 FOLDS = 4  # what --val-fraction 0.2 leaves of 30 training classes (6 each); more repeats reuse them
+
+
+def repeat_seeds(study_seed: int, repeat: int) -> dict[str, int]:
+    """The seeds of a study's confirmation repeat, as studies.design.seeds derives them (a benchmark imports no
+    studies; tests/test_benchmarks.py checks the two agree)."""
+    seed = int(np.random.SeedSequence([study_seed, 2, repeat]).generate_state(1)[0])
+    return {"seed": seed, "split_seed": study_seed, "val_fold": repeat}
 
 
 def spread(values: list[float]) -> tuple[float, float, float]:

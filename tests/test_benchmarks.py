@@ -199,6 +199,14 @@ def test_own_data_reading_times_both_forms_to_the_first_batch(tmp_path):
     assert len(list((out / "images").rglob("*.png"))) == 200 and (out / "table.csv").is_file()
 
 
+def test_demo_spread_seeds_its_repeats_as_the_confirmation_stage_does():
+    from benchmarks.demo_spread import repeat_seeds
+    from studies.design import seeds
+
+    assert [repeat_seeds(s, r) for s in (0, 3) for r in range(4)] == [seeds.repeat_seeds(s, r) for s in (0, 3)
+                                                                     for r in range(4)]
+
+
 @pytest.mark.slow
 def test_demo_spread_trains_the_repeats_of_a_demo_design_and_leaves_no_data():
     before = set(Path(tempfile.gettempdir()).glob("demo-spread-*"))
