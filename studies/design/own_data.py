@@ -53,11 +53,7 @@ def dataset_constants(name: str, data_path: str | Path) -> dict[str, Any]:
 
 def image_root(name: str, data_path: str | None) -> str:
     """Where the images of a user's folder or table are (checked: a one-line error for a path that is neither)."""
-    return str(own_data_source(name, data_path).dataset_dir)
-
-
-def own_data_source(name: str, data_path: str | None):
-    return data_source(RunConfig.from_flat({"data": name, "data_path": data_path}).data)
+    return str(data_source(RunConfig.from_flat({"data": name, "data_path": data_path}).data).dataset_dir)
 
 
 def measured_defaults(constants: dict[str, Any]) -> dict[str, Any]:
@@ -88,9 +84,9 @@ def printed_space(name: str, backbone: str | None, data_path: str | None) -> Spa
 
     path = str(Path(name).expanduser().absolute())
     constants = {**dataset_constants(path, image_root(path, data_path)), **TRIAL_DEFAULTS, "backbone": backbone}
-    measured = measured_defaults(constants)
+    measured = measured_defaults(constants)  # prepares the data's manifest if need be, then reads it back here
     config = RunConfig.from_flat(constants).data
-    index = load_or_prepare(data_source(resolve(RunConfig.from_flat({**constants, **measured})).data), progress=False)
+    index = load_or_prepare(data_source(config), progress=False)
     n_classes = training_classes(index, config.val_fraction, config.max_per_class, 0, None)
     shown = ", ".join(f"{key} {','.join(f'{v:g}' for v in value)}" for key, value in measured.items())
     print(f"{dataset_label(name)}: {n_classes} training classes (validation classes held out); from the data: {shown}",
