@@ -13,8 +13,10 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import ray._private.ray_constants as ray_constants
 from ray import tune
 from ray._raylet import PlacementGroupID
@@ -49,6 +51,33 @@ def keep_ray_on_localhost() -> None:
     that constant (for this one) are set. Call before ray.init."""
     os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+class StateSaveHook(tune.Callback):
+    """A Tune callback told, at each of Tune's saves of its state, where the staged files are while they are whole.
+
+    ray 2.60.0 (TuneController.save_to_dir, undocumented order): a save writes the experiment state and the
+    searcher's state into the driver's staging folder, then asks the callbacks for their state (get_state), then
+    copies the folder into the experiment folder in a thread, file by file. get_state is thus the moment both staged
+    files are whole. The staging folder is a trial's StorageContext.experiment_driver_staging_path (private); it is
+    the controller's (TuneController._restore_trials keeps the restored trials' one). Local storage only."""
+
+    def __init__(self) -> None:
+        self._paths: tuple[Path, Path] | None = None
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        if self._paths is None and trials:
+            storage = trials[0].storage
+            if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+                self._paths = (Path(storage.experiment_driver_staging_path), Path(storage.experiment_fs_path))
+
+    def get_state(self) -> None:
+        if self._paths is not None and self._paths[0].is_dir():
+            self.on_state_saved(*self._paths)
+        return None  # no state of its own for Tune to save
+
+    def on_state_saved(self, staging: Path, experiment_path: Path) -> None:
+        raise NotImplementedError
 
 
 def is_experiment_state(file_name: str) -> bool:

@@ -1,8 +1,6 @@
 """Running a study: Ray Tune with OptunaSearch (TPE) and ASHA, its MLflow parent run and callback, summary at the end."""
 from __future__ import annotations
 
-import json
-import pickletools
 import shutil
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,7 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 from antimetric.data.splits import make_splits
 from antimetric.errors import ConfigError
 from antimetric.training.session import load_index
-from studies.compat import EXPERIMENT_STATE_GLOB, RAY_STAGING_FOLDER, SEARCHER_STATE_GLOB, keep_ray_on_localhost
+from studies.compat import RAY_STAGING_FOLDER, keep_ray_on_localhost
 from studies.conclusions.pareto import pareto_scheduler, search_objectives
 from studies.conclusions.report import summarize
 from studies.design.own_data import dataset_label
@@ -35,6 +33,7 @@ from studies.lifecycle.checks import (
 )
 from studies.lifecycle.confirm_stage import confirm_path, confirm_tuner, ranked_configurations, report_confirmation
 from studies.lifecycle.console import StudyReporter, parameter_columns, quiet_console, trial_dirname, trial_name
+from studies.lifecycle.state_files import KEPT_FOLDER, StateKeeper, cut_short_state_file, restore_kept_state
 from studies.lifecycle.study_end import (
     StudyFailed,
     StudyInterrupted,
@@ -74,9 +73,9 @@ def trainable(settings: StudySettings):
 
 
 def trial_callbacks(settings: StudySettings) -> list[tune.Callback]:
-    """What a study's Tuners need beside their MLflow and Optuna callbacks: for trials on several workers, the
-    release of an ended trial's workers."""
-    return [ReleaseTrainGroups()] if settings.workers_per_trial > 1 else []
+    """What a study's Tuners need beside their MLflow and Optuna callbacks: a whole copy of each of Tune's state saves
+    (studies/lifecycle/state_files.py); for trials on several workers, the release of an ended trial's workers."""
+    return [StateKeeper(), *([ReleaseTrainGroups()] if settings.workers_per_trial > 1 else [])]
 
 
 def build_tuner(settings: StudySettings, experiment_id: str, n_classes: int) -> tune.Tuner:
@@ -229,11 +228,16 @@ def check_resume(settings: StudySettings) -> None:
         return
     if not study_exists(settings):
         raise ConfigError(f"--resume: no study to resume in {path}; drop --resume to start one")
-    cut_short = cut_short_state_file(path) or cut_short_state_file(confirm_path(settings))
-    if cut_short is not None:
-        raise ConfigError(f"--resume: {cut_short} was cut short when the study's driver was killed (Ray copies its "
-                          "state files without an atomic rename), so Tune would silently start the study over; "
-                          "start a new one with --experiment NEW_NAME")
+    for folder in (path, confirm_path(settings)):
+        cut_short = cut_short_state_file(folder)
+        if cut_short is not None and restore_kept_state(folder, cut_short):
+            print(f"--resume: {cut_short.name} was cut short when the study's driver was killed; its whole copy "
+                  f"from {folder / KEPT_FOLDER} is back in its place", file=sys.stderr)
+            cut_short = cut_short_state_file(folder)
+        if cut_short is not None:
+            raise ConfigError(f"--resume: {cut_short} was cut short when the study's driver was killed (Ray copies "
+                              "its state files without an atomic rename) and no whole copy of it was kept, so Tune "
+                              "would silently start the study over; start a new one with --experiment NEW_NAME")
 
 
 def study_exists(settings: StudySettings) -> bool:
@@ -266,30 +270,6 @@ def start_ray(settings: StudySettings) -> str | None:
     context = ray.init(include_dashboard=False, log_to_driver=False)
     sigterm_as_ctrl_c()
     return context.address_info["session_dir"]
-
-
-def cut_short_state_file(experiment_path: Path) -> Path | None:
-    """The newest searcher or experiment state Tune would restore, when a killed driver left it truncated.
-
-    Ray writes these files in a staging folder and copies them into the experiment folder file by file;
-    a driver killed during a copy leaves a partial file there (seen: an empty searcher state, after
-    which Tune logged "Failed to restore the run state" and restarted the whole study). The check parses
-    the files' structure only: pickle opcodes are listed without building any object."""
-    searcher_states = sorted(experiment_path.glob(SEARCHER_STATE_GLOB))
-    if searcher_states:  # Tune restores max() of these names
-        try:
-            with searcher_states[-1].open("rb") as handle:
-                for _ in pickletools.genops(handle):
-                    pass
-        except (ValueError, OSError):
-            return searcher_states[-1]
-    experiment_states = sorted(experiment_path.glob(EXPERIMENT_STATE_GLOB))
-    if experiment_states:
-        try:
-            json.loads(experiment_states[-1].read_text(encoding="utf-8"))
-        except (ValueError, OSError):
-            return experiment_states[-1]
-    return None
 
 
 def _artifact_root(settings: StudySettings) -> Path | None:

@@ -210,3 +210,50 @@ def test_mlflows_sql_store_logger():
     module = importlib.import_module(compat.MLFLOW_SQL_STORE_LOGGER)
     assert getattr(module, "_logger", None) is logging.getLogger(compat.MLFLOW_SQL_STORE_LOGGER), \
         changed("mlflow", "its SQL store's logger", "MLFLOW_SQL_STORE_LOGGER")
+
+
+def test_tune_saves_its_state_files_whole_before_it_asks_its_callbacks_for_theirs(tmp_path):
+    """StateSaveHook: inside TuneController.save_to_dir, the callbacks' get_state comes after the experiment and
+    searcher state are written to the staging folder named by the trials' storage."""
+    from pyarrow.fs import LocalFileSystem
+    from ray.tune.callback import CallbackList
+    storage_class = importlib.import_module("ray.train._internal.storage").StorageContext
+    for name in ("experiment_driver_staging_path", "experiment_fs_path", "storage_filesystem"):
+        assert hasattr(storage_class, name) or name in inspect.getsource(storage_class.__init__), \
+            changed("ray", f"StorageContext.{name}", "StateSaveHook")
+    staging, experiment = tmp_path / "staging", tmp_path / "study"
+    storage = SimpleNamespace(experiment_driver_staging_path=str(staging), experiment_fs_path=str(experiment),
+                              storage_filesystem=LocalFileSystem())
+    seen = []
+
+    class Hook(compat.StateSaveHook):
+        def on_state_saved(self, staging_path, experiment_path):
+            files = {path.name: path.read_bytes() for path in staging_path.iterdir()}
+            seen.append((staging_path, experiment_path, files))
+
+    hook = Hook()
+    hook.get_state()  # before any trial: nothing known, nothing done
+    hook.on_step_begin(0, [_trial("t1", storage=storage)])
+
+    class Host:  # what TuneController.save_to_dir reads of its controller
+        _start_time = 0.0
+        _storage = storage
+        experiment_state_file_name = TuneController.CKPT_FILE_TMPL.format("now")
+        _session_str = "now"
+        _search_alg = SimpleNamespace(save_to_dir=lambda folder, session_str: Path(
+            folder, Searcher.CKPT_FILE_TMPL.format(session_str)).write_bytes(b"searcher"))
+        _callbacks = CallbackList([hook])
+
+        def _get_trial_checkpoints(self):
+            return {}
+
+        def __getstate__(self):
+            return {}
+
+    TuneController.save_to_dir(Host())
+    assert len(seen) == 1, changed("ray", "when callbacks' get_state is called", "StateSaveHook")
+    staging_path, experiment_path, files = seen[0]
+    assert (staging_path, experiment_path) == (staging, experiment)
+    assert json.loads(files[TuneController.CKPT_FILE_TMPL.format("now")])["trial_data"] == [], \
+        changed("ray", "the order of TuneController.save_to_dir", "StateSaveHook")
+    assert files[Searcher.CKPT_FILE_TMPL.format("now")] == b"searcher"

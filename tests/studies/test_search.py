@@ -1,8 +1,7 @@
 """Smoke studies with the real Ray Tune, Optuna and MLflow."""
-import json
 import os
-import pickle
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from PIL import Image
 
 import antimetric
 from studies.design.settings import SETTINGS_FILE
-from studies.lifecycle.study import cut_short_state_file
+from studies.lifecycle.state_files import KEPT_FOLDER
 from studies.search import main
 from studies.trials.trainable import SCRATCH
 from tests.fixtures.studies import (
@@ -81,11 +80,15 @@ def test_smoke_study_records_every_trial(demo_data_path, smoke_study, capsys, mo
     assert main(["car", *argv[1:], "--resume"]) == 2
     assert "this study is of dataset demo, not car" in capsys.readouterr().err
 
-    # the same study, as a driver killed while Ray copied its search state leaves it: --resume refuses
-    searcher_state = max((study_dirs["storage"] / "t").glob("searcher-state-*.pkl"))
+    # Tune's last state save kept whole (studies/lifecycle/state_files.py); a driver killed while Ray copied its
+    # search state leaves it cut short: without that copy, --resume refuses
+    searcher_state = max((storage / "t").glob("searcher-state-*.pkl"))
+    (kept,) = (storage / "t" / KEPT_FOLDER).iterdir()
+    assert (kept / searcher_state.name).read_bytes() == searcher_state.read_bytes()
     searcher_state.write_bytes(searcher_state.read_bytes()[:100])
+    shutil.rmtree(kept)
     proc = run_study(demo_data_path, study_dirs, "--resume", timeout=120, returncode=2)
-    assert f"{searcher_state} was cut short" in proc.stderr, proc.stderr[-2000:]
+    assert f"{searcher_state} was cut short" in proc.stderr and "no whole copy" in proc.stderr, proc.stderr[-2000:]
 
     # every trial in the Optuna study beside the MLflow store; parallel coordinate and slice from every trial
     # (a PRUNED one by its best epoch), importances only from 5 trials on (studies/conclusions/plots.py)
@@ -136,30 +139,18 @@ def test_one_name_per_trial_in_trials_csv_mlflow_optuna_ray_and_the_grid(smoke_s
             assert grid.text["Title"].startswith(f"{row.trial} · epoch {run.data.metrics['best_epoch']:.0f} · test Recall@1 ")
 
 
-def test_a_cut_short_state_file_is_found(tmp_path):
-    (tmp_path / "searcher-state-2026-01-01_00-00-00.pkl").write_bytes(pickle.dumps({"trials": [1, 2, 3]}))
-    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trials": [1, 2]}))
-    assert cut_short_state_file(tmp_path) is None
-    newer = tmp_path / "searcher-state-2026-01-02_00-00-00.pkl"
-    newer.write_bytes(pickle.dumps({"trials": [1, 2, 3]})[:-2])
-    assert cut_short_state_file(tmp_path) == newer
-    newer.write_bytes(b"")
-    assert cut_short_state_file(tmp_path) == newer
-    newer.unlink()
-    state = tmp_path / "experiment_state-2026-01-02_00-00-00.json"
-    state.write_text('{"trials": [1, ')
-    assert cut_short_state_file(tmp_path) == state
-
-
-def _resume_and_interrupt(data_path, dirs: dict, args: tuple[str, ...], tmp_path) -> list[str]:
+def _resume_and_interrupt(data_path, dirs: dict, args: tuple[str, ...], tmp_path, restored: str = "") -> list[str]:
     """--resume, then Ctrl-C (SIGINT) once a trial went on: exit 130, no summary, the trials' runs KILLED
-    (not FINISHED), and one line with the command that continues the study, which is returned."""
+    (not FINISHED), and one line with the command that continues the study, which is returned. `restored`: the
+    state file --resume says it put back from its whole copy."""
     client, runs, _ = trial_runs(dirs["tracking_uri"])
     before = {r.data.tags["trial_id"]: len(metric_steps(client, r)) for r in runs}
     stderr_path = tmp_path / "interrupted.err"
     stop_study_when(data_path, dirs, (*args, "--resume"),
                     lambda epochs: any(n > before.get(t, 0) for t, n in epochs.items()), signal.SIGINT, stderr_path)
     err = stderr_path.read_text()
+    if restored:
+        assert f"--resume: {restored} was cut short when the study's driver was killed; its whole copy" in err, err
     client, runs, summary = trial_runs(dirs["tracking_uri"])  # summary: the parent run, KILLED without one
     assert [(p.info.status, p.data.tags.get("interrupted")) for p in summary] == [("KILLED", "true")], err[-3000:]
     assert "trials.csv" not in {a.path for a in client.list_artifacts(summary[0].info.run_id)}
@@ -178,21 +169,15 @@ def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs, tmp_path)
     interrupted with Ctrl-C once and continued with the command it printed."""
     args = ("--max-epochs", "12", "--num-samples", "3")
     dirs = study_dirs
-    for attempt in range(2):
-        if attempt:  # the kill fell in Ray's copy of a state file (docs/design.md, Faults): once more, in a new study
-            (tmp_path / "again").mkdir()
-            dirs = {"tracking_uri": f"sqlite:///{tmp_path / 'again' / 'mlflow.db'}", "storage": tmp_path / "again" / "ray"}
-        stop_study_when(demo_data_path, dirs, args, lambda epochs: any(n >= 3 for n in epochs.values()),
-                        signal.SIGKILL)
-        if cut_short_state_file(dirs["storage"] / "t") is None:
-            break
-    else:
-        pytest.fail("both killed drivers left a Ray state file cut short")
+    stop_study_when(demo_data_path, dirs, args, lambda epochs: any(n >= 3 for n in epochs.values()), signal.SIGKILL)
     client, before, parent = trial_runs(dirs["tracking_uri"])
     running = {r.data.tags["trial_id"]: len(metric_steps(client, r)) for r in before if r.info.status == "RUNNING"}
     assert any(epochs >= 3 for epochs in running.values())
+    # as a kill during Ray's copy of its state leaves it (or left it): cut short, its whole copy kept
+    state = max((dirs["storage"] / "t").glob("experiment_state-*.json"))
+    state.write_bytes(state.read_bytes()[:50])
 
-    command = _resume_and_interrupt(demo_data_path, dirs, args, tmp_path)
+    command = _resume_and_interrupt(demo_data_path, dirs, args, tmp_path, restored=state.name)
     resumed = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=240,
                              env={**os.environ, **RAY_ENV})  # its options come from the study's settings file
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
