@@ -11,9 +11,7 @@ saves copying the trunk feature ensemble_size times.
 Parameter names mirror torchvision's (`layer2.0.conv1.weight`), so a branch's weights are
 a slice along dim 0 of the batched tensor (see `convert.py`).
 
-This is the one batched formulation; reference.py is the loop it is tested against. (A second,
-branch-by-branch order on CPUs, with its own BatchNorm on weight slices, was dropped on 2026-11-29:
-benchmarks/RESULTS.md has what it was worth.)
+This is the one batched formulation; reference.py is the loop it is tested against.
 """
 from __future__ import annotations
 
