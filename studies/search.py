@@ -42,7 +42,7 @@ from studies.design.settings import (
     default_experiment,
     saved_settings,
 )
-from studies.design.space_file import check_space, check_trial, load_space
+from studies.design.space_file import STUDY_OWN_KEYS, check_space, check_trial, load_space
 from studies.design.spaces import SPACES
 from studies.lifecycle.study import run_study, study_exists
 from studies.lifecycle.study_end import StudyFailed, sigterm_as_ctrl_c, sigterm_received
@@ -134,13 +134,6 @@ def _parser() -> argparse.ArgumentParser:
         "(a searched one is then no longer searched)")
     add_config_arguments(training, exclude=STUDY_OWN_KEYS)
     return parser
-
-
-# Config keys the study sets itself: the dataset (NAME), its folder and seeds (the study's --data-path and
-# --seed; each trial's own seed, validation split and fold: studies/design/seeds.py), the epochs (--max-epochs, also
-# spelled --num-epochs), and a run's own folder (each trial has one).
-STUDY_OWN_KEYS = ("data_name", "data", "data_path", "seed", "split_seed", "val_fold", "num_epochs", "output_dir", "run_name",
-                  "reuse_run_name")
 
 
 class _PrintSpace(argparse.Action):

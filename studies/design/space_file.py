@@ -16,10 +16,12 @@ from antimetric.training.config import RunConfig, resolve
 from antimetric.training.memory_estimate import check_memory
 from studies.design.spaces import Space
 
-# Keys a study sets itself (the dataset, its folder, the epochs of --max-epochs, the seed of --seed)
-# or that belong to a single run's folder; searching them means nothing.
-NOT_SEARCHABLE = ("data_name", "data_path", "num_epochs", "seed", "split_seed", "val_fold", "output_dir", "run_name",
-                  "reuse_run_name")
+# Config keys the study sets itself: the dataset (NAME, a benchmark's name or a user's folder or table), its folder
+# and seeds (the study's --data-path and --seed; each trial's own seed, validation split and fold:
+# studies/design/seeds.py), the epochs (--max-epochs, also spelled --num-epochs), and a run's own folder (each trial
+# has one). A space cannot search them, and `studies.search` offers no training option for them.
+STUDY_OWN_KEYS = ("data_name", "data", "data_path", "seed", "split_seed", "val_fold", "num_epochs", "output_dir",
+                  "run_name", "reuse_run_name")
 _KINDS = {"choice": ("values",), "int": ("low", "high"), "float": ("low", "high")}
 
 
@@ -79,7 +81,7 @@ def _check_entry(name: str, spec: Any, where: str) -> None:
 
     if name not in option_names():
         raise bad("is not a config key (see `python -m antimetric train --help`; keys use underscores)")
-    if name in NOT_SEARCHABLE:
+    if name in STUDY_OWN_KEYS:
         raise bad("is set by the study itself and cannot be searched")
     if not isinstance(spec, dict) or spec.get("type") not in _KINDS:
         raise bad(f"must be a mapping with \"type\": one of {', '.join(_KINDS)}")

@@ -67,6 +67,7 @@ def test_an_own_space_file(tmp_path):
 @pytest.mark.parametrize("space, needle", [
     ({"lrr": {"type": "float", "low": 1, "high": 2}}, "entry 'lrr' is not a config key"),
     ({"seed": {"type": "int", "low": 0, "high": 9}}, "entry 'seed' is set by the study itself"),
+    ({"data": {"type": "choice", "values": ["flowers"]}}, "entry 'data' is set by the study itself"),
     ({"lr": {"type": "uniform", "low": 0.1, "high": 1}}, "entry 'lr' must be a mapping with \"type\""),
     ({"lr": {"type": "float", "low": 0, "high": 1, "log": True}}, "on a log scale, so low must be above 0"),
     ({"lr": {"type": "float", "low": 2, "high": 1}}, "has low 2 above high 1"),
