@@ -47,6 +47,7 @@ from studies.design.spaces import SPACES
 from studies.lifecycle.study import run_study, study_exists
 from studies.lifecycle.study_end import StudyFailed, sigterm_as_ctrl_c, sigterm_received
 from studies.record.tracking import default_tracking_uri
+from studies.trials.metric_names import check_study_recalls
 from studies.trials.trainable import TRIAL_DEFAULTS
 from studies.trials.trial_workers import check_branches_per_worker, workers_and_gpus
 
@@ -182,6 +183,8 @@ def parse_args(argv: list[str] | None = None) -> StudySettings:
         values["data_path"] = image_root(args.name, given.get("data_path"))
         if saved is None:  # what the data decides of each trial's config, measured once (own_data.MEASURED)
             values["fixed"] = {**measured_defaults(_constants(args.name, values)), **values["fixed"]}
+    if values["fixed"].get("recalls") is not None:  # else the dataset's, which start with Recall@1
+        check_study_recalls(values["fixed"]["recalls"])
     if "cost" in given and values["objective"] != "pareto":
         raise ConfigError(f"--cost {given['cost']} ranks trials only in a Pareto study; add --objective pareto or "
                           "drop --cost")

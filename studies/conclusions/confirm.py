@@ -17,13 +17,21 @@ import pandas as pd
 
 from studies.conclusions.intervals import Interval, interval
 from studies.design.seeds import repeat_seeds
-from studies.trials.trainable import CONFIRM, OBJECTIVE
+from studies.trials.metric_names import (
+    CONFIRMED_TEST_RECALL,
+    DEFAULT_TEST_RECALL,
+    OBJECTIVE,
+    TEST_MAP_AT_R,
+    TEST_RECALL,
+    VAL_MAP_AT_R,
+)
+from studies.trials.trainable import CONFIRM
 
 DEFAULT = "default"  # the configuration `antimetric train` trains without options (with the study's fixed ones)
 UNTRAINED = "untrained"  # the last row: the winner's ensemble before training, on the test classes
 # The metrics of a repeat at its selected epoch (best validation Recall@1), reported per configuration.
-METRICS = ("val_recall_at_1", "test_recall_at_1", "val_map_at_r", "test_map_at_r")
-WINNER_KEYS = {"confirmed": "confirmed_test_recall_at_1", "default": "default_test_recall_at_1"}
+METRICS = (OBJECTIVE, TEST_RECALL, VAL_MAP_AT_R, TEST_MAP_AT_R)
+WINNER_KEYS = {"confirmed": CONFIRMED_TEST_RECALL, "default": DEFAULT_TEST_RECALL}
 
 
 @dataclass(frozen=True)
@@ -87,17 +95,17 @@ def confirmation_table(repeats: pd.DataFrame, untrained_test_recall: float | Non
                 row[f"{key}_mean"], row[f"{key}_ci95"] = spread.mean, spread.ci95
         rows.append(row)
     if untrained_test_recall is not None:
-        rows.append({"config": UNTRAINED, "trial": "", "repeats": 1, "test_recall_at_1_mean": untrained_test_recall})
+        rows.append({"config": UNTRAINED, "trial": "", "repeats": 1, f"{TEST_RECALL}_mean": untrained_test_recall})
     return pd.DataFrame(rows)
 
 
 def winner_row(table: pd.DataFrame) -> pd.Series:
     """The configuration with the best validation mean (the untrained row has none)."""
     trained = table[table["config"] != UNTRAINED]
-    return trained.loc[trained["val_recall_at_1_mean"].idxmax()]
+    return trained.loc[trained[f"{OBJECTIVE}_mean"].idxmax()]
 
 
-def spread(row: pd.Series, key: str = "test_recall_at_1") -> Interval:
+def spread(row: pd.Series, key: str = TEST_RECALL) -> Interval:
     return Interval(float(row[f"{key}_mean"]), float(row[f"{key}_ci95"]), int(row["repeats"]))
 
 
@@ -126,7 +134,7 @@ def verdict(table: pd.DataFrame) -> str:
     else:
         text = (f"the default beats the best found on the test classes: {_bare(default_test)} vs "
                 f"{_bare(best_test)} test Recall@1 ({n})")
-    others = trained[trained.index != best.name].sort_values("val_recall_at_1_mean", ascending=False)
+    others = trained[trained.index != best.name].sort_values(f"{OBJECTIVE}_mean", ascending=False)
     if len(others):
         runner = others.iloc[0]
         name = DEFAULT if runner["config"] == DEFAULT else f"runner-up ({runner['trial']})"

@@ -22,6 +22,7 @@ from studies.record.registry import register_best_trial
 from studies.record.study_run import log_summary
 from studies.record.tracking import close_finished_runs, runs_by_trial
 from studies.record.trial_weights import delete_checkpoints, delete_train_run, ended_checkpoint, log_ended_trial
+from studies.trials.metric_names import TEST, TEST_RECALL, UNTRAINED_TEST_RECALL
 from studies.trials.trainable import OBJECTIVE, trial_config
 
 
@@ -42,7 +43,7 @@ def untrained_recall(config: dict[str, Any], folder: Path) -> float:
     """Test Recall@1 of the same ensemble before training: the baseline the study must beat."""
     values = {**config, "train": False, "output_dir": str(folder), "run_name": "untrained"}
     result = fit(trial_config(values))
-    return result.best_metrics["test_recall_at_1"]
+    return result.best_metrics[TEST_RECALL]
 
 
 def summarize(settings: StudySettings, results, experiment_id: str, n_classes: int) -> pd.DataFrame:
@@ -74,8 +75,8 @@ def summarize(settings: StudySettings, results, experiment_id: str, n_classes: i
             best = finished.iloc[0]
             result = next(r for r in results if trial_dir(r) == best["trial_dir"])
             best_config, best_trial_dir = trial_config(result.config).to_flat(), best["trial_dir"]
-            metrics.update({k: float(best[k]) for k in finished.columns if k == OBJECTIVE or k.startswith("test_")})
-            metrics["untrained_test_recall_at_1"] = untrained_recall(result.config, folder)
+            metrics.update({k: float(best[k]) for k in finished.columns if k == OBJECTIVE or k.startswith(TEST)})
+            metrics[UNTRAINED_TEST_RECALL] = untrained_recall(result.config, folder)
         best_pick = None if best_trial_dir is None else trial_pick(
             settings.tracking_uri, experiment_id, best_trial_dir, {k: best_config[k] for k in searched})
         # with a confirmation stage to come, its winner is the study's, and gets best.* (study_note.py)

@@ -18,6 +18,7 @@ from studies.conclusions.intervals import Interval
 from studies.design.settings import StudySettings
 from studies.record.registry import ALIAS, model_name
 from studies.record.tracking import NUMBER_TAG, runs_by_trial
+from studies.trials.metric_names import OBJECTIVE, TEST_RECALL
 
 # MLflow's UI shows this tag as the run's description, as markdown (showdown, GitHub flavour, cleaned by
 # sanitize-html, which keeps a relative <a href>; read from MLflow 3.17's JS bundle, mlflow/server/js/build).
@@ -70,8 +71,8 @@ def search_note(settings: StudySettings, experiment_id: str, best: Pick | None, 
     """The description after the search: its best trial, not confirmed (a confirmation stage may follow)."""
     if best is None:
         return f"# Study {settings.experiment}\n\nNo trial finished, so there is no winner.\n\n" + _space(settings)
-    score = (f"validation Recall@1 {_number(metrics.get('val_recall_at_1'))}, test Recall@1 "
-             f"{_number(metrics.get('test_recall_at_1'))} at its selected epoch")
+    score = (f"validation Recall@1 {_number(metrics.get(OBJECTIVE))}, test Recall@1 "
+             f"{_number(metrics.get(TEST_RECALL))} at its selected epoch")
     if settings.confirm_top:
         why = ("Not confirmed yet: the confirmation stage, which trains the best configurations and the default one "
                f"{settings.repeats} times each, follows the search and rewrites this description with its winner.")

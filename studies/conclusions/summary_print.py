@@ -9,6 +9,7 @@ from studies.conclusions.pareto import print_front
 from studies.design.settings import StudySettings
 from studies.record.optuna_record import load_command
 from studies.record.study_run import ui_command
+from studies.trials.metric_names import TEST, TEST_MAP_AT_R, TEST_RECALL, UNTRAINED_TEST_RECALL
 
 
 def print_search_summary(settings: StudySettings, table: pd.DataFrame, metrics: dict, best_config: dict,
@@ -19,7 +20,7 @@ def print_search_summary(settings: StudySettings, table: pd.DataFrame, metrics: 
     with pd.option_context("display.max_columns", 30, "display.width", 200, "display.precision", 3):
         print("\nTrials, best first:")
         hidden = [c for c in table.columns if c in ("mlflow_run_id", "ray_trial_id", "trial_dir") or
-                  c.startswith("test_") and c not in ("test_recall_at_1", "test_map_at_r")]
+                  c.startswith(TEST) and c not in (TEST_RECALL, TEST_MAP_AT_R)]
         print(table.drop(columns=hidden).to_string(index=False))
     print(f"\n{metrics['trials']} trials, {metrics['stopped_early']} stopped early by ASHA, {metrics['failed']} failed")
     if best_config:
@@ -27,7 +28,7 @@ def print_search_summary(settings: StudySettings, table: pd.DataFrame, metrics: 
         print(f"best config: {json.dumps(searched)}")
         recalls = {k: round(v, 4) for k, v in metrics.items() if k.startswith("test_recall")}
         print(f"its test Recall@K at its best validation epoch: {recalls}")
-        print(f"untrained ensemble of that config: test_recall_at_1 = {metrics['untrained_test_recall_at_1']:.4f}")
+        print(f"untrained ensemble of that config: {TEST_RECALL} = {metrics[UNTRAINED_TEST_RECALL]:.4f}")
     print(f"\nMLflow UI for this study (its trials, best first; the view `study` nests them under the study's run):\n"
           f"  {ui_command(settings.tracking_uri, experiment_id)}")
     if front is not None:

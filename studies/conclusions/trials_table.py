@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 
 from studies.record.tracking import NUMBER_TAG
+from studies.trials.metric_names import TEST
 from studies.trials.trainable import COST_KEYS, EPOCH, OBJECTIVE, ended_early
 
 
@@ -26,7 +27,7 @@ def trials_table(results, searched: list[str], runs: dict[str, Any]) -> pd.DataF
         if history is not None and len(history) and OBJECTIVE in history:
             best = history.loc[history[OBJECTIVE].idxmax()]
             row.update({"epochs": int(history[EPOCH].max()), "best_epoch": int(best[EPOCH]), OBJECTIVE: best[OBJECTIVE]})
-            row.update({k: best[k] for k in history.columns if k.startswith("test_")})
+            row.update({k: best[k] for k in history.columns if k.startswith(TEST)})
             row.update({k: best[k] for k in COST_KEYS if k in history})
         row["stopped_early"] = ended_early(row.get("epochs", 0), config) and not result.error
         row.update({k: config.get(k) for k in searched})

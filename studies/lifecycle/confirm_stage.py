@@ -46,6 +46,7 @@ from studies.lifecycle.console import StudyReporter, parameter_columns, trial_di
 from studies.record.registry import register_best_trial, tag_version
 from studies.record.study_run import log_summary, parent_run
 from studies.record.tracking import CONFIRM_STAGE, NUMBER_TAG, MLflowTrialCallback, close_finished_runs, runs_by_trial
+from studies.trials.metric_names import TEST, TEST_MAP_AT_R, TEST_RECALL, VAL
 from studies.trials.trainable import CONFIRM, OBJECTIVE, trial_config
 
 CONFIRM_FOLDER = "confirm"  # the stage's Ray experiment, inside the study's folder
@@ -171,7 +172,7 @@ def plot_confirmation(repeats: pd.DataFrame, table: pd.DataFrame, path: Path) ->
     trained = table[table["config"] != UNTRAINED]
     labels = [row["trial"] or DEFAULT for _, row in trained.iterrows()]
     figure, axes = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(labels)), 4.5), sharey=True)
-    for ax, key in zip(axes, ("val_recall_at_1", "test_recall_at_1")):
+    for ax, key in zip(axes, (OBJECTIVE, TEST_RECALL)):
         for x, (label, (_, row)) in enumerate(zip(labels, trained.iterrows())):
             points = repeats[repeats["label"] == label][key]
             ax.scatter([x - 0.1] * len(points), points, color="tab:gray", s=18, zorder=2)
@@ -179,12 +180,12 @@ def plot_confirmation(repeats: pd.DataFrame, table: pd.DataFrame, path: Path) ->
             ax.errorbar(x + 0.1, row[f"{key}_mean"], yerr=None if pd.isna(ci) else ci, fmt="o",
                         color="tab:red" if label == DEFAULT else "tab:blue", capsize=5, zorder=3)
         untrained = table[table["config"] == UNTRAINED]
-        if key.startswith("test_") and len(untrained):
-            ax.axhline(untrained["test_recall_at_1_mean"].iloc[0], color="tab:gray", linestyle="--",
+        if key.startswith(TEST) and len(untrained):
+            ax.axhline(untrained[f"{TEST_RECALL}_mean"].iloc[0], color="tab:gray", linestyle="--",
                        label="untrained")
             ax.legend(loc="lower right")
         ax.set_xticks(range(len(labels)), labels, rotation=20)
-        ax.set_title("validation Recall@1" if key.startswith("val_") else "test Recall@1")
+        ax.set_title("validation Recall@1" if key.startswith(VAL) else "test Recall@1")
     axes[0].set_ylabel("Recall@1")
     figure.suptitle(f"Confirmation: repeats (grey), mean and 95 % interval (n={int(trained['repeats'].max())})")
     figure.tight_layout()
@@ -193,8 +194,8 @@ def plot_confirmation(repeats: pd.DataFrame, table: pd.DataFrame, path: Path) ->
 
 
 def _print_confirmation(settings: StudySettings, table: pd.DataFrame, text: str, model_uri: str | None) -> None:
-    shown = ["config", "trial", "repeats", "val_recall_at_1_mean", "val_recall_at_1_ci95",
-             "test_recall_at_1_mean", "test_recall_at_1_ci95", "test_map_at_r_mean", "test_map_at_r_ci95"]
+    shown = ["config", "trial", "repeats", *(f"{key}_{what}" for key in (OBJECTIVE, TEST_RECALL, TEST_MAP_AT_R)
+                                             for what in ("mean", "ci95"))]
     with pd.option_context("display.max_columns", 30, "display.width", 250, "display.precision", 3,
                            "display.max_colwidth", 60):
         print(f"\nConfirmation: each configuration trained {settings.repeats} times (its own seed and validation "

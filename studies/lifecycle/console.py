@@ -10,6 +10,7 @@ from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
 from studies.compat import RAY_LOGDIR_LINE, TableReporter, lookup
 from studies.record.tracking import confirm_run_name
+from studies.trials.metric_names import TEST_RECALL
 from studies.trials.trainable import BEST_EPOCH, BEST_OBJECTIVE, CONFIRM, EPOCH, OBJECTIVE
 
 # Seconds between two tables: a 12-trial demo on 2 CPU cores (4 min) prints 3 or 4 of them.
@@ -17,7 +18,7 @@ REPORT_SECONDS = 60
 # Rows of a table while the study runs (the running trials, then the best finished ones); the study's summary
 # lists them all at its end.
 TABLE_ROWS = 8
-METRIC_COLUMNS = (EPOCH, OBJECTIVE, "test_recall_at_1", BEST_OBJECTIVE)
+METRIC_COLUMNS = (EPOCH, OBJECTIVE, TEST_RECALL, BEST_OBJECTIVE)
 
 
 def trial_name(trial) -> str:

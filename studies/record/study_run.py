@@ -18,6 +18,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
 from studies.compat import KIND, KIND_TAG, VIEW_TAG_PREFIX, runs_view_tag, runs_view_url
+from studies.trials.metric_names import TEST, TEST_RECALL
 from studies.trials.trainable import EPOCH, OBJECTIVE, ended_early
 
 STUDY_TAG, PARENT_TAG = "study", "study_parent"
@@ -68,7 +69,7 @@ def set_runs_view(client: MlflowClient, experiment_id: str, searched: list[str],
     if not replace and VIEW_TAG in experiment.tags:
         return
     best = f"metrics.`{BEST}{OBJECTIVE}`"
-    columns = [best, f"metrics.`{BEST}test_recall_at_1`", f"metrics.`{BEST}{EPOCH}`", "tags.`stopped_early`",
+    columns = [best, f"metrics.`{BEST}{TEST_RECALL}`", f"metrics.`{BEST}{EPOCH}`", "tags.`stopped_early`",
                *(f"params.`{key}`" for key in searched)]
     views = {VIEW_ID: {"searchFilter": f"tags.`{PARENT_ID_TAG}` != ''", "orderByKey": best, "orderByAsc": False},
              "study": {"searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False}}
@@ -168,7 +169,7 @@ def summary_metrics(metrics: dict[str, float]) -> dict[str, float]:
     best_*, and the counts as trials_* (as log_progress logs them while the study runs: trials_done and
     trials_failed, not also their sum)."""
     names = {"stopped_early": "trials_stopped_early", "failed": "trials_failed"}
-    out = {BEST + k if k == OBJECTIVE or k.startswith("test_") else names.get(k, k): v for k, v in metrics.items()}
+    out = {BEST + k if k == OBJECTIVE or k.startswith(TEST) else names.get(k, k): v for k, v in metrics.items()}
     if "trials" in metrics and "failed" in metrics:  # the live counts: done and failed make all the trials
         out["trials_done"] = metrics["trials"] - metrics["failed"]
     out.pop("trials", None)

@@ -39,6 +39,7 @@ from studies.record.trial_weights import (
     ended_in_saved_state,
     log_ended_trial,
 )
+from studies.trials.metric_names import TEST, VAL
 from studies.trials.trainable import CONFIRM, EPOCH, OBJECTIVE, REPORTED_AGAIN, WORLD_SIZE, trial_config, trial_cost
 
 DEFAULT_STORE = Path("mlruns")
@@ -233,7 +234,7 @@ def resolved_params(values: dict[str, Any], logged: dict[str, str]) -> list[Para
 
 def selected(metrics: dict[str, float]) -> dict[str, float]:
     """What a trial's selected epoch is known by (best_* in MLflow): the epoch, its validation and test metrics."""
-    return {key: value for key, value in metrics.items() if key == EPOCH or key.startswith(("val_", "test_"))}
+    return {key: value for key, value in metrics.items() if key == EPOCH or key.startswith((VAL, TEST))}
 
 
 def trial_run_name(number: int, searched: dict[str, Any]) -> str:

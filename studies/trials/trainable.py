@@ -15,8 +15,8 @@ from antimetric.model.cost import EnsembleCost, ensemble_cost
 from antimetric.training.config import RunConfig, resolve
 from antimetric.training.loop import EpochResult, fit
 from antimetric.training.run_folder import BEST_FILE, RETRIEVALS_FILE
+from studies.trials.metric_names import OBJECTIVE, TEST_RECALL
 
-OBJECTIVE = "val_recall_at_1"  # Recall@1 on training classes held out from training
 EPOCH = "epoch"  # the time attribute ASHA schedules on
 REPORTED_AGAIN = "reported_again"  # True on a multi-worker trial's result of its checkpoint's epoch, again on resume
 WORLD_SIZE = "world_size"  # reported by a multi-worker trial (studies/trials/train_driver.py): its workers, a param in MLflow
@@ -66,7 +66,7 @@ def reported(result: EpochResult, cost: dict[str, float] | None = None) -> dict[
     (BEST_EPOCH, BEST_OBJECTIVE), which Ray's console shows (studies/lifecycle/console.py). Then the trial's cost
     (trial_cost), the same every epoch, which a Pareto study's searcher reads from the last report. Also the
     values the trial resolved (device, workers), which the MLflow callback records as params."""
-    first = {key: result.metrics[key] for key in (OBJECTIVE, "test_recall_at_1", "loss") if key in result.metrics}
+    first = {key: result.metrics[key] for key in (OBJECTIVE, TEST_RECALL, "loss") if key in result.metrics}
     # what the trial chose where its config said auto, as text (not a metric), for its MLflow params
     resolved = {key: str(value) for key, value in result.decisions.as_dict().items()}
     selected = {BEST_EPOCH: result.best_epoch, BEST_OBJECTIVE: result.best_metrics[OBJECTIVE]} \
