@@ -10,10 +10,10 @@ from pathlib import Path
 
 from antimetric.base.extensions import RUN_TRACKER, extension
 from antimetric.data.cache import MAX_CACHE_SIZE
-from antimetric.data.settings import CROP_TYPES, DATASETS, check_crop_type
+from antimetric.data.settings import check_crop_type
+from antimetric.data.table import TABLE
 from antimetric.errors import AntimetricError, AntimetricWarning, ConfigError, RunInterrupted
-from antimetric.model.settings import BACKBONE_NAMES, SHARE_TYPES
-from antimetric.options import OneLineParser, add_config_arguments, given_options
+from antimetric.options import OneLineParser, add_config_arguments, add_config_option, given_options
 from antimetric.retrieval.cli import add_retrieval_commands
 from antimetric.training.config import RunConfig, check_device, resolve
 
@@ -78,15 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="{prepare,train,evaluate,index,retrieve,profile}")
 
     prepare = commands.add_parser("prepare", help="check a dataset's layout and images, write its manifest")
-    _add(prepare, "--data-path", help="parent folder of the dataset folders (default: data); with a --data table: "
-         "the folder its paths start from (default: the table's folder)")
-    _add(prepare, "--data-name", choices=DATASETS, help="dataset folder name")
-    prepare.add_argument("--data", metavar="PATH", help="your own images instead: a folder of class subfolders or "
-                         "a table (.csv, .parquet) with columns label, path, split")
+    add_config_option(prepare, "data_path", "parent folder of the dataset folders (default: data); with a --data "
+                      "table: the folder its paths start from (default: the table's folder)")
+    add_config_option(prepare, "data_name", "dataset folder name")
+    add_config_option(prepare, "data", "your own images instead: a folder of class subfolders or a table (.csv, "
+                      ".parquet) with columns label, path, split")
     _add(prepare, "--cache-size", type=_cache_size, metavar="PIXELS",
          help="also write every image resized for this --image-size (e.g. 256), which training then reads")
-    _add(prepare, "--crop-type", choices=CROP_TYPES, help="with --cache-size: the --crop-type the cache is for "
-         "(default: uncropped)")
+    add_config_option(prepare, "crop_type", "with --cache-size: the --crop-type the cache is for (default: uncropped)")
     prepare.add_argument("--json", action="store_true", help="print the summary as JSON")
     prepare.set_defaults(command=_prepare)
 
@@ -109,12 +108,12 @@ def _parser() -> argparse.ArgumentParser:
                                    "dataset's test split")
     evaluate.add_argument("--model", required=True, metavar="SOURCE",
                           help="a run folder, best.pt/last.pt, an MLflow run id or models:/NAME/VERSION")
-    _add(evaluate, "--data-path", help="parent folder of the dataset folders (default: the one it was trained on)")
-    _add(evaluate, "--data-name", choices=DATASETS, help="dataset (default: the one the ensemble was trained on)")
-    evaluate.add_argument("--data", metavar="PATH", help="your own images instead: a folder of class subfolders "
-                          "(its test classes drawn as in training) or a table with columns label, path, split")
-    _add(evaluate, "--crop-type", choices=CROP_TYPES, help="default: the ensemble's own, where the dataset has boxes")
-    _add(evaluate, "--device", default="auto", help="auto (CUDA if present), cpu or cuda:N")
+    add_config_option(evaluate, "data_path", "parent folder of the dataset folders (default: the one it was trained on)")
+    add_config_option(evaluate, "data_name", "dataset (default: the one the ensemble was trained on)")
+    add_config_option(evaluate, "data", "your own images instead: a folder of class subfolders (its test classes "
+                      "drawn as in training) or a table with columns label, path, split")
+    add_config_option(evaluate, "crop_type", "default: the ensemble's own, where the dataset has boxes")
+    add_config_option(evaluate, "device", "auto (CUDA if present), cpu or cuda:N", default=_default("device"))
     _add(evaluate, "--tracking-uri", help="MLflow store of an MLflow SOURCE (default: $MLFLOW_TRACKING_URI, "
          "else mlruns/mlflow.db)")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -123,12 +122,13 @@ def _parser() -> argparse.ArgumentParser:
     add_retrieval_commands(commands)
 
     profile = commands.add_parser("profile", help="parameters, FLOPs (thop MACs and torch GFLOPs per image) and embedding size of an ensemble")
-    _add(profile, "--backbone", "--backbone-type", default="resnet18", choices=BACKBONE_NAMES)
-    _add(profile, "--ensemble-size", type=int, default=48)
-    _add(profile, "--meta-class-size", type=int, default=12)
-    _add(profile, "--share-type", default="layer1", choices=SHARE_TYPES)
-    _add(profile, "--with-fc", action="store_true")
-    _add(profile, "--image-size", type=int, default=256)
+    seed = TABLE["cub"].training  # by default the seed's ensemble: CUB's 48 ResNet-18 branches, 12 meta-classes each
+    add_config_option(profile, "backbone", default=seed.backbone)
+    add_config_option(profile, "ensemble_size", default=seed.ensemble_size)
+    add_config_option(profile, "meta_class_size", default=seed.meta_class_size)
+    add_config_option(profile, "share_type", default=_default("share_type"))
+    add_config_option(profile, "with_fc")
+    add_config_option(profile, "image_size", default=seed.image_size)
     profile.add_argument("--json", action="store_true")
     profile.set_defaults(command=_profile)
     return parser

@@ -1,5 +1,6 @@
 """Command-line arguments built from the config's fields, so that an option is declared once
-(antimetric.training.config) and `antimetric train` and `studies.search` offer the same ones.
+(antimetric.training.config) and `antimetric train` and `studies.search` offer the same ones, and `prepare`,
+`evaluate` and `profile` spell, parse and check the ones they take as those do.
 
 Arguments default to "not given" (argparse.SUPPRESS): `given_options` returns only what the user
 typed, and every other value comes from the config's own defaults when it is resolved.
@@ -40,8 +41,7 @@ def add_config_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
     for f, form in option_fields():
         if f.name in exclude:
             continue
-        dashed = [f"--{f.name.replace('_', '-')}", *form.aliases]
-        seed_spellings = [n for n in ("--" + n[2:].replace("-", "_") for n in dashed) if n not in dashed]
+        dashed, seed_spellings = _spellings(f, form)
         help_text = form.help if "default:" in form.help else f"{form.help} ({_default_text(f)})"
         kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS)
         if value_kind(f) == "bool":
@@ -56,6 +56,27 @@ def add_config_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
         parser.add_argument(*dashed, help=_escaped(help_text), **kwargs)
         if seed_spellings:
             parser.add_argument(*seed_spellings, help=argparse.SUPPRESS, **kwargs)
+
+
+def add_config_option(parser: argparse.ArgumentParser, name: str, help: str | None = None,
+                      default: Any = None) -> None:
+    """Config field `name` as an option of a command that is not a run (prepare, evaluate, profile): its spellings,
+    type, choices and metavar as `train` has them, with what it means to that command (`help`, `default`). The
+    seed's underscore spellings are shown beside the dashed ones; a bool field is a switch, off unless given."""
+    f, form = next((f, form) for f, form in option_fields() if f.name == name)
+    dashed, seed_spellings = _spellings(f, form)
+    shown = None if help is None else _escaped(help)
+    if value_kind(f) == "bool":
+        parser.add_argument(*dashed, *seed_spellings, dest=f.name, action="store_true", help=shown)
+        return
+    parser.add_argument(*dashed, *seed_spellings, dest=f.name, type=_parser_of(f.name, form), choices=form.choices,
+                        metavar=form.metavar, default=default, help=shown)
+
+
+def _spellings(f: dataclasses.Field, form: Option) -> tuple[list[str], list[str]]:
+    """The option's --dashed-name and aliases, and the seed's --underscored_name of each that has one."""
+    dashed = [f"--{f.name.replace('_', '-')}", *form.aliases]
+    return dashed, [n for n in ("--" + n[2:].replace("-", "_") for n in dashed) if n not in dashed]
 
 
 def _escaped(text: str) -> str:
