@@ -12,8 +12,9 @@ import dataclasses
 from typing import Any
 
 from antimetric.base.fields import Option, value_kind
+from antimetric.data.table import TABLE
 from antimetric.errors import ConfigError
-from antimetric.training.config import DATASET_DEFAULTS, SECTION_CLASSES, RunConfig
+from antimetric.training.config import SECTION_CLASSES, RunConfig
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -107,7 +108,7 @@ def _default_text(f: dataclasses.Field) -> str:
         if isinstance(f.default, bool):
             return f"default: {'on' if f.default else 'off'}"
         return f"default: {f.default}"
-    per_dataset = {name: _shown(values[f.name]) for name, values in DATASET_DEFAULTS.items() if f.name in values}
+    per_dataset = {name: _shown(row.defaults()[f.name]) for name, row in TABLE.items() if f.name in row.defaults()}
     if not per_dataset:
         return "default: none"
     groups: dict[str, list[str]] = {}

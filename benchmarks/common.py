@@ -18,9 +18,10 @@ from typing import Any
 import torch
 
 from antimetric.base.atomic import atomic_open
+from antimetric.data.table import TABLE
 from antimetric.model.device_plan import cpuinfo_value
 from antimetric.model.settings import ModelConfig
-from antimetric.training.config import DATASET_DEFAULTS, TrainConfig
+from antimetric.training.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,12 @@ class SeedConfiguration:
     batch_size: int
 
 
-_CUB = DATASET_DEFAULTS["cub"]
+_CUB = TABLE["cub"].training
 # ResNet18 x 48 branches sharing layer1, 12 meta-classes, 256 px, batch 32: read from the core's
 # dataset table and option defaults, so that the benchmarks measure what training runs.
-SEED = SeedConfiguration(backbone=_CUB["backbone"], share_type=ModelConfig().share_type,
-                         ensemble_size=_CUB["ensemble_size"], meta_class_size=_CUB["meta_class_size"],
-                         image_size=_CUB["image_size"], batch_size=TrainConfig().batch_size)
+SEED = SeedConfiguration(backbone=_CUB.backbone, share_type=ModelConfig().share_type,
+                         ensemble_size=_CUB.ensemble_size, meta_class_size=_CUB.meta_class_size,
+                         image_size=_CUB.image_size, batch_size=TrainConfig().batch_size)
 
 
 def add_configuration_arguments(p: argparse.ArgumentParser, *, batch_size: bool = True) -> None:

@@ -18,15 +18,15 @@ import time
 import torch
 import torch.nn.functional as F
 
+from antimetric.data.table import TABLE
 from antimetric.evaluation.metrics import retrieval_metrics
 from antimetric.evaluation.settings import EvalConfig
-from antimetric.training.config import DATASET_DEFAULTS
 from benchmarks.common import default_device, device_name, sync
 
 SOP_TEST_IMAGES, SOP_TEST_CLASSES = 60_502, 11_316
 # the seed's SOP ensemble: 48 branches x 512 meta-classes, a 24,576-wide embedding
-SOP_BRANCHES = DATASET_DEFAULTS["sop"]["ensemble_size"]
-SOP_FEATURE_DIM = SOP_BRANCHES * DATASET_DEFAULTS["sop"]["meta_class_size"]
+SOP_BRANCHES = TABLE["sop"].training.ensemble_size
+SOP_FEATURE_DIM = SOP_BRANCHES * TABLE["sop"].training.meta_class_size
 CHUNK_SIZE = EvalConfig().chunk_size  # what training's evaluation uses
 
 

@@ -14,9 +14,13 @@ from antimetric.errors import ConfigError
 
 DATASETS = tuple(TABLE)
 CROP_TYPES = ("uncropped", "cropped")
-BOXED_DATASETS = tuple(name for name, row in TABLE.items() if row.has_boxes)  # what crop_type 'cropped' needs
 MAX_IMAGE_SIZE = 4096  # 16x the seed's 256 px: a value no one means, refused at once
 DEFAULT_DATA_PATH = "data"
+
+
+def _with_boxes() -> str:
+    """The datasets whose rows have bounding boxes, which crop_type 'cropped' needs."""
+    return ", ".join(name for name, row in TABLE.items() if row.has_boxes)
 
 
 def parse_rgb(value: str | tuple | list) -> RGB:
@@ -45,7 +49,7 @@ class DataConfig:
                                      "--seed, so that runs compare on the same test classes)", parse=int)
     allow_shared_labels: bool = option(False, "with a --data table: accept labels in both train and test rows (the "
                                               "test classes are then not unseen; recorded in the run's config)")
-    crop_type: str = option("uncropped", f"cropped uses the bounding boxes ({', '.join(BOXED_DATASETS)}, or a "
+    crop_type: str = option("uncropped", f"cropped uses the bounding boxes ({_with_boxes()}, or a "
                                          "--data table with columns x_1, x_2, y_1, y_2)", choices=CROP_TYPES)
     mean: RGB | None = option(None, "channel means of the input normalisation (default: the dataset's; your own "
                                     "data: ImageNet's with a pretrained backbone, else measured on its training images)",
@@ -107,6 +111,6 @@ def check_crop_type(data_name: str, crop_type: str) -> None:
     """A known crop type, and `cropped` only for a dataset with bounding boxes."""
     if crop_type not in CROP_TYPES:
         raise ConfigError(f"unknown crop type {crop_type!r}; choose one of {', '.join(CROP_TYPES)}")
-    if crop_type == "cropped" and data_name not in BOXED_DATASETS:
+    if crop_type == "cropped" and not (data_name in TABLE and TABLE[data_name].has_boxes):
         raise ConfigError(f"--crop-type cropped needs bounding boxes, which {data_name} does not have "
-                          f"(only {', '.join(BOXED_DATASETS)} do); drop --crop-type")
+                          f"(only {_with_boxes()} do); drop --crop-type")

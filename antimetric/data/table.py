@@ -1,8 +1,9 @@
-"""The datasets antimetric knows, one row each: everything else about a dataset is derived from here.
+"""The datasets antimetric knows, one row each: everything else about a dataset is read from here.
 
-`antimetric.training.config` (DATASETS, BOXED_DATASETS, DATASET_DEFAULTS), `antimetric.data.transforms`
-(MEAN_STD), `antimetric.data.readers` (READERS) and the studies (their trials' epochs) read these rows; a
-study's own defaults (trials, resources, search ranges) are in studies/design/study_defaults.py.
+The data's settings (the dataset names; which have boxes), the run config and its --help (a dataset's defaults),
+the readers (a row's reader module), `evaluate` (another dataset's Recall@K) and the studies (their trials'
+epochs) read a row where they need it, rather than keeping its facts under other names; a study's own defaults
+(trials, resources, search ranges) are in studies/design/study_defaults.py.
 Adding a dataset is one reader module in antimetric/data/readers/ and one row below.
 
 This module imports nothing but the standard library: the config imports it, and a row names its

@@ -14,11 +14,10 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import functional as F
 
-from antimetric.data.table import RGB, TABLE
+from antimetric.data.table import RGB
 
-Normalisation = tuple[RGB, RGB]  # (mean, std) per channel, on the 0..1 scale
-# Per-dataset channel statistics for the input normalisation (a run's config holds its own: --mean, --std).
-MEAN_STD: dict[str, Normalisation] = {name: (row.mean, row.std) for name, row in TABLE.items()}
+# (mean, std) per channel, on the 0..1 scale: a run's --mean and --std (by default its dataset's row of the table)
+Normalisation = tuple[RGB, RGB]
 
 
 @dataclass(frozen=True)

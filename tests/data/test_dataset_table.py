@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 
 from antimetric.data.readers import READERS, read_dataset
-from antimetric.data.settings import BOXED_DATASETS, DATASETS
+from antimetric.data.settings import DATASETS
 from antimetric.data.table import TABLE
-from antimetric.data.transforms import MEAN_STD
 from antimetric.errors import ConfigError
-from antimetric.training.config import DATASET_DEFAULTS, SECTION_CLASSES, RunConfig, resolve
+from antimetric.training.config import SECTION_CLASSES, RunConfig, resolve
 from tests.fixtures.datasets import make_cars, make_cub, make_inshop, make_oml_table, make_sop
 
 # A fixture per reader module, so that a dataset with a new reader is read here too.
@@ -24,12 +23,9 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def test_the_names_used_elsewhere_are_those_of_the_table():
     assert DATASETS == tuple(TABLE)
-    assert set(READERS) == set(DATASET_DEFAULTS) == set(MEAN_STD) == set(TABLE)
-    assert set(BOXED_DATASETS) == {name for name, row in TABLE.items() if row.has_boxes}
+    assert set(READERS) == set(TABLE)
     for name, row in TABLE.items():
         assert row.name == name
-        assert MEAN_STD[name] == (row.mean, row.std)
-        assert DATASET_DEFAULTS[name] == row.defaults() and DATASET_DEFAULTS[name]["recalls"] == row.recalls
 
 
 @pytest.mark.parametrize("name", TABLE)
