@@ -17,15 +17,10 @@ def meta_model(config: ModelConfig, implementation: str = "batched") -> Ensemble
         return build_model(_random_init(config), implementation).eval()
 
 
-def count_params(config: ModelConfig, implementation: str = "batched") -> int:
-    """Trainable parameters, counted on the meta device."""
-    return sum(p.numel() for p in meta_model(config, implementation).parameters())
-
-
 def profile(config: ModelConfig, image_size: int = 256, implementation: str = "batched") -> dict[str, int]:
     """{"params", "flops"} for one 3 x image_size x image_size image; flops is thop's count
     (multiply-accumulates), the figure the seed reported."""
-    import thop  # here, not at the top: what imports meta_model (antimetric.model.cost, the benchmarks) needs no thop
+    import thop  # here, not at the top: what imports meta_model (model/cost.py, a study's trial cost) needs no thop
     from thop.vision.basic_hooks import count_convNd
 
     model = meta_model(config, implementation)
