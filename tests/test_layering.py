@@ -141,7 +141,7 @@ def test_no_import_arrow_runs_up_the_layers():
 
 @pytest.mark.parametrize("planted", [
     ("antimetric.model.ensemble", "from antimetric.training.loop import fit"),  # up
-    ("antimetric.data.dataset", "def f():\n    from antimetric.model.ensemble import build_model"),  # sideways, lazy
+    ("antimetric.data.loading", "def f():\n    from antimetric.model.ensemble import build_model"),  # sideways, lazy
     ("antimetric.evaluation.grid", "import antimetric.retrieval.trained"),
 ])
 def test_the_layer_check_finds_a_planted_upward_import(planted):

@@ -12,12 +12,13 @@ from PIL import Image
 
 import antimetric
 from antimetric.cli import main
+from antimetric.data.loading import load_index
 from antimetric.data.readers.source import own_data
 from antimetric.data.records import TEST, TRAIN
 from antimetric.training.config import RunConfig
 from antimetric.training.loop import fit
 from antimetric.training.run_folder import BEST_FILE, CONFIG_FILE, EPOCHS_FILE, FEATURES_FILE, LAST_FILE, META_IDS_FILE
-from antimetric.training.session import config_splits, load_index
+from antimetric.training.session import config_splits
 from tests.fixtures.own_data import N_CLASSES, PER_CLASS, SIDE, image_path, make_shapes, write_image
 
 # Each training run is a few seconds on a CPU: these options on every run of this module.
@@ -138,7 +139,7 @@ def test_measured_defaults_fit_the_folders_training_classes(shapes, tmp_path, ca
 
 def test_a_folders_test_classes_are_never_trained_on(folder_run, shapes, capsys):
     config = antimetric.load(folder_run, device="cpu").config
-    index = load_index(config, progress=False)
+    index = load_index(config.data, progress=False)
     splits = config_splits(config, index)
     folder_of = {r.label: r.path.split("/")[0] for r in index.records}
     train_folders = {folder_of[label] for label in splits.train_classes}
@@ -377,7 +378,7 @@ def test_allow_shared_labels_trains_a_table_whose_label_is_on_both_sides(tmp_pat
                 str(tmp_path / "runs"))
     assert run_config(run)["allow_shared_labels"] is True
     config = antimetric.load(run, device="cpu").config
-    splits = config_splits(config, load_index(config, progress=False))
+    splits = config_splits(config, load_index(config.data, progress=False))
     test_labels = {r.label for r in splits.test.query}
     assert len(splits.train_classes) == 5 and set(splits.train_classes) & test_labels == {int(shared[5:])}
 

@@ -54,10 +54,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _index(args: argparse.Namespace) -> int:
+    from antimetric.data.loading import num_workers
     from antimetric.retrieval.gallery_build import build_index, check_target
     from antimetric.retrieval.gallery_images import find_images
     from antimetric.retrieval.trained import load
-    from antimetric.training.session import num_workers
 
     _check_sizes(args)
     out = Path(args.out).expanduser()
@@ -79,11 +79,11 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _retrieve(args: argparse.Namespace) -> int:
+    from antimetric.data.loading import num_workers
     from antimetric.retrieval.gallery_images import Failures
     from antimetric.retrieval.gallery_index import check_model, read_index
     from antimetric.retrieval.search import find_queries, retrieve
     from antimetric.retrieval.trained import load
-    from antimetric.training.session import num_workers
 
     _check_sizes(args)
     if args.top_k < 1:

@@ -5,7 +5,7 @@ key of a study's config dict (`antimetric.base.fields`); `antimetric.options` bu
 
 Fields left as None take the dataset's default (its row of `antimetric.data.table`) when the config is
 resolved, so `--data-name sop` alone gives the seed's SOP settings. What a run decides when it starts (device,
-precision, workers, ...) is not written back here: see `antimetric.training.session.StartDecisions`.
+precision, workers, ...) is not written back here: see `antimetric.training.decisions.StartDecisions`.
 
 This module imports no torch: every command imports it to build its options.
 """
@@ -101,6 +101,9 @@ _FIELD_SECTION = {
     for f in dataclasses.fields(kind)
 }
 
+# What each dataset gives the fields left as None (the seed's settings, and a CPU-sized demo).
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {name: row.defaults() for name, row in TABLE.items()}
+
 
 def resolve(config: RunConfig, *, progress: bool = False) -> RunConfig:
     """A copy with every None default filled in from the dataset, then checked.
@@ -119,7 +122,7 @@ def resolve(config: RunConfig, *, progress: bool = False) -> RunConfig:
         eval=dataclasses.replace(config.eval),
     )
     if resolved.data.data is None:
-        _fill(resolved, TABLE[config.data.data_name].defaults())
+        _fill(resolved, DATASET_DEFAULTS[config.data.data_name])
         if resolved.data.data_path is None:
             resolved.data.data_path = DEFAULT_DATA_PATH
     else:
@@ -141,6 +144,8 @@ def _fill(config: RunConfig, defaults: dict[str, Any]) -> None:
 def _fill_own_data(config: RunConfig, progress: bool) -> None:
     """The defaults of a user's folder or table: the seed's training settings (the demo's with the tiny backbone),
     then what is measured on the data; its name and absolute paths, so that the run's config finds it again."""
+    from antimetric.data.readers.source import data_source  # the readers import torch, which this module does not
+
     data, model = config.data, config.model
     source = data_source(data)
     data.data, data.data_path, data.data_name = str(Path(data.data).expanduser().absolute()), \
@@ -165,16 +170,6 @@ def _fill_own_data(config: RunConfig, progress: bool) -> None:
     if data.mean is None or data.std is None:
         measured["mean"], measured["std"] = own_defaults.normalisation(index, config.model.pretrained)
     _fill(config, measured)
-
-
-def data_source(data: DataConfig):
-    """Where the data of a data section is and how it is read (antimetric.data.readers.source.DataSource)."""
-    from antimetric.data.readers.source import benchmark, own_data
-
-    if data.data is None:
-        return benchmark(data.data_name, data.data_path if data.data_path is not None else DEFAULT_DATA_PATH)
-    return own_data(data.data, data.data_path, test_classes=data.test_classes, test_split_seed=data.test_split_seed,
-                    allow_shared_labels=data.allow_shared_labels)
 
 
 def _check(config: RunConfig) -> None:

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from antimetric.base.atomic import save_npz, torch_save, write_json, write_text
+from antimetric.data.loading import EvalLoaders
 from antimetric.errors import ConfigError, NonFiniteLossError, RunInterrupted
 from antimetric.evaluation.embed import Embeddings, embed, embeddings_arrays, score
 from antimetric.evaluation.grid import grid_rows_from_embeddings, write_grid
@@ -46,7 +47,7 @@ from antimetric.training.run_folder import (
     probe,
     writing,
 )
-from antimetric.training.session import EvalLoaders, TrainingSession, build_session
+from antimetric.training.session import TrainingSession, build_session
 from antimetric.training.state import BestTracker, load_training_state, save_training_state, seed_epoch
 from antimetric.training.step import branch_parallel_step, training_step
 

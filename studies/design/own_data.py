@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from antimetric.data.readers.source import data_source
 from antimetric.data.settings import DATASETS
 from antimetric.data.table import OWN_DATA_TRAINING, OWN_DATA_TRAINING_BY_BACKBONE
-from antimetric.training.config import RunConfig, data_source, resolve
+from antimetric.training.config import RunConfig, resolve
 from studies.design.settings import TRIAL_DEFAULTS
 from studies.design.spaces import SPACES, Space, space_of
 from studies.design.study_defaults import OWN_DATA_STUDY, OWN_DATA_STUDY_BY_BACKBONE, StudyDefaults

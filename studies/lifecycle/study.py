@@ -13,9 +13,9 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from antimetric.data.loading import load_index
 from antimetric.data.splits import make_splits
 from antimetric.errors import ConfigError
-from antimetric.training.session import load_index
 from studies.compat import RAY_STAGING_FOLDER, keep_ray_on_localhost
 from studies.conclusions.pareto import pareto_scheduler, search_objectives
 from studies.conclusions.report import summarize
@@ -247,7 +247,7 @@ def study_exists(settings: StudySettings) -> bool:
 def count_training_classes(settings: StudySettings) -> int:
     """Training classes left after the validation split: what meta-class sizes must fit."""
     config = trial_config(trial_constants(settings))
-    index = load_index(config, progress=sys.stderr.isatty())
+    index = load_index(config.data, progress=sys.stderr.isatty())
     n_classes = len(make_splits(index, config.data.val_fraction, config.data.max_per_class,
                                 config.train.seed).train_classes)
     if settings.confirm_top:  # as many folds as repeats, or a one-line ConfigError before any trial

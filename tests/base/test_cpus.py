@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from antimetric.base.cpus import available_cpus
-from antimetric.training.session import num_workers
+from antimetric.data.loading import num_workers
 
 ROOT = Path(__file__).resolve().parents[2]
 # Counts left to their owners: the manifest's decode threads (the machine's CPUs, at most 8; issue 21's lead owns

@@ -20,7 +20,7 @@ _TIMEOUT_S = 300
 
 
 def _first_use(data_path: str, barrier, results) -> None:
-    """What session.load_index does on first use of the demo, started at the same moment as its twin."""
+    """What data.loading.load_index does on first use of the demo, started at the same moment as its twin."""
     try:
         barrier.wait(timeout=_TIMEOUT_S)
         demo.ensure_demo(Path(data_path) / "demo")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from antimetric.data.records import DatasetIndex
+from antimetric.data.settings import DEFAULT_DATA_PATH, DataConfig
 from antimetric.errors import ConfigError
 
 BENCHMARK, FOLDER, TABLE_FORM = "benchmark", "folder", "table"
@@ -86,6 +87,14 @@ class DataSource:
         if self.own:
             return f"python -m antimetric prepare --data {self.dataset_dir}"
         return f"python -m antimetric prepare --data-path {self.dataset_dir.parent} --data-name {self.name}"
+
+
+def data_source(data: DataConfig) -> DataSource:
+    """Where the data of a data section is and how it is read: a benchmark, or a user's own folder or table."""
+    if data.data is None:
+        return benchmark(data.data_name, data.data_path if data.data_path is not None else DEFAULT_DATA_PATH)
+    return own_data(data.data, data.data_path, test_classes=data.test_classes, test_split_seed=data.test_split_seed,
+                    allow_shared_labels=data.allow_shared_labels)
 
 
 def benchmark(name: str, data_path: Path | str) -> DataSource:
