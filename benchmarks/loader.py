@@ -25,7 +25,8 @@ from antimetric.data.cache import CacheForm, resized_for_cache, save_cached
 from antimetric.data.images import open_rgb
 from antimetric.data.loading import ImageDataset
 from antimetric.data.records import ImageRecord
-from antimetric.data.transforms import MEAN_STD, train_transform
+from antimetric.data.table import TABLE
+from antimetric.data.transforms import train_transform
 
 
 def write_images(folder: Path, n: int, size: tuple[int, int]) -> list[ImageRecord]:
@@ -59,7 +60,7 @@ def write_cache(records: list[ImageRecord], root: Path, folder: Path, image_size
 
 def loader_rate(records: list[ImageRecord], root: Path, workers: int, image_size: int, batch_size: int,
                 epochs: int) -> float:
-    dataset = ImageDataset(records, root, train_transform(MEAN_STD["cub"], "uncropped", image_size))
+    dataset = ImageDataset(records, root, train_transform((TABLE["cub"].mean, TABLE["cub"].std), "uncropped", image_size))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                         pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
     for _ in loader:  # start the workers, warm the page cache

@@ -35,19 +35,20 @@ import torch.nn.functional as F
 
 from antimetric.data.demo import ensure_demo
 from antimetric.data.loading import num_workers
+from antimetric.data.table import TABLE
 from antimetric.evaluation.neighbours import nearest
 from antimetric.model.device_plan import plan_for
 from antimetric.model.ensemble import build_model
 from antimetric.retrieval.gallery_build import build_index
 from antimetric.retrieval.gallery_images import ImageSet, find_images
 from antimetric.retrieval.trained import TrainedEnsemble, load
-from antimetric.training.config import DATASET_DEFAULTS, RunConfig, resolve
+from antimetric.training.config import RunConfig, resolve
 from antimetric.training.decisions import StartDecisions
 from antimetric.training.session import pick_device
 from benchmarks.common import write_result
 from benchmarks.evaluation import SOP_BRANCHES, SOP_FEATURE_DIM, SOP_TEST_IMAGES
 
-CUB_FEATURE_DIM = DATASET_DEFAULTS["cub"]["ensemble_size"] * DATASET_DEFAULTS["cub"]["meta_class_size"]
+CUB_FEATURE_DIM = TABLE["cub"].training.ensemble_size * TABLE["cub"].training.meta_class_size
 TOP_K = 10
 
 

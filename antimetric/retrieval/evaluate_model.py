@@ -4,13 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from antimetric.data.loading import eval_loaders, image_source, load_index, num_workers
-from antimetric.data.settings import BOXED_DATASETS
 from antimetric.data.splits import test_set
+from antimetric.data.table import TABLE
 from antimetric.data.transforms import test_transform
 from antimetric.errors import ConfigError
 from antimetric.evaluation.embed import embed, score, score_per_category
 from antimetric.retrieval.trained import TrainedEnsemble
-from antimetric.training.config import DATASET_DEFAULTS, RunConfig, resolve
+from antimetric.training.config import RunConfig, resolve
 
 
 def trained_data_path(ensemble: TrainedEnsemble) -> Path:
@@ -47,11 +47,11 @@ def evaluation_config(ensemble: TrainedEnsemble, data_path: Path | None, data_na
         target = {"data_path": str(data_path)}
     flat = {**trained.to_flat(), **target}
     same = _dataset(flat["data"], flat["data_name"]) == _dataset(trained.data.data, trained.data.data_name)
-    has_boxes = flat["data"] is not None or flat["data_name"] in BOXED_DATASETS  # a table may: load_index checks
+    has_boxes = flat["data"] is not None or (flat["data_name"] in TABLE and TABLE[flat["data_name"]].has_boxes)  # a table may: load_index checks
     if crop_type is None:
         crop_type = trained.data.crop_type if same and has_boxes else "uncropped"
     if not same:
-        flat["recalls"] = None if flat["data"] is not None else DATASET_DEFAULTS[flat["data_name"]]["recalls"]
+        flat["recalls"] = None if flat["data"] is not None else TABLE[flat["data_name"]].recalls
     return resolve(RunConfig.from_flat({**flat, "crop_type": crop_type}))
 
 

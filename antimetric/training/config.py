@@ -101,9 +101,6 @@ _FIELD_SECTION = {
     for f in dataclasses.fields(kind)
 }
 
-# What each dataset gives the fields left as None (the seed's settings, and a CPU-sized demo).
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {name: row.defaults() for name, row in TABLE.items()}
-
 
 def resolve(config: RunConfig, *, progress: bool = False) -> RunConfig:
     """A copy with every None default filled in from the dataset, then checked.
@@ -122,7 +119,7 @@ def resolve(config: RunConfig, *, progress: bool = False) -> RunConfig:
         eval=dataclasses.replace(config.eval),
     )
     if resolved.data.data is None:
-        _fill(resolved, DATASET_DEFAULTS[config.data.data_name])
+        _fill(resolved, TABLE[config.data.data_name].defaults())
         if resolved.data.data_path is None:
             resolved.data.data_path = DEFAULT_DATA_PATH
     else:

@@ -13,6 +13,7 @@ from antimetric.data.loading import ImageDataset
 from antimetric.data.manifest.prepare import load_manifest, prepare
 from antimetric.data.readers.source import benchmark
 from antimetric.data.records import ImageRecord
+from antimetric.data.table import TABLE
 from antimetric.errors import DatasetLayoutError
 from antimetric.options import given_options
 from antimetric.training.config import RunConfig, resolve
@@ -20,6 +21,7 @@ from antimetric.training.session import build_session
 from tests.fixtures.datasets import make_cub, make_sop
 
 SIZE = 32
+CUB = (TABLE["cub"].mean, TABLE["cub"].std)  # a CUB run's normalisation
 
 
 def _photo(width: int, height: int, seed: int) -> Image.Image:
@@ -57,7 +59,7 @@ def test_training_and_evaluation_read_cached_images_like_the_originals(cub, crop
     assert folder == report.cache == data_path / "cub" / CACHE_FOLDER / f"{crop_type}-{SIZE}"
     crop = crop_type == "cropped"
     errors = []
-    for transform in (transforms.train_transform(transforms.MEAN_STD["cub"], crop_type, SIZE), transforms.test_transform(transforms.MEAN_STD["cub"], crop_type, SIZE)):
+    for transform in (transforms.train_transform(CUB, crop_type, SIZE), transforms.test_transform(CUB, crop_type, SIZE)):
         original = ImageDataset(index.records, index.root, transform, crop=crop)
         cached = ImageDataset(index.records, folder, transform, crop=False)
         uncropped_cache = ImageDataset(index.records, folder, transform, crop=True)

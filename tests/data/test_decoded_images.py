@@ -13,12 +13,14 @@ from antimetric.data.decoded_images import DecodedImages
 from antimetric.data.loading import DEFAULT_IMAGE_MEMORY_MIB, ImageDataset
 from antimetric.data.manifest.prepare import load_or_prepare
 from antimetric.data.readers.source import benchmark
+from antimetric.data.table import TABLE
 from antimetric.errors import ConfigError
 from antimetric.training.config import RunConfig, resolve
 from antimetric.training.session import build_session
 from tests.fixtures.datasets import make_cub
 
 SIZE = 32
+CUB = (TABLE["cub"].mean, TABLE["cub"].std)  # a CUB run's normalisation
 
 
 def _photo(width: int, height: int, seed: int) -> Image.Image:
@@ -28,7 +30,7 @@ def _photo(width: int, height: int, seed: int) -> Image.Image:
 
 def _seed_pipeline(train: bool, crop_type: str) -> tv.Compose:
     """The seed's PIL pipeline, as it was written before the transforms ran in two steps."""
-    mean, std = transforms.MEAN_STD["cub"]
+    mean, std = CUB
     resize = transforms.resize_transform(crop_type, SIZE)
     if train:
         crop = [] if crop_type == "cropped" else [tv.RandomCrop(SIZE)]
@@ -43,7 +45,7 @@ def _seed_pipeline(train: bool, crop_type: str) -> tv.Compose:
 @pytest.mark.parametrize("train", [True, False])
 def test_the_two_step_transform_computes_the_seed_pipeline_bit_for_bit(size, crop_type, train):
     image = _photo(*size, seed=sum(size))
-    ours = (transforms.train_transform if train else transforms.test_transform)(transforms.MEAN_STD["cub"], crop_type, SIZE)
+    ours = (transforms.train_transform if train else transforms.test_transform)(CUB, crop_type, SIZE)
     seed = _seed_pipeline(train, crop_type)
     for draw in range(4):  # the same random crops and flips from the same generator state
         torch.manual_seed(draw)
@@ -70,7 +72,7 @@ def _epoch(dataset: ImageDataset) -> torch.Tensor:
 def test_kept_images_give_what_decoding_gives_and_are_not_read_again(cub, crop_type):
     data_path, info = cub
     index = load_or_prepare(benchmark("cub", data_path))
-    transform = transforms.train_transform(transforms.MEAN_STD["cub"], crop_type, SIZE)
+    transform = transforms.train_transform(CUB, crop_type, SIZE)
     crop = crop_type == "cropped"
     torch.manual_seed(0)
     decoding = ImageDataset(index.records, index.root, transform, crop)
@@ -86,7 +88,7 @@ def test_kept_images_give_what_decoding_gives_and_are_not_read_again(cub, crop_t
 def test_the_budget_bounds_what_is_kept(cub):
     data_path, _ = cub
     index = load_or_prepare(benchmark("cub", data_path))
-    transform = transforms.test_transform(transforms.MEAN_STD["cub"], "cropped", SIZE)
+    transform = transforms.test_transform(CUB, "cropped", SIZE)
     one_image = 3 * SIZE * SIZE
     memory = DecodedImages(5 * one_image + one_image // 2)
     dataset = ImageDataset(index.records, index.root, transform, True, memory=memory)
