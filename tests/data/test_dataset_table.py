@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from antimetric.data.readers import READERS, read_dataset
+from antimetric.data.readers import read_dataset
 from antimetric.data.settings import DATASETS
 from antimetric.data.table import TABLE
 from antimetric.errors import ConfigError
@@ -23,7 +23,6 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def test_the_names_used_elsewhere_are_those_of_the_table():
     assert DATASETS == tuple(TABLE)
-    assert set(READERS) == set(TABLE)
     for name, row in TABLE.items():
         assert row.name == name
 

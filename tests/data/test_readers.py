@@ -4,7 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from antimetric.data.readers import READERS, read_dataset
+from antimetric.data.readers import read_dataset
+from antimetric.data.table import TABLE
 from antimetric.errors import DatasetLayoutError
 from tests.fixtures.datasets import make_cars, make_cub, make_inshop, make_oml_table, make_sop
 
@@ -52,7 +53,7 @@ def test_demo_reads_its_table_under_its_own_name(tmp_path):
 def test_unknown_dataset_lists_the_valid_names(tmp_path):
     message = _layout_error("mnist", tmp_path)
     assert "mnist" in message
-    for name in READERS:
+    for name in TABLE:
         assert name in message
 
 

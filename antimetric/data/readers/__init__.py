@@ -3,15 +3,14 @@
 One module per layout (cub, cars, sop, inshop), each exporting READER; `layout` holds what they share. A user's
 own images are read by `image_folder` (class subfolders) and `oml_table` (open-metric-learning's table); `source`
 says which reader a dataset takes and where its manifest lives.
-Which dataset a reader serves is said by its row in antimetric.data.table (the demo reads the CUB
-layout under its own name), and every row's reader module is imported here.
+Which dataset a reader serves is said by its row in antimetric.data.table (the demo is kept as an
+open-metric-learning table: oml_table's READER reads it under its own name), and every row's reader module is
+imported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from functools import partial
 from importlib import import_module
 from pathlib import Path
 
@@ -22,9 +21,6 @@ from antimetric.errors import DatasetLayoutError
 
 _BY_DATASET: dict[str, Reader] = {
     row.name: import_module(f"{__name__}.{row.reader}").READER for row in TABLE.values()
-}
-READERS: dict[str, Callable[[Path], DatasetIndex]] = {
-    name: partial(reader.read, name=name) for name, reader in _BY_DATASET.items()
 }
 
 
