@@ -109,7 +109,8 @@ def _high_depth_to_gray(image: Image.Image) -> Image.Image:
     return Image.fromarray(gray)  # a 2-D uint8 array gives mode L
 
 
-# What antimetric.load's embed, the retrieval grid and a served model take as an image.
+# What antimetric.load's embed, the retrieval grid and a served model take as an image: a file path, encoded file
+# bytes, a PIL image, or a tensor (c, h, w) of uint8 (or other integers) 0..255 or floats 0..1, not yet normalised.
 ImageInput = Union[str, Path, bytes, Image.Image, torch.Tensor]
 
 

@@ -33,8 +33,7 @@ from antimetric.training.state import STATE_FILE, weight_layout
 
 __all__ = ["ImageInput", "TrainedEnsemble", "checkpoint_file", "load"]
 
-# An image: a file path, encoded file bytes, a PIL image, or a tensor (c, h, w) of uint8 (or other integers)
-# 0..255 or floats 0..1, not yet normalised; a tensor (b, c, h, w) is b images.
+# A model kept in MLflow: a models:/ or runs:/ URI, or a run id (32 hex digits).
 _MLFLOW_SOURCE = re.compile(r"^(models:/|runs:/|[0-9a-f]{32}$)")
 DEFAULT_BATCH_SIZE = 64
 
@@ -84,8 +83,9 @@ class TrainedEnsemble:
 
     def embed(self, images: ImageInput | Iterable[ImageInput], *, batch_size: int = DEFAULT_BATCH_SIZE,
               per_branch: bool = False, progress: bool = False) -> torch.Tensor:
-        """Embeddings of images (paths, bytes, PIL images or tensors; see ImageInput), in batches, in their
-        order: (n, m*d), or (n, m, d) with per_branch; float32 on the CPU."""
+        """Embeddings of images (paths, bytes, PIL images or tensors: see data.images.ImageInput; a tensor
+        (b, c, h, w) is b images), in batches, in their order: (n, m*d), or (n, m, d) with per_branch; float32 on
+        the CPU."""
         from tqdm import tqdm
 
         items = _image_list(images)

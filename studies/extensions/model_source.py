@@ -1,6 +1,6 @@
 """An ensemble kept in MLflow as a local checkpoint file: what `antimetric.load` calls (through the entry point
-`antimetric.base.extensions:model_source`) for an MLflow run id, `runs:/RUN_ID[/PATH]` or `models:/NAME/VERSION`
-(also `models:/NAME@ALIAS` and `models:/NAME/latest`).
+`model_source` of the group `antimetric.extensions`) for an MLflow run id, `runs:/RUN_ID[/PATH]` or
+`models:/NAME/VERSION` (also `models:/NAME@ALIAS` and `models:/NAME/latest`).
 
 A run's checkpoint is the one inside its logged model `model` (a study's trial: record/trial_weights.py, a pyfunc
 model: record/pyfunc_model.py) or its artifact best_checkpoint/best.pt (a `train --tracking-uri` run's, or a trial of a

@@ -9,7 +9,8 @@ with the error, or KILLED after Ctrl-C. `train --resume RUN_DIR` continues the M
 The store is checked before training starts, but the run is made when the first epoch ends (or when
 training fails), so that bad input (a dataset not found, a meta-class size the classes do not allow: the
 core finds these once it reads the data) is an error on the command line and leaves no run behind.
-The core reaches this class through the entry point `antimetric.base.extensions:run_tracker`.
+The core reaches this class through the entry point `run_tracker` of the group `antimetric.extensions`
+(pyproject.toml; antimetric/base/extensions.py).
 """
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ def ended_early(epochs_run: int, config: dict[str, Any]) -> bool:
 
 def trial_cost(config: RunConfig) -> dict[str, float]:
     """What the trial's ensemble costs to embed one test image: embedding_dims, params, gflops_per_image
-    (antimetric/model/cost.py; counted on the meta device, in a few milliseconds)."""
+    (antimetric/model/cost.py; counted on the meta device, in tens of milliseconds)."""
     return asdict(ensemble_cost(config.model, config.data.image_size))
 
 
