@@ -10,13 +10,13 @@ when it might not be. FIFO keeps the front honest, at the price of the time ASHA
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
 from ray.tune.schedulers import FIFOScheduler
 
 from studies.design.settings import StudySettings
-from studies.record.tracking import runs_by_trial
 from studies.trials.trainable import OBJECTIVE
 
 PARETO_TAG = "pareto"  # "true" on the runs of the front's trials, "false" on the other trials' runs
@@ -54,15 +54,14 @@ def pareto_candidates(table: pd.DataFrame, cost: str) -> pd.DataFrame:
     return finished[on_front].sort_values(OBJECTIVE, ascending=False, kind="stable")
 
 
-def record_front(settings: StudySettings, table: pd.DataFrame, experiment_id: str, folder: Path,
+def record_front(settings: StudySettings, table: pd.DataFrame, runs: dict[str, Any], folder: Path,
                  files: dict[str, Path], metrics: dict[str, float]) -> pd.DataFrame:
-    """A Pareto study's end: each trial's run tagged pareto=true or false, the front's rows of the trials table
-    as FRONT_FILE in `folder` (added to `files`, the parent run's artifacts) and its size as the metric
-    pareto_front_size (added to `metrics`). Returns the front."""
+    """A Pareto study's end: each trial's run (`runs`: the search's, by trial folder: runs_by_trial) tagged
+    pareto=true or false, the front's rows of the trials table as FRONT_FILE in `folder` (added to `files`, the
+    parent run's artifacts) and its size as the metric pareto_front_size (added to `metrics`). Returns the front."""
     front = pareto_candidates(table, settings.cost)
     on_front = set(front["trial_dir"])
     client = MlflowClient(settings.tracking_uri)
-    runs = runs_by_trial(settings.tracking_uri, experiment_id)
     for trial_dir in table["trial_dir"]:
         if trial_dir in runs:
             client.set_tag(runs[trial_dir].info.run_id, PARETO_TAG, str(trial_dir in on_front).lower())

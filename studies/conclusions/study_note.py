@@ -17,7 +17,7 @@ from studies.conclusions.confirm import DEFAULT, describe
 from studies.conclusions.intervals import Interval
 from studies.design.settings import StudySettings
 from studies.record.registry import ALIAS, model_name
-from studies.record.tracking import NUMBER_TAG, runs_by_trial
+from studies.record.tracking import NUMBER_TAG
 from studies.trials.metric_names import OBJECTIVE, TEST_RECALL
 
 # MLflow's UI shows this tag as the run's description, as markdown (showdown, GitHub flavour, cleaned by
@@ -38,11 +38,9 @@ class Pick:
     values: dict[str, Any]
 
 
-def trial_pick(tracking_uri: str, experiment_id: str, trial_dir: str, values: dict[str, Any],
-               label: str | None = None) -> Pick | None:
-    """The Pick of the trial (search or confirmation run) in Ray folder `trial_dir`; None if it has no run.
-    A search trial is labelled by its number; a confirmation run by `label`, its configuration's."""
-    run = runs_by_trial(tracking_uri, experiment_id, stage=None).get(trial_dir)
+def trial_pick(run, values: dict[str, Any], label: str | None = None) -> Pick | None:
+    """The Pick of a trial's MLflow `run` (a search trial's or a confirmation run's); None for no run. A search
+    trial is labelled by its number; a confirmation run by `label`, its configuration's."""
     if run is None:
         return None
     number = run.data.tags.get(NUMBER_TAG)

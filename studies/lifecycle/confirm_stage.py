@@ -30,7 +30,12 @@ from studies.conclusions.confirm import (
     winner_row,
 )
 from studies.conclusions.pareto import pareto_candidates
-from studies.conclusions.report import keep_ended_trials, untrained_recall
+from studies.conclusions.report import (
+    close_open_runs,
+    delete_ended_trials_checkpoints,
+    log_ended_trials_weights,
+    untrained_recall,
+)
 from studies.conclusions.study_note import (
     NOTE_TAG,
     SEARCH_BEST_RUN_TAG,
@@ -45,7 +50,7 @@ from studies.design.settings import StudySettings, trial_constants
 from studies.lifecycle.console import StudyReporter, parameter_columns, trial_dirname, trial_name
 from studies.record.registry import register_best_trial, tag_version
 from studies.record.study_run import log_summary, parent_run
-from studies.record.tracking import CONFIRM_STAGE, NUMBER_TAG, MLflowTrialCallback, close_finished_runs, runs_by_trial
+from studies.record.tracking import CONFIRM_STAGE, NUMBER_TAG, MLflowTrialCallback, runs_by_trial
 from studies.trials.metric_names import TEST, TEST_MAP_AT_R, TEST_RECALL, VAL
 from studies.trials.trainable import CONFIRM, OBJECTIVE, trial_config
 
@@ -97,10 +102,10 @@ def confirm_tuner(settings: StudySettings, experiment_id: str, ranked: list[tupl
 
 def report_confirmation(settings: StudySettings, results, experiment_id: str) -> pd.DataFrame:
     """The stage's table, plot, metrics and verdict on the study's run, the winner registered; printed too."""
-    keep_ended_trials(settings, results, runs_by_trial(settings.tracking_uri, experiment_id, CONFIRM_STAGE))
-    close_finished_runs(settings.tracking_uri, experiment_id,
-                        {Path(r.path).name: "ERROR" if r.error else "TERMINATED" for r in results},
-                        {Path(r.path).name: str(r.error) for r in results if r.error}, stage=CONFIRM_STAGE)
+    runs = runs_by_trial(settings.tracking_uri, experiment_id, CONFIRM_STAGE)
+    log_ended_trials_weights(settings.tracking_uri, results, runs)
+    delete_ended_trials_checkpoints(results, runs)
+    close_open_runs(settings.tracking_uri, results, runs)
     rows = [repeat_row(r.config, r.metrics_dataframe, Path(r.path).name) for r in results if not r.error]
     repeats = pd.DataFrame([row for row in rows if row is not None])
     failed = len(results) - len(repeats)
@@ -126,16 +131,15 @@ def report_confirmation(settings: StudySettings, results, experiment_id: str) ->
         plot_confirmation(repeats, table, files["plot"])
         config = trial_config(best_result.config).to_flat()
         label = winner_row(table)["trial"] or DEFAULT
-        winner = trial_pick(settings.tracking_uri, experiment_id, best_repeat["trial_dir"],
-                            {k: config[k] for k in settings.space}, label=label)
+        winner = trial_pick(runs.get(best_repeat["trial_dir"]), {k: config[k] for k in settings.space}, label=label)
         search_best = _search_best(settings, experiment_id)
         tags = {VERDICT_TAG: text, **summary_tags(winner, search_best)}
         if winner is not None:
             tags[NOTE_TAG] = confirmed_note(settings, experiment_id, winner, search_best, best, default, text)
         study_run_id = log_summary(settings.tracking_uri, experiment_id, settings.experiment, files, metrics, config,
                                    tags=tags, params=None if winner is None else best_params(winner))
-    model_uri = register_best_trial(settings.tracking_uri, experiment_id, settings.experiment, study_run_id,
-                                    best_repeat["trial_dir"])
+    model_uri = register_best_trial(settings.tracking_uri, settings.experiment, study_run_id, best_repeat["trial_dir"],
+                                    runs)
     if model_uri is not None:
         tag_version(settings.tracking_uri, model_uri, {f"{WINNER_KEYS['confirmed']}_{key}": f"{value:.6g}"
                                                        for key, value in (("mean", best.mean), ("ci95", best.ci95))}

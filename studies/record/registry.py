@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+from typing import Any
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
@@ -20,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from antimetric.errors import AntimetricError
 from studies.record.study_run import BEST, STUDY_TAG
-from studies.record.tracking import NUMBER_TAG, TRIAL_TAG, runs_by_trial
+from studies.record.tracking import NUMBER_TAG, TRIAL_TAG
 from studies.record.trial_weights import logged_model, quiet, tracking_uri_for_fluent_api
 
 ALIAS = "best"  # the alias of the newest study's version
@@ -32,18 +33,18 @@ def model_name(experiment: str) -> str:
     return f"{experiment}-ensemble"
 
 
-def register_best_trial(tracking_uri: str, experiment_id: str, study: str, study_run_id: str,
-                        trial_dir: str) -> str | None:
-    """models:/NAME@best of the study's best trial (the trial folder `trial_dir`), registered now or by an
-    earlier summary of the same study (models:/NAME/VERSION when the alias has moved on to a later study's);
-    None, with a note on stderr, when it cannot be (the study's results stand without it)."""
+def register_best_trial(tracking_uri: str, study: str, study_run_id: str, trial_dir: str,
+                        runs: dict[str, Any]) -> str | None:
+    """models:/NAME@best of the study's best trial (the trial folder `trial_dir`, whose run `runs` holds: the trial
+    runs by folder, runs_by_trial), registered now or by an earlier summary of the same study (models:/NAME/VERSION
+    when the alias has moved on to a later study's); None, with a note on stderr, when it cannot be (the study's
+    results stand without it)."""
     name = model_name(study)
     try:
         client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
         registered = study_version(client, name, study_run_id)
         if registered is None:
-            run = runs_by_trial(tracking_uri, experiment_id, stage=None)[trial_dir]
-            registered = register_run(client, tracking_uri, name, run, study, study_run_id)
+            registered = register_run(client, tracking_uri, name, runs[trial_dir], study, study_run_id)
         aliased = client.get_registered_model(name).aliases.get(ALIAS)
         if aliased is None:  # a summary stopped between the version and its alias
             client.set_registered_model_alias(name, ALIAS, registered.version)

@@ -326,12 +326,13 @@ def runs_by_trial(tracking_uri: str, experiment_id: str, stage: str | None = SEA
             if stage is None or run.data.tags.get(STAGE_TAG, SEARCH) == stage}
 
 
-def close_finished_runs(tracking_uri: str, experiment_id: str, statuses: dict[str, str], errors: dict[str, str],
-                        stage: str = SEARCH) -> None:
-    """Give every run that a killed driver left RUNNING (or Ctrl-C left KILLED) its trial's end state: the
-    one Ray recorded, or KILLED for a trial Ray's last saved state did not hold yet (the resumed study replaced it)."""
+def close_finished_runs(tracking_uri: str, runs: dict[str, Any], statuses: dict[str, str],
+                        errors: dict[str, str]) -> None:
+    """Give every run of `runs` (trial runs by trial folder: runs_by_trial) that a killed driver left RUNNING (or
+    Ctrl-C left KILLED) its trial's end state: the one Ray recorded (`statuses`, with `errors`, by trial folder),
+    or KILLED for a trial Ray's last saved state did not hold yet (the resumed study replaced it)."""
     client = MlflowClient(tracking_uri)
-    for trial_dir, run in runs_by_trial(tracking_uri, experiment_id, stage).items():
+    for trial_dir, run in runs.items():
         interrupted = run.info.status == "KILLED" and INTERRUPTED_TAG in run.data.tags
         if run.info.status != "RUNNING" and not interrupted:
             continue

@@ -10,6 +10,7 @@ import antimetric
 from antimetric.errors import ConfigError
 from studies.record.pyfunc_model import MODEL_CONFIG
 from studies.record.registry import model_name, register_best_trial
+from studies.record.tracking import runs_by_trial
 from tests.fixtures.studies import trial_runs
 
 pytestmark = pytest.mark.slow  # the session's smoke study
@@ -67,8 +68,8 @@ def test_a_study_summarized_again_registers_no_new_version(study):
     """--resume of a finished study summarizes it again, in the same study run: no second version."""
     uri, client, best, parent, _ = study
     experiment_id = parent.info.experiment_id
-    assert register_best_trial(uri, experiment_id, "t", parent.info.run_id, best.data.tags["trial_dir"]) == \
-        f"models:/{MODEL}@best"
+    assert register_best_trial(uri, "t", parent.info.run_id, best.data.tags["trial_dir"],
+                               runs_by_trial(uri, experiment_id)) == f"models:/{MODEL}@best"
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
 
 
