@@ -231,8 +231,8 @@ def check_resume(settings: StudySettings) -> None:
     for folder in (path, confirm_path(settings)):
         cut_short = cut_short_state_file(folder)
         if cut_short is not None and restore_kept_state(folder, cut_short):
-            print(f"--resume: {cut_short.name} was cut short when the study's driver was killed; its whole copy "
-                  f"from {folder / KEPT_FOLDER} is back in its place", file=sys.stderr)
+            print(f"{cut_short.name} was cut short when the study's driver was killed; its whole copy from "
+                  f"{folder / KEPT_FOLDER} is back in its place", file=sys.stderr)
             cut_short = cut_short_state_file(folder)
         if cut_short is not None:
             raise ConfigError(f"--resume: {cut_short} was cut short when the study's driver was killed (Ray copies "
