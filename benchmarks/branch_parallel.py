@@ -136,7 +136,7 @@ def paper(batch_size: int = 32, image_size: int = 256) -> list[dict]:
 
 
 def counts_width(backbone: str) -> int:
-    from antimetric.model.backbones import get_backbone
+    from antimetric.model.backbones.family import get_backbone
     return get_backbone(backbone).feature_width
 
 

@@ -3,13 +3,15 @@
 Branch m of a stage is channel slice [m*C, (m+1)*C) of a grouped convolution with
 `groups = ensemble_size` (times the block's own groups, for ResNeXt). A BatchNorm over
 ensemble_size*C channels normalises every channel separately, so it is exactly one
-BatchNorm per branch. The first convolutions of the first block (conv1 and the downsample
-conv) read the shared trunk feature, which is the same for every branch: they are dense
-convolutions with ensemble_size*C outputs, which costs the same FLOPs as the loop and
-saves copying the trunk feature ensemble_size times.
+BatchNorm per branch. The first convolutions of the first block (a ResNet's conv1 and
+downsample conv) read the shared trunk feature, which is the same for every branch: they
+are dense convolutions with ensemble_size*C outputs, which costs the same FLOPs as the loop
+and saves copying the trunk feature ensemble_size times.
 
-Parameter names mirror torchvision's (`layer2.0.conv1.weight`), so a branch's weights are
-a slice along dim 0 of the batched tensor (see `convert.py`).
+This module holds what every family's batched blocks are made of, and the branches around
+them; a backbone family batches its own kind of block (BlockBatcher: the ResNet's is
+model/backbones/resnet.py). Parameter names mirror torchvision's (`layer2.0.conv1.weight`),
+so a branch's weights are a slice along dim 0 of the batched tensor (see `convert.py`).
 
 This is the one batched formulation; reference.py is the loop it is tested against.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager, nullcontext
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import torch
 from torch import nn
@@ -38,7 +40,8 @@ class BranchConv2d(nn.Conv2d):
         self.branches = branches  # 1 for a dense convolution reading the shared feature
 
 
-def _batched_conv(conv: nn.Conv2d, ensemble_size: int, dense_input: bool) -> BranchConv2d:
+def batched_conv(conv: nn.Conv2d, ensemble_size: int, dense_input: bool) -> BranchConv2d:
+    """`conv` of every branch: grouped by branch, or dense where it reads the shared feature (dense_input)."""
     if dense_input and conv.groups != 1:
         raise ValueError("a convolution reading the shared feature must be ungrouped")
     return BranchConv2d(
@@ -54,50 +57,24 @@ def _batched_conv(conv: nn.Conv2d, ensemble_size: int, dense_input: bool) -> Bra
     )
 
 
-def _batched_bn(bn: nn.BatchNorm2d, ensemble_size: int) -> nn.BatchNorm2d:
+def batched_bn(bn: nn.BatchNorm2d, ensemble_size: int) -> nn.BatchNorm2d:
+    """`bn` of every branch: one BatchNorm over their channels normalises each channel on its own."""
     return nn.BatchNorm2d(bn.num_features * ensemble_size, eps=bn.eps, momentum=bn.momentum)
 
 
-class BatchedBlock(nn.Module):
-    """One torchvision BasicBlock or Bottleneck, for all branches at once."""
+class BlockBatcher(Protocol):
+    """What the batched network asks of a backbone family (model/backbones/family.py's BackboneFamily)."""
 
-    def __init__(self, block: nn.Module, ensemble_size: int, dense_input: bool) -> None:
-        super().__init__()
-        self.ensemble_size = ensemble_size
-        self.dense_input = dense_input
-        self.conv_names = [n for n in ("conv1", "conv2", "conv3") if hasattr(block, n)]
-        for i, name in enumerate(self.conv_names, start=1):
-            setattr(self, name, _batched_conv(getattr(block, name), ensemble_size, dense_input and i == 1))
-            setattr(self, f"bn{i}", _batched_bn(getattr(block, f"bn{i}"), ensemble_size))
-        self.downsample = None
-        if block.downsample is not None:
-            conv, bn = block.downsample
-            self.downsample = nn.Sequential(_batched_conv(conv, ensemble_size, dense_input), _batched_bn(bn, ensemble_size))
-        self.relu = nn.ReLU(inplace=True)
+    def batch_block(self, block: nn.Module, ensemble_size: int, dense_input: bool) -> nn.Module:
+        """`block` of every branch at once, with a `dense_input` attribute and forward(x, scale): x is the shared
+        feature (b, c, h, w) if dense_input, to be scaled per branch by scale (b, m) unless it is None, else
+        (b, m*c, h, w); it returns (b, m*c', h', w'). Each of its tensors holds branch m's at slice m along
+        dim 0, which model/convert.py relies on."""
+        ...
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        # x: (b, c, h, w) shared feature if dense_input, else (b, m*c, h, w)
-        out = x
-        for i, name in enumerate(self.conv_names, start=1):
-            out = getattr(self, name)(out)
-            if i == 1 and scale is not None:  # conv(w * x) == w * conv(x): no bias
-                out = scale_branches(out, scale)
-            out = getattr(self, f"bn{i}")(out)
-            if i < len(self.conv_names):
-                out = self.relu(out)
-        if self.downsample is not None:
-            conv, bn = self.downsample
-            identity = conv(x)
-            if scale is not None:
-                identity = scale_branches(identity, scale)
-            identity = bn(identity)
-        elif self.dense_input:
-            identity = x.repeat(1, self.ensemble_size, 1, 1)
-            if scale is not None:
-                identity = scale_branches(identity, scale)
-        else:
-            identity = x
-        return self.relu(out + identity)  # (b, m*c_out, h', w')
+    def init_batched(self, stages: nn.Module, ensemble_size: int) -> None:
+        """Draw the weights of the batched stages, each branch's as the family draws a fresh network's."""
+        ...
 
 
 @contextmanager
@@ -118,7 +95,7 @@ def frozen_running_stats(module: nn.Module) -> Iterator[None]:
             bn.num_batches_tracked.copy_(count)
 
 
-def _checkpointed(block: BatchedBlock, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+def _checkpointed(block: nn.Module, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """block(x, scale), its activations recomputed in the backward pass rather than kept."""
     return checkpoint(block, x, scale, use_reentrant=False,
                       context_fn=lambda: (nullcontext(), frozen_running_stats(block)))
@@ -145,7 +122,8 @@ class BatchedBranches(nn.Module):
     """The branch tails and heads of every branch, taking the shared feature once."""
 
     def __init__(
-        self, tail: nn.Sequential, ensemble_size: int, feature_width: int, meta_class_size: int, with_fc: bool
+        self, tail: nn.Sequential, ensemble_size: int, feature_width: int, meta_class_size: int, with_fc: bool,
+        *, family: BlockBatcher,
     ) -> None:
         super().__init__()
         self.ensemble_size = ensemble_size
@@ -154,16 +132,20 @@ class BatchedBranches(nn.Module):
         for stage_name, stage in tail.named_children():
             blocks = []
             for block in stage:
-                blocks.append(BatchedBlock(block, ensemble_size, dense_input=dense))
+                blocks.append(family.batch_block(block, ensemble_size, dense_input=dense))
                 dense = False
             self.stages[stage_name] = nn.Sequential(*blocks)
         self.head = BranchLinear(ensemble_size, feature_width, meta_class_size) if with_fc else None
         self.grad_checkpointing = False  # set_grad_checkpointing
-        reset_like_torchvision(self)
+        family.init_batched(self.stages, ensemble_size)
+
+    def blocks(self) -> list[nn.Module]:
+        """The batched blocks in forward order: the units that activation checkpointing recomputes."""
+        return [block for stage in self.stages.values() for block in stage]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of keeping them (training only):
-        for large ensembles of Bottleneck ResNets, whose activations outgrow the GPU."""
+        for large ensembles of deep backbones (Bottleneck ResNets), whose activations outgrow the GPU."""
         self.grad_checkpointing = enable
 
     def forward(self, shared: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -178,24 +160,8 @@ class BatchedBranches(nn.Module):
                     x = block(x, block_scale)  # (b, m*c, h, w)
         if len(self.stages):
             pooled = x.mean(dim=(2, 3)).view(b, m, -1)  # (b, m, c)
-        else:  # share_type layer4: the branches are only the heads
+        else:  # the trunk is the whole backbone (a ResNet's share type layer4): the branches are only the heads
             pooled = x.mean(dim=(2, 3)).unsqueeze(1).expand(b, m, -1)
             if scale is not None:
                 pooled = pooled * scale.unsqueeze(-1).to(pooled.dtype)
         return self.head(pooled) if self.head is not None else pooled  # (b, m, d)
-
-
-@torch.no_grad()
-def reset_like_torchvision(branches: BatchedBranches) -> None:
-    """Initialise each branch as torchvision initialises a fresh ResNet.
-
-    torchvision draws conv weights from kaiming_normal_(mode="fan_out"); a grouped conv's
-    fan_out as torch computes it would include all branches, so the std is per branch here.
-    """
-    m = branches.ensemble_size
-    for module in branches.stages.modules():
-        if isinstance(module, nn.Conv2d):
-            fan_out = module.out_channels // m * module.kernel_size[0] * module.kernel_size[1]
-            module.weight.normal_(0.0, math.sqrt(2.0 / fan_out))
-        elif isinstance(module, nn.BatchNorm2d):
-            module.reset_parameters()

@@ -3,7 +3,8 @@
 Both keep torchvision's parameter names below the branch: the batched key
 `branches.stages.layer2.0.conv1.weight` holds, along dim 0, the ensemble_size tensors
 `branches.stages.{m}.layer2.0.conv1.weight` of the reference; `branches.head.weight`
-(m, d, c) stacks `branches.heads.{m}.weight` (d, c).
+(m, d, c) stacks `branches.heads.{m}.weight` (d, c). Every family's batched blocks keep that layout (a branch's
+tensor is slice m along dim 0: model/batched.py's BlockBatcher), so nothing here depends on the backbone.
 
 Blocks of branches (branch-parallel training: each of N processes holds the trunk and one block) are
 contiguous, not strided (r::N): a block is then one slice per batched tensor, a block's state loads into a

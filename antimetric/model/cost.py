@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from antimetric.model.backbones import get_backbone
+from antimetric.model.backbones.family import get_backbone
 from antimetric.model.profile import meta_model
 from antimetric.model.settings import ModelConfig
 

@@ -1,4 +1,4 @@
-"""The ensemble: a shared ResNet trunk feeding ensemble_size branches."""
+"""The ensemble: a shared backbone trunk feeding ensemble_size branches."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from antimetric.errors import ConfigError
-from antimetric.model.backbones import build_resnet, get_backbone, split_resnet
+from antimetric.model.backbones.family import get_backbone
 from antimetric.model.batched import BatchedBranches
 from antimetric.model.convert import batched_to_reference, block_state, replicate_tail
 from antimetric.model.device_plan import DevicePlan
@@ -105,11 +105,11 @@ def build_model(config: ModelConfig, implementation: str = "batched") -> Ensembl
     """
     check_name("implementation", implementation, IMPLEMENTATIONS)
     backbone = get_backbone(config.backbone)
-    net = build_resnet(config.backbone, bool(config.pretrained), config.weights_file)
-    trunk, tail = split_resnet(net, config.share_type)
+    net = backbone.build(bool(config.pretrained), config.weights_file)
+    trunk, tail = backbone.split(net, config.share_type)
     check_branch_output(config, backbone.feature_width, has_tail=len(tail) > 0)
     args = (tail, config.ensemble_size, backbone.feature_width, config.meta_class_size, config.with_fc)
-    branches = BatchedBranches(*args)
+    branches = BatchedBranches(*args, family=backbone.family)
     if config.pretrained or config.weights_file:
         state = replicate_tail(tail.state_dict(), config.ensemble_size)
         branches.load_state_dict({k[len("branches."):]: v for k, v in state.items() if k.startswith("branches.")},
@@ -135,8 +135,8 @@ def check_branch_output(config: ModelConfig, feature_width: int, has_tail: bool)
         )
     if not has_tail and not config.with_fc:
         raise ConfigError(
-            "--share-type layer4 shares the whole ResNet, so without --with-fc all branches are identical; "
-            "add --with-fc or share less"
+            f"--share-type {config.share_type} shares the whole {config.backbone}, so without --with-fc all "
+            "branches are identical; add --with-fc or share less"
         )
 
 

@@ -1,6 +1,6 @@
-"""The model's names and its section of the run config: which backbones, share types, implementations and
-precisions exist, and the rules a model setting must meet. Everything else (the command line, the dataset
-table's defaults, a study's space) takes these names from here.
+"""The model's names and its section of the run config: which backbones (as the backbone table lists them), share
+types, implementations and precisions exist, and the rules a model setting must meet. Everything else (the command
+line, the dataset table's defaults, a study's space) takes these names from here.
 
 This module imports no torch: every command imports it to build its options.
 """
@@ -10,20 +10,12 @@ from dataclasses import dataclass
 
 from antimetric.base.fields import check_at_least, check_at_most, option
 from antimetric.errors import ConfigError
+from antimetric.model.backbones.table import all_share_types, backbone_names, share_types_of
 
-# name -> (torchvision builder, its ImageNet weights enum, channels after layer4); model/backbones.py builds them.
-# tiny: a small ResNet for CPUs and tests, with no ImageNet weights.
-BACKBONE_SOURCES: dict[str, tuple[str | None, str | None, int]] = {
-    "resnet18": ("resnet18", "ResNet18_Weights", 512),
-    "resnet34": ("resnet34", "ResNet34_Weights", 512),
-    "resnet50": ("resnet50", "ResNet50_Weights", 2048),
-    "resnext50": ("resnext50_32x4d", "ResNeXt50_32X4D_Weights", 2048),
-    "tiny": (None, None, 128),
-}
-BACKBONE_NAMES = tuple(BACKBONE_SOURCES)
-# Children of a torchvision ResNet in forward order; the trunk ends at a share type, the branches hold the rest.
-STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-SHARE_TYPES = STAGES[STAGES.index("maxpool"):]
+# The command lines' choices, from the backbone table (model/backbones/table.py: one row per backbone, one layout
+# per family) as it is at import; the checks below ask the table itself, which may have grown since.
+BACKBONE_NAMES = backbone_names()
+SHARE_TYPES = all_share_types()  # where a trunk may end, in any family (ModelConfig.check: in the backbone's)
 IMPLEMENTATIONS = ("batched", "reference")  # all branches as one network, or the seed's loop over branches
 PRECISIONS = ("auto", "fp32", "bf16")  # of the forward pass (model/device_plan.py: what auto means on a device)
 
@@ -53,8 +45,8 @@ class ModelConfig:
 
     def check(self) -> None:
         """The rules of a resolved model section (every None default filled in)."""
-        check_name("backbone", self.backbone, BACKBONE_NAMES)
-        check_name("share type", self.share_type, SHARE_TYPES)
+        check_name("backbone", self.backbone, backbone_names())
+        check_name("share type", self.share_type, share_types_of(self.backbone))
         check_name("implementation", self.implementation, IMPLEMENTATIONS)
         if self.activation_checkpointing and self.implementation == "reference":
             raise ConfigError("--activation-checkpointing works on the batched network; drop --implementation "

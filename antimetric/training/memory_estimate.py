@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from antimetric.errors import ConfigError
-from antimetric.model.backbones import get_backbone
-from antimetric.model.batched import BatchedBlock
+from antimetric.model.backbones.family import get_backbone
 from antimetric.model.device_plan import DevicePlan, plan_for
 from antimetric.model.ensemble import build_model
 from antimetric.model.settings import ModelConfig
@@ -47,7 +46,7 @@ class Footprint:
     branch_params: int  # without the head, which depends on the meta-class size
     trunk_values: int  # elements of every layer output
     branch_values: int
-    branch_block_values: int  # elements of the residual blocks' outputs: all that activation checkpointing keeps
+    branch_block_values: int  # elements of the batched blocks' outputs: all that activation checkpointing keeps
     trunk_largest: int  # the largest single layer output, which inference must hold
     branch_largest: int
 
@@ -91,7 +90,7 @@ def footprint(backbone: str, share_type: str, image_size: int) -> Footprint:
     config = ModelConfig(backbone=backbone, share_type=share_type, ensemble_size=1, meta_class_size=1, with_fc=False,
                          pretrained=False, weights_file=None)
     with torch.device("meta"):
-        model = build_model(dataclasses.replace(config, with_fc=True)).eval()  # a head, so that layer4 may be shared
+        model = build_model(dataclasses.replace(config, with_fc=True)).eval()  # a head: the last stage may be shared
         image = torch.empty(1, 3, image_size, image_size)
     outputs: dict[str, list[int]] = {"trunk": [], "branches": [], "blocks": []}
 
@@ -99,8 +98,7 @@ def footprint(backbone: str, share_type: str, image_size: int) -> Footprint:
         return lambda module, inputs, output: outputs[part].append(output.numel())
     hooks = [module.register_forward_hook(record(part)) for part in ("trunk", "branches")
              for module in getattr(model, part).modules() if not list(module.children())]
-    hooks += [module.register_forward_hook(record("blocks")) for module in model.branches.modules()
-              if isinstance(module, BatchedBlock)]
+    hooks += [block.register_forward_hook(record("blocks")) for block in model.branches.blocks()]
     model(image)
     for hook in hooks:
         hook.remove()

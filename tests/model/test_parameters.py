@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from antimetric.errors import AntimetricError, ConfigError
-from antimetric.model.backbones import build_resnet
+from antimetric.model.backbones.family import get_backbone
 from antimetric.model.ensemble import build_model
 from antimetric.model.profile import meta_model, profile
 from antimetric.model.settings import ModelConfig
@@ -39,7 +39,7 @@ def test_profile_counts_the_same_flops_for_both_formulations():
 def test_weights_file_gives_every_branch_the_same_tail(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "resnet18.pth"
-    torch.save(build_resnet("resnet18", pretrained=False).state_dict(), path)
+    torch.save(get_backbone("resnet18").build(pretrained=False).state_dict(), path)
     config = ModelConfig(backbone="resnet18", share_type="layer2", ensemble_size=3, meta_class_size=4,
                          with_fc=True, pretrained=True, weights_file=str(path))
     model = build_model(config)
@@ -54,9 +54,9 @@ def test_unreadable_weights_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(AntimetricError, match="cannot read weights file"):
-        build_resnet("resnet18", pretrained=True, weights_file=bad)
+        get_backbone("resnet18").build(pretrained=True, weights_file=bad)
     with pytest.raises(AntimetricError, match="does not exist"):
-        build_resnet("resnet18", pretrained=True, weights_file=tmp_path / "missing.pth")
+        get_backbone("resnet18").build(pretrained=True, weights_file=tmp_path / "missing.pth")
 
 
 def test_offline_download_failure_says_how_to_provide_weights(monkeypatch, tmp_path):
@@ -67,7 +67,7 @@ def test_offline_download_failure_says_how_to_provide_weights(monkeypatch, tmp_p
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     with pytest.raises(AntimetricError, match="--weights-file") as info:
-        build_resnet("resnet18", pretrained=True)
+        get_backbone("resnet18").build(pretrained=True)
     assert "resnet18-f37072fd.pth" in str(info.value) and "\n" not in str(info.value)
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from antimetric.cli import _parser as train_parser
 from antimetric.errors import ConfigError
-from antimetric.model.backbones import BACKBONES
+from antimetric.model.backbones.table import BACKBONES
 from antimetric.model.settings import BACKBONE_NAMES
 from antimetric.training.config import RunConfig
 from studies.design.settings import save_settings

@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from antimetric.errors import ConfigError
-from antimetric.model.backbones import get_backbone
+from antimetric.model.backbones.family import get_backbone
 from studies.conclusions.pareto import dominates, pareto_candidates
 from studies.conclusions.plots import optuna_plots
 from studies.design.settings import SETTINGS_FILE, save_settings
