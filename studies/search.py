@@ -38,6 +38,7 @@ from studies.design.settings import (
     PARETO_COSTS,
     SMOKE,
     STUDY_DEFAULTS,
+    TRIAL_DEFAULTS,
     StudySettings,
     default_experiment,
     saved_settings,
@@ -48,7 +49,6 @@ from studies.lifecycle.study import run_study, study_exists
 from studies.lifecycle.study_end import StudyFailed, sigterm_as_ctrl_c, sigterm_received
 from studies.record.tracking import default_tracking_uri
 from studies.trials.metric_names import check_study_recalls
-from studies.trials.trainable import TRIAL_DEFAULTS
 from studies.trials.trial_workers import check_branches_per_worker, workers_and_gpus
 
 DEFAULT_STORAGE = "runs/studies"

@@ -44,7 +44,7 @@ _MARK_KEY, GRID_MARK = "Software", "antimetric retrieval grid"
 
 @dataclass
 class GridImage:
-    image: ImageInput  # a path, encoded bytes, a PIL image or a tensor (antimetric.retrieval.trained.ImageInput)
+    image: ImageInput  # a path, encoded bytes, a PIL image or a tensor (antimetric.data.images.ImageInput)
     caption: str = ""  # short text under the thumbnail (class label or file name)
     similarity: float | None = None  # to the row's query; grid_rows_from_embeddings gives the cosine
     correct: bool | None = None  # same class as the query; None when labels are unknown

@@ -31,7 +31,7 @@ from antimetric.training.run_folder import BEST_FILE
 from antimetric.training.session import pick_device
 from antimetric.training.state import STATE_FILE, weight_layout
 
-__all__ = ["ImageInput", "TrainedEnsemble", "checkpoint_file", "load"]
+__all__ = ["TrainedEnsemble", "checkpoint_file", "load"]
 
 # A model kept in MLflow: a models:/ or runs:/ URI, or a run id (32 hex digits).
 _MLFLOW_SOURCE = re.compile(r"^(models:/|runs:/|[0-9a-f]{32}$)")

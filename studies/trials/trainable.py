@@ -15,6 +15,7 @@ from antimetric.model.cost import EnsembleCost, ensemble_cost
 from antimetric.training.config import RunConfig, resolve
 from antimetric.training.loop import EpochResult, fit
 from antimetric.training.run_folder import BEST_FILE, RETRIEVALS_FILE
+from studies.design.settings import TRIAL_DEFAULTS
 from studies.trials.metric_names import OBJECTIVE, TEST_RECALL
 
 EPOCH = "epoch"  # the time attribute ASHA schedules on
@@ -32,8 +33,6 @@ BEST_EPOCH_FILES = (BEST_FILE, RETRIEVALS_FILE)
 # A confirmation run's key in its Tune config (studies/conclusions/confirm.py): {"config": its label ("default",
 # "trial 4"), "repeat": r, "values": the config values it sets}. One key, so that one grid_search lists the runs.
 CONFIRM = "confirm"
-
-from studies.design.settings import TRIAL_DEFAULTS as TRIAL_DEFAULTS  # noqa: E402 (kept importable from here)
 
 
 def ended_early(epochs_run: int, config: dict[str, Any]) -> bool:

@@ -11,8 +11,8 @@ import pytest
 from antimetric.data import demo
 from antimetric.data.manifest import prepare as manifest_module
 from antimetric.data.manifest.locking import dataset_lock
-from antimetric.data.manifest.prepare import MANIFEST_NAME, load_or_prepare
-from antimetric.data.readers.source import benchmark
+from antimetric.data.manifest.prepare import load_or_prepare
+from antimetric.data.readers.source import MANIFEST_NAME, benchmark
 from tests.fixtures.datasets import make_cub
 
 _WORKERS = 2

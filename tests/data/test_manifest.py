@@ -4,9 +4,9 @@ import os
 import pytest
 
 from antimetric.data.manifest import prepare as manifest_module
-from antimetric.data.manifest.prepare import MANIFEST_NAME, load_manifest, load_or_prepare, prepare
+from antimetric.data.manifest.prepare import load_manifest, load_or_prepare, prepare
 from antimetric.data.readers import read_dataset
-from antimetric.data.readers.source import benchmark
+from antimetric.data.readers.source import MANIFEST_NAME, benchmark
 from antimetric.errors import DatasetLayoutError
 from tests.fixtures.datasets import make_cars, make_cub, make_inshop, make_oml_table, make_sop
 

@@ -25,9 +25,8 @@ from antimetric.base.cpus import available_cpus
 from antimetric.data.cache import CacheForm, finish_cache, resized_for_cache, save_cached, start_cache
 from antimetric.data.images import open_rgb
 from antimetric.data.manifest.locking import dataset_lock
-from antimetric.data.manifest.saved import MANIFEST_FORMAT as MANIFEST_FORMAT
-from antimetric.data.manifest.saved import MANIFEST_NAME as MANIFEST_NAME
 from antimetric.data.manifest.saved import (
+    MANIFEST_FORMAT,
     OlderManifestFormat,
     SavedManifest,
     UnreadableImage,

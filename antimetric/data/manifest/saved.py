@@ -1,6 +1,7 @@
 """The manifest file itself: its JSON form, its checks when read back, and whether it is still up to date.
 
-Format 3, in the dataset's folder (MANIFEST_NAME; a table's: named after the table, DataSource.manifest):
+Format 3, in the dataset's folder (readers/source.py's MANIFEST_NAME; a table's: named after the table,
+DataSource.manifest):
 
     format       MANIFEST_FORMAT
     dataset      the dataset's name
@@ -24,7 +25,6 @@ from pathlib import Path
 
 from antimetric.data.manifest.stamps import Stamp, file_stamp
 from antimetric.data.readers.layout import box_problem, path_problem
-from antimetric.data.readers.source import MANIFEST_NAME as MANIFEST_NAME
 from antimetric.data.readers.source import DataSource
 from antimetric.data.records import GALLERY, QUERY, TEST, TRAIN, Box, DatasetIndex, ImageRecord
 from antimetric.errors import DatasetLayoutError
