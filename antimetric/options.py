@@ -2,8 +2,9 @@
 (antimetric.training.config) and `antimetric train` and `studies.search` offer the same ones, and `prepare`,
 `evaluate` and `profile` spell, parse and check the ones they take as those do.
 
-Arguments default to "not given" (argparse.SUPPRESS): `given_options` returns only what the user
-typed, and every other value comes from the config's own defaults when it is resolved.
+A run's arguments default to "not given" (argparse.SUPPRESS): `given_options` returns only what the user
+typed, and every other value comes from the config's own defaults when it is resolved. The other commands give
+theirs the default that means something to them (add_config_option).
 """
 from __future__ import annotations
 
