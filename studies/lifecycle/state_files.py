@@ -22,17 +22,13 @@ KEPT_FOLDER = ".kept-state"
 _PARTIAL = ".partial"
 
 
-def cut_short_state_file(experiment_path: Path) -> Path | None:
-    """The newest searcher or experiment state Tune would restore, when a killed driver left it truncated.
-
-    The check parses the files' structure only: pickle opcodes are listed without building any object."""
-    searcher_states = sorted(experiment_path.glob(SEARCHER_STATE_GLOB))
-    if searcher_states and not _whole(searcher_states[-1]):  # Tune restores max() of these names
-        return searcher_states[-1]
-    experiment_states = sorted(experiment_path.glob(EXPERIMENT_STATE_GLOB))
-    if experiment_states and not _whole(experiment_states[-1]):
-        return experiment_states[-1]
-    return None
+def cut_short_state_files(experiment_path: Path) -> list[Path]:
+    """The newest searcher and experiment state that Tune would restore (max() of their names), those a killed
+    driver left truncated. The check parses the files' structure only: pickle opcodes are listed without building
+    any object."""
+    newest = [max(found) for found in (list(experiment_path.glob(pattern))
+                                       for pattern in (SEARCHER_STATE_GLOB, EXPERIMENT_STATE_GLOB)) if found]
+    return [path for path in newest if not _whole(path)]
 
 
 def _whole(path: Path) -> bool:
@@ -76,11 +72,11 @@ def _kept_sets(root: Path) -> list[Path]:
     return sorted((path for path in root.iterdir() if path.name.isdigit() and path.is_dir()), key=lambda p: int(p.name))
 
 
-def restore_kept_state(experiment_path: Path, cut_short: Path) -> bool:
-    """Put the newest kept set back into `experiment_path` when it holds a whole copy of `cut_short` (the same
-    name: the same session's state); each file replaced by a rename. Whether it did."""
+def restore_kept_state(experiment_path: Path, cut_short: list[Path]) -> bool:
+    """Put the newest kept set back into `experiment_path` when it holds a whole copy of every `cut_short` file (the
+    same names: the same session's state); each file replaced by a rename. Whether it did."""
     sets = _kept_sets(experiment_path / KEPT_FOLDER)
-    if not sets or not (sets[-1] / cut_short.name).is_file() or not _whole(sets[-1] / cut_short.name):
+    if not sets or not all((sets[-1] / path.name).is_file() and _whole(sets[-1] / path.name) for path in cut_short):
         return False
     for kept in sets[-1].iterdir():
         restoring = experiment_path / f"tmp-{kept.name}.restoring"

@@ -33,7 +33,7 @@ from studies.lifecycle.checks import (
 )
 from studies.lifecycle.confirm_stage import confirm_path, confirm_tuner, ranked_configurations, report_confirmation
 from studies.lifecycle.console import StudyReporter, parameter_columns, quiet_console, trial_dirname, trial_name
-from studies.lifecycle.state_files import KEPT_FOLDER, StateKeeper, cut_short_state_file, restore_kept_state
+from studies.lifecycle.state_files import KEPT_FOLDER, StateKeeper, cut_short_state_files, restore_kept_state
 from studies.lifecycle.study_end import (
     StudyFailed,
     StudyInterrupted,
@@ -229,13 +229,13 @@ def check_resume(settings: StudySettings) -> None:
     if not study_exists(settings):
         raise ConfigError(f"--resume: no study to resume in {path}; drop --resume to start one")
     for folder in (path, confirm_path(settings)):
-        cut_short = cut_short_state_file(folder)
-        if cut_short is not None and restore_kept_state(folder, cut_short):
-            print(f"{cut_short.name} was cut short when the study's driver was killed; its whole copy from "
-                  f"{folder / KEPT_FOLDER} is back in its place", file=sys.stderr)
-            cut_short = cut_short_state_file(folder)
-        if cut_short is not None:
-            raise ConfigError(f"--resume: {cut_short} was cut short when the study's driver was killed (Ray copies "
+        cut_short = cut_short_state_files(folder)
+        if cut_short and restore_kept_state(folder, cut_short):
+            print(f"{' and '.join(path.name for path in cut_short)} cut short when the study's driver was killed; "
+                  f"their whole copies from {folder / KEPT_FOLDER} are back in place", file=sys.stderr)
+            cut_short = cut_short_state_files(folder)
+        if cut_short:
+            raise ConfigError(f"--resume: {cut_short[0]} was cut short when the study's driver was killed (Ray copies "
                               "its state files without an atomic rename) and no whole copy of it was kept, so Tune "
                               "would silently start the study over; start a new one with --experiment NEW_NAME")
 
