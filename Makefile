@@ -33,7 +33,7 @@ ui: install
 
 # Every test; CI runs this.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # The tests not marked slow (no Ray, no subprocess, no Triton interpreter): under a minute.
 test-fast: install

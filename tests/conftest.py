@@ -44,3 +44,4 @@ def demo_run(demo_data_path, tmp_path_factory) -> Path:
     def keep_state(result, save) -> None:  # a truthy return would stop training
         save(out / "state")
     return fit(config, keep_state).run_dir
+

@@ -13,16 +13,10 @@ from tests.fixtures.studies import RAY_ENV, run_study, trial_runs
 pytestmark = pytest.mark.slow  # Ray head nodes and a study subprocess
 
 
-def test_study_on_an_existing_cluster(demo_data_path, study_dirs):
-    with ray_head() as address:
-        proc = run_study(demo_data_path, study_dirs, "--address", address, "--num-samples", "2")
-        assert "best config:" in proc.stdout
-    _, runs, _ = trial_runs(study_dirs["tracking_uri"])
-    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-
-
-def test_stopping_the_tests_head_leaves_another_ray_running():
-    """A user's head, started as users do (`ray start --head`, daemonised), outlives the tests' own head."""
+def test_a_study_on_an_existing_cluster_and_stopping_its_head_leaves_another_ray_running(demo_data_path,
+                                                                                         study_dirs):
+    """A study through --address on the test's own head; a user's head, started as users do (`ray start --head`,
+    daemonised) before it, outlives the tests' head."""
     users = tempfile.mkdtemp(prefix="ru", dir="/tmp")
     subprocess.run([ray_command(), "start", "--head", f"--port={free_port()}", "--num-cpus=1",
                     "--include-dashboard=false", f"--temp-dir={users}", "--disable-usage-stats"], check=True,
@@ -30,9 +24,12 @@ def test_stopping_the_tests_head_leaves_another_ray_running():
     try:
         running = processes_naming(users)
         assert running
-        with ray_head(num_cpus=1):
-            pass
+        with ray_head() as address:
+            proc = run_study(demo_data_path, study_dirs, "--address", address, "--num-samples", "2")
+            assert "best config:" in proc.stdout
         assert processes_naming(users) == running
     finally:
         stop_head(None, users)
         shutil.rmtree(users, ignore_errors=True)
+    _, runs, _ = trial_runs(study_dirs["tracking_uri"])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)

@@ -4,12 +4,10 @@ import os
 import shlex
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
@@ -17,7 +15,6 @@ import matplotlib.pyplot as plt
 import optuna
 import pandas as pd
 import pytest
-import sqlalchemy
 from optuna.trial import TrialState
 from ray.tune import Result
 
@@ -33,7 +30,6 @@ from studies.record.optuna_live import (
     trial_ids,
 )
 from studies.record.optuna_record import TrialRecord, load_command, optuna_storage_uri, trial_records, write_study
-from tests.fixtures.studies import RAY_ENV, run_study, study_command, trial_runs
 
 SPACE = {"ensemble_size": {"type": "choice", "values": [3, 4]},
          "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
@@ -212,75 +208,6 @@ def test_the_study_end_completes_the_live_record_in_place(tmp_path):
     later = TrialRecord("d", TrialState.COMPLETE, 1.0, {1: 0.7}, {"ensemble_size": 4, "lr": 4e-3})
     study = finish_study([*records, later], _storage(tmp_path), "s", DISTRIBUTIONS)
     assert [t.user_attrs["ray_trial_id"] for t in study.trials] == ["d", "b", "a"]
-
-
-def _schema_made(path: Path) -> bool:
-    """Whether the study's driver has made the record's tables (Optuna writes its schema version last); read
-    only, so that the poll never writes the schema itself."""
-    if not path.exists():
-        return False
-    try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            return db.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
-    except sqlite3.Error:  # no table yet, or the driver holding the file
-        return False
-
-
-def _poll_record(driver: subprocess.Popen, storage: str, ready) -> list:
-    """The recorded trials, polled until ready(trials) holds while the study's driver still runs."""
-    path = Path(storage.removeprefix("sqlite:///"))
-    deadline, trials = time.time() + 180, []
-    while time.time() < deadline and driver.poll() is None:
-        time.sleep(0.5)
-        if not _schema_made(path):  # Optuna would make it (or race the driver making it: the same row twice)
-            continue
-        try:
-            trials = optuna.load_study(study_name="t", storage=storage).trials
-        except (KeyError, sqlalchemy.exc.OperationalError):  # no study yet; the driver writing
-            continue
-        if ready(trials):
-            return trials
-    seen = [(t.number, t.state.name, len(t.intermediate_values)) for t in trials]
-    raise AssertionError(f"the record never got there while the study ran (exit {driver.poll()}): {seen}")
-
-
-@pytest.mark.slow
-def test_the_record_follows_a_running_study_and_its_resume(demo_data_path, study_dirs, tmp_path):
-    """optuna.load_study during a study sees its trials RUNNING with their epochs; Ctrl-C, then --resume
-    goes on with the same trials (none twice, numbers unchanged); each names its MLflow run, whose number it has."""
-    args = ("--backbone", "tiny", "--max-epochs", "4", "--num-samples", "3")
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"  # beside study_dirs' MLflow store
-    with (tmp_path / "driver.err").open("w") as err:
-        driver = subprocess.Popen(study_command(demo_data_path, study_dirs, *args), stdout=subprocess.DEVNULL,
-                                  stderr=err, env={**os.environ, **RAY_ENV})
-        try:
-            live = _poll_record(driver, storage, lambda trials: any(
-                t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2 for t in trials))
-            driver.send_signal(signal.SIGINT)
-            assert driver.wait(timeout=120) == 130, (tmp_path / "driver.err").read_text()[-3000:]
-        finally:
-            driver.kill()
-            driver.wait()
-    assert [t.number for t in live] == list(range(len(live)))
-    running = next(t for t in live if t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2)
-    assert running.value is None and running.datetime_complete is None
-
-    run_study(demo_data_path, study_dirs, *args, "--resume")
-    trials = optuna.load_study(study_name="t", storage=storage).trials
-    ray_ids = [t.user_attrs["ray_trial_id"] for t in trials]
-    assert len(trials) == 3 and len(set(ray_ids)) == 3
-    assert ray_ids[:len(live)] == [t.user_attrs["ray_trial_id"] for t in live]  # numbers unchanged
-    client, runs, _ = trial_runs(study_dirs["tracking_uri"])
-    by_run_id = {run.info.run_id: run for run in runs}
-    for trial in trials:
-        run = by_run_id[trial.user_attrs["mlflow_run_id"]]
-        assert run.data.tags["trial_id"] == trial.user_attrs["ray_trial_id"]
-        assert run.data.tags["trial_number"] == str(trial.number)
-        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_recall_at_1")}
-        assert trial.intermediate_values == history and trial.user_attrs["epochs"] == max(history), trial.number
-        assert trial.state == (TrialState.PRUNED if run.data.tags["stopped_early"] == "true" else TrialState.COMPLETE)
-        if trial.state == TrialState.COMPLETE:
-            assert trial.value == max(history.values())
 
 
 def _get(port: int, path: str) -> dict:

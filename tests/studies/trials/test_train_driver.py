@@ -20,6 +20,7 @@ from tests.fixtures.studies import (
     check_trial_runs,
     check_trial_weights,
     metric_steps,
+    poll_optuna_record,
     stop_study_when,
     study_command,
     trial_runs,
@@ -30,49 +31,59 @@ WORKERS = ("--workers-per-trial", "2", "--backbone", "tiny", "--num-samples", "4
 
 
 @pytest.mark.slow
-def test_a_study_of_two_worker_trials_stops_resumes_and_records_each_trial_once(demo_data_path, study_dirs,
-                                                                                 tmp_path):
+def test_a_study_of_two_worker_trials_survives_a_kill_and_ctrl_c_and_records_each_trial_once(demo_data_path,
+                                                                                              study_dirs, tmp_path):
     """The issue's test: every trial on two workers; ASHA stops one, and the next trial's workers start (before
     ReleaseTrainGroups the stopped trial's placement group held both CPUs of a 2-core machine: the next trial
-    waited for ever); Ctrl-C, then --resume continues the interrupted trial from its Train checkpoint; one MLflow
-    run per trial, its weights logged, no checkpoint left in the study's storage."""
-    if available_cpus() < 2:
-        pytest.skip("two workers need two CPUs")
-    dirs = study_dirs
-    err_path = tmp_path / "interrupted.err"
-    stop_study_when(demo_data_path, dirs, WORKERS, lambda epochs: any(n >= 1 for n in epochs.values()),
-                    signal.SIGINT, err_path)
-    client, before, _ = trial_runs(dirs["tracking_uri"])
-    interrupted = {r.data.tags["trial_id"]: len(metric_steps(client, r)) for r in before if r.info.status == "KILLED"}
-    assert interrupted, [r.info.status for r in before]
-    advice = [line for line in err_path.read_text().splitlines() if "--resume" in line]
-    assert len(advice) == 1, err_path.read_text()[-3000:]
-    command = shlex.split(advice[0].split(": ", 1)[1])
-
-    _resume_to_the_end(command, dirs, interrupted)
-
-
-@pytest.mark.slow
-def test_a_two_worker_trial_resumes_after_the_driver_is_killed(demo_data_path, study_dirs):
-    """SIGKILL the study's process while a two-worker trial runs: --resume continues it from its Train run's
-    checkpoint, as a one-device trial from Tune's."""
+    waited for ever). SIGKILL the study's process while a trial runs, --resume it, Ctrl-C once a trial went on,
+    then the --resume command it printed: each interrupted trial continues from its Train run's checkpoint (as a
+    one-device trial from Tune's); one MLflow run per trial, its weights logged, no checkpoint left in the
+    study's storage."""
     if available_cpus() < 2:
         pytest.skip("two workers need two CPUs")
     dirs = study_dirs
     longer = (*WORKERS, "--max-epochs", "5")  # epochs left after the kill, beyond the checkpoint's
-    stop_study_when(demo_data_path, dirs, longer, lambda epochs: any(n >= 2 for n in epochs.values()),
-                    signal.SIGKILL)
+    record = f"sqlite:///{dirs['storage'].parent / 'optuna.db'}"
+    driver = subprocess.Popen(study_command(demo_data_path, dirs, *longer), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, **RAY_ENV})
+    try:  # optuna.load_study while the study runs sees its trials, numbered in start order, a running one with
+        # its epochs and no value
+        live = poll_optuna_record(driver, record, lambda trials: any(
+            t.state == TrialState.RUNNING and len(t.intermediate_values) >= 2 for t in trials))
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.kill()
+        driver.wait()
+    assert [t.number for t in live] == list(range(len(live)))
+    assert all(t.value is None and t.datetime_complete is None for t in live if t.state == TrialState.RUNNING)
     client, before, _ = trial_runs(dirs["tracking_uri"])
-    running = {r.data.tags["trial_id"]: len(metric_steps(client, r)) for r in before if r.info.status == "RUNNING"}
+    epochs_before = {r.data.tags["trial_id"]: len(metric_steps(client, r)) for r in before}
+    running = {trial: epochs_before[trial] for trial in (r.data.tags["trial_id"] for r in before
+                                                        if r.info.status == "RUNNING")}
     assert running, [r.info.status for r in before]
-    _resume_to_the_end([sys.executable, *study_command(demo_data_path, dirs, "--resume")[1:]], dirs, running)
+
+    err_path = tmp_path / "interrupted.err"
+    stop_study_when(demo_data_path, dirs, (*longer, "--resume"),
+                    lambda epochs: any(n > epochs_before.get(t, 0) for t, n in epochs.items()), signal.SIGINT,
+                    err_path)
+    client, interrupted_runs, _ = trial_runs(dirs["tracking_uri"])
+    interrupted = {r.data.tags["trial_id"]: len(metric_steps(client, r)) for r in interrupted_runs
+                   if r.info.status == "KILLED"}
+    assert interrupted, [r.info.status for r in interrupted_runs]
+    advice = [line for line in err_path.read_text().splitlines() if "--resume" in line]
+    assert len(advice) == 1, err_path.read_text()[-3000:]
+    command = shlex.split(advice[0].split(": ", 1)[1])
+
+    _resume_to_the_end(command, dirs, {**running, **interrupted},
+                       numbers={t.user_attrs["ray_trial_id"]: t.number for t in live})
 
 
-def _resume_to_the_end(command: list[str], dirs: dict, unfinished: dict[str, int]) -> None:
+def _resume_to_the_end(command: list[str], dirs: dict, unfinished: dict[str, int],
+                       numbers: dict[str, int] | None = None) -> None:
     """Run the resume `command` to its end; then one finished MLflow run per trial, each of two workers, one stopped
     by ASHA, the `unfinished` trials (id: epochs in MLflow before) gone on from a checkpoint, no epoch lost, the
-    weights of the whole ensemble logged, the Optuna record's trials as the runs, nothing left of the trials'
-    checkpoints and Train runs."""
+    weights of the whole ensemble logged, the Optuna record's trials as the runs (none twice, the `numbers` they
+    had before unchanged: trial id -> number), nothing left of the trials' checkpoints and Train runs."""
     resumed = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=600,
                              env={**os.environ, **RAY_ENV})
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -95,11 +106,17 @@ def _resume_to_the_end(command: list[str], dirs: dict, unfinished: dict[str, int
     check_trial_weights(client, runs, dirs["storage"])
     optuna_trials = optuna.load_study(study_name="t", storage=f"sqlite:///{dirs['storage'].parent / 'optuna.db'}").trials
     assert sorted(t.user_attrs["ray_trial_id"] for t in optuna_trials) == sorted(by_trial)  # the Optuna record
+    assert {t.user_attrs["ray_trial_id"]: t.number for t in optuna_trials if t.user_attrs["ray_trial_id"] in
+            (numbers or {})} == (numbers or {})
     for trial in optuna_trials:
         run = by_trial[trial.user_attrs["ray_trial_id"]]
         history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_recall_at_1")}
         assert trial.intermediate_values == history, trial.number
         assert trial.state == (TrialState.PRUNED if run.data.tags["stopped_early"] == "true" else TrialState.COMPLETE)
+        assert run.data.tags["trial_number"] == str(trial.number) and trial.user_attrs["epochs"] == max(history)
+        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+        if trial.state == TrialState.COMPLETE:
+            assert trial.value == max(history.values())
     assert not any((dirs["storage"] / "t" / "train_runs").iterdir())  # each ended trial's Train run deleted
 
 
