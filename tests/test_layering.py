@@ -84,6 +84,7 @@ def test_every_source_file_is_a_module_the_import_check_finds():
     assert named - NOT_IMPORTED == set(core_modules())
 
 
+@pytest.mark.slow  # a process per core module
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the probe forks one child per module")
 def test_no_core_module_loads_the_studies_stack():
     names = core_modules()

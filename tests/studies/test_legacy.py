@@ -53,6 +53,7 @@ def test_an_old_path_imports_as_its_new_place(old):
     assert not (ROOT / (old.replace(".", "/") + ".py")).exists()  # an alias only, never a second copy
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_saved_files_load_with_what_they_name_at_its_new_place():
     """In a fresh interpreter, so that nothing this test session imported already answers an old path."""
     code = (f"import pickle, sys\nfor name in {SAVED!r}:\n    pickle.loads(open({str(BEFORE)!r} + '/' + name, 'rb').read())\n"
