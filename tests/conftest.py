@@ -7,6 +7,7 @@ import pytest
 
 from antimetric.data.demo import ensure_demo
 from tests.fixtures.datasets import make_cub
+from tests.fixtures.memory import TESTS_MEMORY_GIB, set_available_memory
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -45,3 +46,14 @@ def demo_run(demo_data_path, tmp_path_factory) -> Path:
         save(out / "state")
     return fit(config, keep_state).run_dir
 
+
+@pytest.fixture(scope="session")
+def _memory_folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("memory")
+
+
+@pytest.fixture(autouse=True)
+def fixed_available_memory(monkeypatch, _memory_folder) -> None:
+    """The memory checks in the tests' own process read TESTS_MEMORY_GIB available, not what other processes leave
+    free at the moment (a test of the check sets its own figure; processes a test starts read the machine's)."""
+    set_available_memory(monkeypatch, _memory_folder, TESTS_MEMORY_GIB)

@@ -1,5 +1,7 @@
 """A run, or a loaded ensemble, that cannot fit in the device's memory is refused in one line before any data
 is read; every configuration that was measured to fit (benchmarks/RESULTS.md) still passes."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -52,12 +54,14 @@ def test_parameters_are_counted_exactly_from_one_branch():
         assert estimate_memory(config, torch.device("cpu"), training=False).parameters == 4 * params
 
 
-def test_every_datasets_defaults_fit_and_the_demo_fits_this_machine():
+def test_every_datasets_defaults_fit_and_the_demo_fits_a_small_machine(monkeypatch):
+    from antimetric.training import memory_estimate
     from antimetric.training.memory_estimate import available_memory, check_memory
 
     for name in TABLE:
         check_memory(resolve(RunConfig.from_flat({"data_name": name})), torch.device("cuda"), available=H100_BYTES)
-    check_memory(resolve(RunConfig()), torch.device("cpu"))
+    check_memory(resolve(RunConfig()), torch.device("cpu"), available=4 * 2**30)  # a laptop's free 4 GiB
+    monkeypatch.setattr(memory_estimate, "MEMINFO", Path("/proc/meminfo"))  # the machine's own figure, read
     assert 0 < available_memory(torch.device("cpu")) < 2**50
 
 

@@ -11,9 +11,9 @@ import torch
 
 from antimetric.base.cpus import available_cpus
 from antimetric.errors import ConfigError
-from antimetric.training import memory_estimate
 from studies.search import main, parse_args
 from tests.fixtures.folders import read_only_folder
+from tests.fixtures.memory import set_available_memory
 from tests.fixtures.studies import RAY_ENV, study_command
 
 
@@ -81,24 +81,15 @@ def test_a_usage_error_is_one_line_from_the_command_line(demo_data_path, study_d
         "error: python -m studies.search: argument --num-samples: '-1' is not a whole number of 1 or more (see --help)"]
 
 
-def _memory_available(monkeypatch, tmp_path, gib: int) -> None:
-    """What the memory check reads as this CPU's available memory: set by the test, not left to whatever other
-    processes hold at the moment (the check reads /proc/meminfo and the cgroup limits)."""
-    meminfo = tmp_path / "meminfo"
-    meminfo.write_text(f"MemTotal: {gib * 2**20} kB\nMemAvailable: {gib * 2**20} kB\n")
-    monkeypatch.setattr(memory_estimate, "MEMINFO", meminfo)
-    monkeypatch.setattr(memory_estimate, "_CGROUP_LIMITS", ())
-
-
 def test_a_study_refuses_a_space_the_cpus_memory_cannot_train(monkeypatch, tmp_path):
     """The built-in CUB space holds ResNet-18 x 48 sharing at maxpool, about 17 GiB to train on a CPU."""
-    _memory_available(monkeypatch, tmp_path, 9)
+    set_available_memory(monkeypatch, tmp_path, 9)
     with pytest.raises(ConfigError, match="the cpu has 9.0 GiB available"):
         parse_args(["cub"])
 
 
 def test_default_cpus_per_trial_fit_this_machine(monkeypatch, tmp_path):
-    _memory_available(monkeypatch, tmp_path, 64)  # the space's ensembles fit: this test is about CPUs
+    set_available_memory(monkeypatch, tmp_path, 64)  # the space's ensembles fit: this test is about CPUs
     assert parse_args(["cub"]).cpus_per_trial == min(8, available_cpus())
     assert parse_args(["cub", "--address", "10.0.0.5:6379"]).cpus_per_trial == 8  # a cluster's nodes may be larger
     # as many trials at once as the machine's CPUs hold (GPUs too, where trials ask for them)
