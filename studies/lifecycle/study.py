@@ -231,7 +231,7 @@ def check_resume(settings: StudySettings) -> None:
     for folder in (path, confirm_path(settings)):
         cut_short = cut_short_state_files(folder)
         if cut_short and restore_kept_state(folder, cut_short):
-            print(f"{' and '.join(path.name for path in cut_short)} cut short when the study's driver was killed; "
+            print(f"{' and '.join(file.name for file in cut_short)} cut short when the study's driver was killed; "
                   f"their whole copies from {folder / KEPT_FOLDER} are back in place", file=sys.stderr)
             cut_short = cut_short_state_files(folder)
         if cut_short:
