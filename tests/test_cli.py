@@ -1,12 +1,11 @@
-"""The command line: real subprocesses, exit codes, one-line errors."""
+"""The command line: exit codes, one-line errors, --json output; through antimetric.cli.main in the tests'
+process, and once as a real `python -m antimetric`."""
 import json
 
 import pytest
 
-from tests.fixtures.cli import assert_one_line_error, run
+from tests.fixtures.cli import assert_one_line_error, run, run_process
 from tests.fixtures.datasets import make_cub, make_inshop
-
-pytestmark = pytest.mark.slow  # each test starts `python -m antimetric`
 
 
 def test_prepare_json_summary(tmp_path):
@@ -18,9 +17,11 @@ def test_prepare_json_summary(tmp_path):
     assert (tmp_path / "isc" / "antimetric-manifest.json").is_file()
 
 
+@pytest.mark.slow  # starts `python -m antimetric`
 def test_prepare_missing_layout(tmp_path):
+    """From the command line, in a process of its own: the exit status and the one line a user sees."""
     (tmp_path / "cub").mkdir()
-    assert_one_line_error(run("prepare", "--data-path", str(tmp_path), "--data-name", "cub"),
+    assert_one_line_error(run_process("prepare", "--data-path", str(tmp_path), "--data-name", "cub"),
                           "images.txt", "CUB-200-2011", "caltech")
 
 

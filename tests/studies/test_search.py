@@ -23,7 +23,7 @@ from tests.fixtures.studies import (
     check_trial_runs,
     check_trial_weights,
     metric_steps,
-    run_study,
+    run_study_in_process,
     stop_study_when,
     study_command,
     trial_runs,
@@ -87,7 +87,7 @@ def test_smoke_study_records_every_trial(demo_data_path, smoke_study, capsys, mo
     assert (kept / searcher_state.name).read_bytes() == searcher_state.read_bytes()
     searcher_state.write_bytes(searcher_state.read_bytes()[:100])
     shutil.rmtree(kept)
-    proc = run_study(demo_data_path, study_dirs, "--resume", timeout=120, returncode=2)
+    proc = run_study_in_process(demo_data_path, study_dirs, "--resume", returncode=2)
     assert f"{searcher_state} was cut short" in proc.stderr and "no whole copy" in proc.stderr, proc.stderr[-2000:]
 
     # every trial in the Optuna study beside the MLflow store; parallel coordinate and slice from every trial
@@ -204,7 +204,6 @@ def test_resume_after_the_driver_is_killed(demo_data_path, study_dirs, tmp_path)
     assert str(client.get_model_version_by_alias("t-ensemble", "best").version) == "1"
 
 
-@pytest.mark.slow
 def test_resume_without_a_study_is_a_clear_error(demo_data_path, study_dirs):
-    proc = run_study(demo_data_path, study_dirs, "--resume", timeout=120, returncode=2)
+    proc = run_study_in_process(demo_data_path, study_dirs, "--resume", returncode=2)
     assert proc.stderr.startswith("error: --resume: no study to resume") and len(proc.stderr.splitlines()) == 1

@@ -55,7 +55,6 @@ def test_an_output_dir_that_is_a_file_is_one_line(tmp_path):
         create_run_dir(_config(tmp_path))
 
 
-@pytest.mark.slow
 def test_a_read_only_output_dir_fails_before_any_data_is_read(tmp_path):
     with read_only_folder(tmp_path / "readonly") as out:
         # --data-path points nowhere: the output folder must be refused first
