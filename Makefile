@@ -31,13 +31,14 @@ demo: install
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
-# Every test; CI runs this.
+# Every test; CI runs this. TEST_PROCESSES test processes at once (pytest-xdist), a test file in one of them.
+TEST_PROCESSES ?= 2
 test: install
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup --durations=15
 
 # The tests not marked slow (no Ray, no subprocess, no Triton interpreter): under a minute.
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup -m "not slow"
 
 # What can be rebuilt: test and Python caches, and the demo data when antimetric generated it (its
 # demo-version.txt says so; a data/demo of your own is kept). Results are never removed here.

@@ -1,15 +1,37 @@
 """Fixtures shared by every test (session data, a short real training run); the functions tests import are in
 tests/fixtures/."""
 import os
-from pathlib import Path
 
-import pytest
+# One thread per process in every test and in the processes tests start (set before torch is imported, inherited by
+# subprocesses and Ray's workers): `make test` runs two test processes on two cores, and a test that compares one
+# process with several computes both alike (torch's sums depend on its thread count).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from antimetric.data.demo import ensure_demo
-from tests.fixtures.datasets import make_cub
-from tests.fixtures.memory import TESTS_MEMORY_GIB, set_available_memory
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from antimetric.data.demo import ensure_demo  # noqa: E402
+from tests.fixtures.datasets import make_cub  # noqa: E402
+from tests.fixtures.memory import TESTS_MEMORY_GIB, set_available_memory  # noqa: E402
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# The files whose tests read the session's smoke study (tests/studies/conftest.py): one worker runs them all, so
+# that the study is made once.
+SMOKE_STUDY_GROUP = "smoke-study"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under pytest-xdist (`make test` runs `pytest -n 2 --dist loadgroup`): a test file is one unit of work, so that
+    its module fixtures are made once; the files reading the smoke study are one; the files with slow tests go first,
+    so that the longest studies do not start last while the other worker idles."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    smoke_files = {item.path for item in items if "smoke_study" in getattr(item, "fixturenames", ())}
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(SMOKE_STUDY_GROUP if item.path in smoke_files else str(item.path)))
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 @pytest.fixture(scope="session")
