@@ -78,8 +78,7 @@ def test_a_study_of_two_worker_trials_survives_a_kill_and_ctrl_c_and_records_eac
                        numbers={t.user_attrs["ray_trial_id"]: t.number for t in live})
 
 
-def _resume_to_the_end(command: list[str], dirs: dict, unfinished: dict[str, int],
-                       numbers: dict[str, int] | None = None) -> None:
+def _resume_to_the_end(command: list[str], dirs: dict, unfinished: dict[str, int], numbers: dict[str, int]) -> None:
     """Run the resume `command` to its end; then one finished MLflow run per trial, each of two workers, one stopped
     by ASHA, the `unfinished` trials (id: epochs in MLflow before) gone on from a checkpoint, no epoch lost, the
     weights of the whole ensemble logged, the Optuna record's trials as the runs (none twice, the `numbers` they
@@ -106,8 +105,8 @@ def _resume_to_the_end(command: list[str], dirs: dict, unfinished: dict[str, int
     check_trial_weights(client, runs, dirs["storage"])
     optuna_trials = optuna.load_study(study_name="t", storage=f"sqlite:///{dirs['storage'].parent / 'optuna.db'}").trials
     assert sorted(t.user_attrs["ray_trial_id"] for t in optuna_trials) == sorted(by_trial)  # the Optuna record
-    assert {t.user_attrs["ray_trial_id"]: t.number for t in optuna_trials if t.user_attrs["ray_trial_id"] in
-            (numbers or {})} == (numbers or {})
+    assert {t.user_attrs["ray_trial_id"]: t.number for t in optuna_trials
+            if t.user_attrs["ray_trial_id"] in numbers} == numbers
     for trial in optuna_trials:
         run = by_trial[trial.user_attrs["ray_trial_id"]]
         history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_recall_at_1")}
