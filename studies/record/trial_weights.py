@@ -20,6 +20,7 @@ from typing import Any
 
 import mlflow
 import torch
+from mlflow.entities import LoggedModelStatus
 from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.tracking import MlflowClient
 from pyarrow.fs import FileSelector, FileType
@@ -88,12 +89,17 @@ def log_best_weights(tracking_uri: str, run_id: str, folder: Path) -> bool:
 
 def log_ended_trial(tracking_uri: str, run, checkpoint) -> None:
     """The best weights of an ended trial's `checkpoint` (a tune.Checkpoint, or None) in its run, unless
-    logged before (by the MLflow callback when the trial ended, or before the study was resumed)."""
-    if checkpoint is None or logged_model(MlflowClient(tracking_uri), run) is not None:
+    logged before (by the MLflow callback when the trial ended, or before the study was resumed). A logged model
+    left PENDING (the driver was killed while it logged it: no weights in it) is replaced."""
+    client = MlflowClient(tracking_uri)
+    logged = logged_model(client, run)
+    if checkpoint is None or (logged is not None and logged.status == LoggedModelStatus.READY):
         return
     if checkpoint.filesystem.get_file_info(checkpoint.path).type == FileType.NotFound:
         return  # deleted after a trial that logged nothing (it had no best epoch)
     with checkpoint.as_directory() as folder:
+        if logged is not None and (Path(folder) / BEST_FILE).is_file():
+            client.delete_logged_model(logged.model_id)
         log_best_weights(tracking_uri, run.info.run_id, Path(folder))
 
 

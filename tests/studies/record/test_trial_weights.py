@@ -43,3 +43,27 @@ def test_a_logged_model_is_named_after_its_trial():
     assert logged_model_name("trial 7: ensemble_size=12, lr=2.1e-03") == "trial-7"
     assert logged_model_name("confirm: trial 7, repeat 1") == "confirm-trial-7-repeat-1"
     assert logged_model_name("confirm: default, repeat 0") == "confirm-default-repeat-0"
+
+
+def test_a_logged_model_cut_short_before_its_weights_is_logged_again(demo_run, tmp_path):
+    """A driver killed while it logged a trial's model leaves it PENDING, without best.pt; the resumed study's
+    summary logs the weights anew instead of taking the trial as logged (seen in a killed and resumed study)."""
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.tracking import MlflowClient
+    from ray.tune import Checkpoint
+
+    from studies.record.trial_weights import log_ended_trial, logged_model
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(experiment, run_name="trial 0: ensemble_size=4")
+    client.create_logged_model(experiment, source_run_id=run.info.run_id, name="trial-0")  # cut short
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    (folder / "best.pt").write_bytes((demo_run / "best.pt").read_bytes())
+    log_ended_trial(uri, client.get_run(run.info.run_id), Checkpoint.from_directory(folder))
+    models = client.search_logged_models([experiment])
+    assert [(m.name, m.status) for m in models] == [("trial-0", LoggedModelStatus.READY)]
+    assert logged_model(client, run).model_id == models[0].model_id
+    assert list((tmp_path / "artifacts").rglob("best.pt"))
