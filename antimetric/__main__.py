@@ -1,5 +1,3 @@
-import sys
+from antimetric.cli import run
 
-from antimetric.cli import main
-
-sys.exit(main())
+run()

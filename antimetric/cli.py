@@ -7,8 +7,10 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 from antimetric.base.extensions import RUN_TRACKER, extension
+from antimetric.base.process_exit import exit_with
 from antimetric.data.cache import MAX_CACHE_SIZE
 from antimetric.data.settings import check_crop_type
 from antimetric.data.table import TABLE
@@ -16,6 +18,11 @@ from antimetric.errors import AntimetricError, AntimetricWarning, ConfigError, R
 from antimetric.options import OneLineParser, add_config_arguments, add_config_option, given_options
 from antimetric.retrieval.cli import add_retrieval_commands
 from antimetric.training.config import RunConfig, check_device, resolve
+
+
+def run() -> NoReturn:
+    """`python -m antimetric` and the `antimetric` command: main() with its exit code."""
+    exit_with(main)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from antimetric.base.cpus import available_cpus
+from antimetric.base.process_exit import exit_with
 from antimetric.data.settings import DATASETS
 from antimetric.errors import AntimetricError, ConfigError
 from antimetric.options import OneLineParser, add_config_arguments, given_options
@@ -327,4 +328,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)
