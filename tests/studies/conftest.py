@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.fixtures.mlflow_store import new_tracking_uri
 from tests.fixtures.studies import RAY_ENV, run_study
 
 os.environ.update(RAY_ENV)
@@ -31,7 +32,7 @@ def ray_temp_dir():
 @pytest.fixture
 def study_dirs(tmp_path):
     """A private MLflow store and Ray storage folder for one study."""
-    return {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "storage": tmp_path / "ray"}
+    return {"tracking_uri": new_tracking_uri(tmp_path / "mlflow.db"), "storage": tmp_path / "ray"}
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +42,7 @@ def smoke_study(demo_data_path, tmp_path_factory, ray_temp_dir) -> SimpleNamespa
     dirs: its MLflow store and Ray storage; proc: the finished `studies.search` process; ray_sessions: the
     Ray session folders it made. Read it; test_search's smoke test cuts a Ray state file of it at its end."""
     folder = tmp_path_factory.mktemp("smoke-study")
-    dirs = {"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}", "storage": folder / "ray"}
+    dirs = {"tracking_uri": new_tracking_uri(folder / "mlflow.db"), "storage": folder / "ray"}
     space = folder / "space.json"
     space.write_text(json.dumps({"ensemble_size": {"type": "choice", "values": [3, 4]},
                                  "meta_class_size": {"type": "int", "low": 3, "high": 6},

@@ -9,6 +9,7 @@ import pytest
 
 import antimetric
 from antimetric.cli import main as antimetric_main
+from tests.fixtures.mlflow_store import new_tracking_uri
 from tests.fixtures.own_data import image_path, make_shapes
 from tests.fixtures.studies import RAY_ENV
 
@@ -16,7 +17,7 @@ from tests.fixtures.studies import RAY_ENV
 @pytest.mark.slow
 def test_a_study_of_a_folder_of_classes_runs_to_its_verdict_and_registers_a_model_that_retrieves(tmp_path, capsys):
     folder = make_shapes(tmp_path / "shop", n_classes=20, per_class=4)
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking_uri = new_tracking_uri(tmp_path / "mlflow.db")
     command = [sys.executable, "-m", "studies.search", str(folder), "--smoke-test", "--backbone", "tiny",
                "--tracking-uri", tracking_uri, "--storage-path", str(tmp_path / "ray"), "--confirm-top", "1",
                "--repeats", "2"]

@@ -10,6 +10,7 @@ import antimetric
 import antimetric.cli as cli
 from antimetric.training.config import RunConfig
 from antimetric.training.run_folder import EPOCHS_FILE
+from tests.fixtures.mlflow_store import new_tracking_uri
 
 TINY = ["--data-name", "cub", "--backbone", "tiny", "--no-pretrained", "--ensemble-size", "3", "--meta-class-size",
         "4", "--image-size", "32", "--batch-size", "8", "--val-fraction", "0.2", "--quiet"]
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.slow  # each test trains, and records in MLflow
 @pytest.fixture
 def store(tmp_path):
     """(tracking URI, client) of an empty SQLite store."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_tracking_uri(tmp_path / "mlflow.db")
     return uri, MlflowClient(uri)
 
 

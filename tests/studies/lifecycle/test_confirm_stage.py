@@ -11,6 +11,7 @@ import pytest
 from antimetric.data.manifest.prepare import load_or_prepare
 from antimetric.data.readers.source import benchmark
 from antimetric.data.splits import make_splits
+from tests.fixtures.mlflow_store import new_tracking_uri
 from tests.fixtures.studies import run_study, stop_study_when, trial_runs
 
 pytestmark = pytest.mark.slow  # each study: 3 trials and 6 confirmation runs of 2 epochs (~1-2 min on 2 cores)
@@ -20,7 +21,7 @@ TIMING = ("images_per_s", "epoch_seconds", "eval_seconds")  # the clock's, not t
 
 
 def _dirs(folder):
-    return {"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}", "storage": folder / "ray"}
+    return {"tracking_uri": new_tracking_uri(folder / "mlflow.db"), "storage": folder / "ray"}
 
 
 @pytest.fixture(scope="module")

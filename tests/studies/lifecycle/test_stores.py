@@ -9,6 +9,7 @@ import antimetric.cli as cli
 from studies.record.tracking import ensure_experiment
 from studies.search import main
 from tests.fixtures.folders import read_only_folder
+from tests.fixtures.mlflow_store import new_tracking_uri
 from tests.fixtures.studies import study_command
 
 
@@ -70,7 +71,7 @@ def test_train_and_evaluate_refuse_a_corrupt_store(demo_data_path, tmp_path, cap
 def test_train_refuses_a_read_only_store_before_its_first_epoch(demo_data_path, tmp_path, capsys):
     folder = tmp_path / "store"
     folder.mkdir()
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = new_tracking_uri(folder / "mlflow.db")
     ensure_experiment(uri, "demo-study")  # the store and experiment exist; nothing can be written there
     runs = tmp_path / "runs"
     with read_only_folder(folder):

@@ -9,6 +9,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from studies.conclusions.study_note import NOTE_TAG as NOTE
 from studies.record.study_run import VIEW_TAG, log_summary, open_study_run, runs_table_url, ui_command
 from studies.record.tracking import ensure_experiment, selected, trial_metrics, trial_run_name
+from tests.fixtures.mlflow_store import new_tracking_uri
 
 SPACE = {"ensemble_size": {"type": "choice", "values": [4, 8]},
          "lr": {"type": "float", "low": 1e-3, "high": 5e-3, "log": True}}
@@ -16,7 +17,7 @@ PARAMS = {"dataset": "demo", "num_samples": 3, "max_epochs": 2, "image_size": 32
 
 
 def _store(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_tracking_uri(tmp_path / "mlflow.db")
     return uri, ensure_experiment(uri, "s", tmp_path), MlflowClient(uri)
 
 
@@ -99,7 +100,7 @@ def test_a_local_stores_artifacts_stay_beside_it(tmp_path, monkeypatch):
     for folder in ("elsewhere", "store"):
         (tmp_path / folder).mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    uri = new_tracking_uri(tmp_path / "store" / "mlflow.db")
     client = MlflowClient(uri)
     run = client.create_run(ensure_experiment(uri, "t"))
     client.log_text(run.info.run_id, "x", "error.txt")

@@ -7,6 +7,7 @@ import antimetric
 from antimetric.retrieval.evaluate_model import evaluate_model
 from antimetric.training.checkpoints import read_torch_file
 from studies.record.trial_weights import compact_weights
+from tests.fixtures.mlflow_store import new_tracking_uri
 
 
 def _saved(state: dict, path: Path) -> Path:
@@ -54,7 +55,7 @@ def test_a_logged_model_cut_short_before_its_weights_is_logged_again(demo_run, t
 
     from studies.record.trial_weights import log_ended_trial, logged_model
 
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    uri = new_tracking_uri(tmp_path / "m.db")
     client = MlflowClient(uri)
     experiment = client.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
     run = client.create_run(experiment, run_name="trial 0: ensemble_size=4")
