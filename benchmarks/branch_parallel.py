@@ -5,7 +5,8 @@
 
 `measure` trains the demo's ensemble (tiny ResNet x 8, meta 12, 64 px, batch 32, the study's 20 % validation
 split) with antimetric.training.loop.fit, whole runs from the same seed: on one process with every CPU thread, on one
-process with one thread, and on N processes (gloo, spawned here) with cores / N threads each. Reported per row:
+process with one thread (or, --alone-threads as-ranks, on one process with cores / N threads only), and on N
+processes (gloo, spawned here) with cores / N threads each. Reported per row:
 seconds per epoch (the later epochs: the first decodes the images), evaluation seconds, the peak resident memory of
 each process, the final losses and test Recall@1 (the same on every row, to the rounding the thread count brings).
 
@@ -82,21 +83,26 @@ def _row(name: str, processes: list[dict]) -> dict:
             "test_recall_at_1": processes[0]["epochs"][-1]["test_recall_at_1"]}
 
 
-def measure(data_path: Path, epochs: int, processes: int) -> list[dict]:
-    """The rows of `measure`, each run in processes of its own (the peak memory is each process's)."""
+ALONE_THREADS = ("cores-and-one", "as-ranks")  # measure --alone-threads
+
+
+def measure(data_path: Path, epochs: int, processes: int, alone_threads: str = "cores-and-one") -> list[dict]:
+    """The rows of `measure`, each run in processes of its own (the peak memory is each process's). The one-process
+    rows run with every core and with one thread, or (as-ranks) only with the ranks' cores / N threads each: the
+    row whose losses theirs should equal, and one process start fewer (the tests')."""
     ensure_demo(data_path / "demo")
     cores = os.cpu_count() or 1
+    threads = max(1, cores // processes)
     rows = []
     context = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as work:
         values = {**TRIAL, "data_path": str(data_path), "output_dir": str(Path(work, "runs")), "num_epochs": epochs}
-        for threads in sorted({cores, 1}, reverse=True):
-            process = context.Process(target=_alone, args=(values, threads, work))
+        for alone in sorted({cores, 1}, reverse=True) if alone_threads == "cores-and-one" else [threads]:
+            process = context.Process(target=_alone, args=(values, alone, work))
             process.start()
             process.join()
-            rows.append(_row(f"one process, {threads} thread{'s' if threads > 1 else ''}",
+            rows.append(_row(f"one process, {alone} thread{'s' if alone > 1 else ''}",
                              [json.loads(Path(work, "alone.json").read_text())]))
-        threads = max(1, cores // processes)
         mp.spawn(_rank, args=(processes, str(Path(work, "init")), values, threads, work), nprocs=processes, join=True)
         rows.append(_row(f"{processes} processes (branch-parallel, gloo), {threads} thread{'s' if threads > 1 else ''} "
                          "each", [json.loads(Path(work, f"rank{r}.json").read_text()) for r in range(processes)]))
@@ -167,12 +173,16 @@ def main(argv: list[str] | None = None) -> None:
     one.add_argument("--data-path", type=Path, default=Path("data"))
     one.add_argument("--epochs", type=int, default=3)
     one.add_argument("--processes", type=int, default=2)
+    one.add_argument("--alone-threads", choices=ALONE_THREADS, default=ALONE_THREADS[0],
+                     help="the one-process rows: with every core and with one thread (default), or only with the "
+                          "ranks' threads (cores / N), the row the ranks' losses should equal")
     one.add_argument("--json", action="store_true")
     two = sub.add_parser("paper")
     two.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    rows = measure(args.data_path.resolve(), args.epochs, args.processes) if args.part == "measure" else paper()
+    rows = (measure(args.data_path.resolve(), args.epochs, args.processes, args.alone_threads)
+            if args.part == "measure" else paper())
     if args.json:
         json.dump({"part": args.part, "rows": rows, "seconds": time.perf_counter() - start,
                    "environment": environment(torch.device("cpu"))}, sys.stdout, indent=1)

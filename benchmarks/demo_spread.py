@@ -4,19 +4,21 @@ Recall@1 of its best validation epoch; mean, sample standard deviation and the 9
 
     python -m benchmarks.demo_spread --classes 60 --per-class 30 --size 64 --epochs 5 --repeats 3
 
-The demo generator's class count, images per class and image side are set for this process only; the data is
+The demo generator's class count, images per class and image side are set while it generates; the data is
 generated into a temporary folder, removed afterwards. Needs torch and torchvision only (the repeats' seeds
 derived here as the studies derive them).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,18 @@ def spread(values: list[float]) -> tuple[float, float, float]:
     return statistics.fmean(values), sd, stats.t.ppf(0.975, len(values) - 1) * sd / math.sqrt(len(values))
 
 
+@contextlib.contextmanager
+def demo_design(classes: int, per_class: int, size: int) -> Iterator[None]:
+    """The demo generator's class count, images per class and image side, while generating; the generator's own
+    afterwards, so that main() leaves the process as it found it (the tests call it in theirs)."""
+    design = demo.N_CLASSES, demo.IMAGES_PER_CLASS, demo.SIZE
+    demo.N_CLASSES, demo.IMAGES_PER_CLASS, demo.SIZE = classes, per_class, size
+    try:
+        yield
+    finally:
+        demo.N_CLASSES, demo.IMAGES_PER_CLASS, demo.SIZE = design
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classes", type=int, default=demo.N_CLASSES)
@@ -52,10 +66,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    demo.N_CLASSES, demo.IMAGES_PER_CLASS, demo.SIZE = args.classes, args.per_class, args.size
     work = Path(tempfile.mkdtemp(prefix="demo-spread-"))
     try:
-        demo.ensure_demo(work / "data" / "demo")
+        with demo_design(args.classes, args.per_class, args.size):
+            demo.ensure_demo(work / "data" / "demo")
         values, seconds = [], []
         for r in range(args.repeats):
             config = RunConfig.from_flat(dict(

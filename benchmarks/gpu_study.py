@@ -28,12 +28,15 @@ starts. The other sections run in the parent.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -150,16 +153,35 @@ def main(argv: list[str] | None = None) -> int:
     if unknown_row(args.rows or []):
         p.error(f"--rows: no row is named {unknown_row(args.rows)!r}; see LEVERS and MEMORY_ROWS in "
                 "benchmarks/study_rows.py (quote a name, leading spaces included)")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # run_child then ends the row's process
     if args.smoke:
         args.backbone, args.ensemble_size, args.image_size, args.batch_size, args.steps = "tiny", 4, 32, 8, 2
+    with _sigterm_exits():
+        run_study(args)
+    return 0
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM ends the study as sys.exit does (run_child then ends the row's process); the handler before it is
+    back afterwards, so that main() may run inside another program (the tests run it in theirs)."""
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_study(args: argparse.Namespace) -> None:
+    """The sections of args.sections, in order, into DIR/study.json (a new study: nothing of an earlier run in
+    this process)."""
+    RESULT.clear()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     args.deadline = time.monotonic() + args.budget_s
     RESULT.update(**environment(device), pid=os.getpid(), date=time.strftime("%Y-%m-%d"), command=" ".join(sys.argv))
     print(" | ".join(f"{key} {RESULT[key]}" for key in ("device", "torch", "cuda", "cudnn", "driver", "triton",
                                                         "python", "cpu")), flush=True)
-    peak = measure_peak(device)
+    peak = measure_peak(device, args.peak_size)
     release_memory(device)  # the rows' processes get the whole GPU
     RESULT["peak_tflops_per_s"] = peak / 1e12
     print(f"matmul peak {peak / 1e12:.1f} TFLOP/s", flush=True)
@@ -178,7 +200,6 @@ def main(argv: list[str] | None = None) -> int:
         RESULT[name + "_seconds"] = time.perf_counter() - section_start
         _checkpoint(args)
     print(json.dumps({k: v for k, v in RESULT.items() if k.endswith("_seconds")}))
-    return 0
 
 
 if __name__ == "__main__":

@@ -68,9 +68,11 @@ class Measurement:
     error: str | None = None
 
 
-def measure_peak(device: torch.device) -> float:
-    """FLOP/s of a large matmul: bf16 on CUDA, fp32 on CPU (the dtype training runs in there)."""
-    n = 8192 if device.type == "cuda" else 2048
+def measure_peak(device: torch.device, size: int | None = None) -> float:
+    """FLOP/s of a large matmul: bf16 on CUDA, fp32 on CPU (the dtype training runs in there), of side `size`
+    (default 8192 on CUDA, 2048 on a CPU: large enough to reach the peak; a smaller one is quicker and reads
+    lower, for runs that check the script rather than time it, such as the tests')."""
+    n = size or (8192 if device.type == "cuda" else 2048)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
@@ -185,7 +187,7 @@ def compare(args: argparse.Namespace, fast: Variant | None = None, reference: Va
         fast = with_precision(fast, args.fast_precision, device)
     if getattr(args, "fast_layout", None):
         fast = dataclasses.replace(fast, channels_last=args.fast_layout == "channels-last")
-    peak = measure_peak(device)
+    peak = measure_peak(device, getattr(args, "peak_size", None))
     flops_per_image = count_step_flops(args, device) / args.batch_size
     # interleaved repeats, each path's median: a shared machine's drift hits both paths alike
     samples: dict[str, list[Measurement]] = {"reference": [], "fast": []}
@@ -219,6 +221,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1,
                    help="measure both paths this many times, interleaved, and report each one's median")
     add_device_argument(p)
+    p.add_argument("--peak-size", type=int,
+                   help="side of the square matmul that measures the peak (default: 8192 on CUDA, 2048 on a CPU); "
+                        "a smaller one is quicker and reads a lower peak")
     p.add_argument("--fast-implementation", choices=("batched", "reference"),
                    help="override the fast path's formulation (default: what training picks for the device)")
     p.add_argument("--fast-precision", choices=("fp32", "bf16"),

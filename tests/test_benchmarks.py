@@ -1,4 +1,11 @@
-"""The benchmark scripts run as `python -m benchmarks.NAME` (CPU, tiny sizes); timings are not asserted."""
+"""The benchmark scripts on their command lines (CPU, tiny sizes); timings are not asserted.
+
+Most run their main() in this process: a `python -m benchmarks.NAME` would spend seconds importing torch and the core
+again. A script runs as a process of its own where that is what the test checks: what a fresh interpreter imports,
+Triton's interpreter (chosen when the kernels are defined). The processes a script starts itself (gpu_study's rows,
+branch_parallel's ranks, own_data_reading's forms) stay processes."""
+import contextlib
+import importlib
 import json
 import os
 import re
@@ -11,24 +18,60 @@ from pathlib import Path
 import pytest
 import torch
 
+from antimetric.data import demo
 from antimetric.model.device_plan import DevicePlan, plan_for, resolve_precision
 from benchmarks.common import SEED
+from benchmarks.demo_spread import demo_design
 from benchmarks.throughput import fast_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 # Not installed on the GPU benchmark host: no benchmark may import them, not even through the core.
 FORBIDDEN = {"ray", "mlflow", "optuna", "pandas", "thop", "studies"}
+# The peak matmul's side on a CPU here (2048 by default, ~4 s a run): the tests read no peak figure
+PEAK_SIZE = "256"
 
 
 def run_module(name, *args, env=None, timeout=300):
+    """`python -m benchmarks.NAME ARGS` in a process of its own; its stdout."""
     proc = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
 
-def run_json(name, *args):
-    return json.loads(run_module(name, *args))
+@contextlib.contextmanager
+def torch_state_kept():
+    """Torch's random state, thread count and cuDNN search switch as they were before, whatever a benchmark set."""
+    threads, cudnn_benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+
+
+def run_main(capsys, name, *args):
+    """benchmarks.NAME's main(ARGS) in this process, as `python -m benchmarks.NAME ARGS` runs it; its stdout."""
+    capsys.readouterr()  # only what main prints
+    with torch_state_kept():
+        status = importlib.import_module(f"benchmarks.{name}").main(list(args))
+    assert status in (0, None) or isinstance(status, dict), status  # demo_spread's main returns its result
+    return capsys.readouterr().out
+
+
+def run_json(capsys, name, *args):
+    return json.loads(run_main(capsys, name, *args))
+
+
+@pytest.fixture(scope="module")
+def small_demo_path(tmp_path_factory) -> Path:
+    """A data folder holding the demo dataset at 32 classes of 4 images (its 64 px): the benchmarks that train the
+    demo's trial on it train and evaluate the same code in a fraction of the time (the full demo: 60 x 30)."""
+    data_path = tmp_path_factory.mktemp("small-demo")
+    with demo_design(32, 4, demo.SIZE):
+        demo.ensure_demo(data_path / "demo")
+    return data_path
 
 
 @pytest.mark.slow
@@ -67,10 +110,11 @@ def test_the_seed_configuration_is_the_one_results_md_measured():
 
 @pytest.mark.parametrize("fast", ["batched", "reference"])
 @pytest.mark.slow
-def test_throughput_compares_both_paths_from_the_same_start(fast):
-    result = run_json("throughput", "--device", "cpu", "--backbone", "tiny", "--ensemble-size", "3",
+def test_throughput_compares_both_paths_from_the_same_start(fast, capsys):
+    result = run_json(capsys, "throughput", "--device", "cpu", "--backbone", "tiny", "--ensemble-size", "3",
                       "--meta-class-size", "4", "--image-size", "32", "--batch-size", "4", "--steps", "1",
-                      "--warmup", "0", "--fast-implementation", fast, "--fast-precision", "fp32", "--json")
+                      "--warmup", "0", "--fast-implementation", fast, "--fast-precision", "fp32",
+                      "--peak-size", PEAK_SIZE, "--json")
     ref, fst = result["reference"], result["fast"]
     extra = {"batch_size": None, "cpu_autocast": False, "cudnn_benchmark_limit": None}
     assert ref["variant"] == {**asdict(DevicePlan()), "implementation": "reference", **extra}  # the seed's
@@ -84,10 +128,11 @@ def test_throughput_compares_both_paths_from_the_same_start(fast):
 
 
 @pytest.mark.slow
-def test_throughput_runs_the_fast_path_in_bf16_on_a_cpu_when_asked():
-    result = run_json("throughput", "--device", "cpu", "--backbone", "tiny", "--ensemble-size", "3",
+def test_throughput_runs_the_fast_path_in_bf16_on_a_cpu_when_asked(capsys):
+    result = run_json(capsys, "throughput", "--device", "cpu", "--backbone", "tiny", "--ensemble-size", "3",
                       "--meta-class-size", "4", "--image-size", "32", "--batch-size", "4", "--steps", "1",
-                      "--warmup", "0", "--fast-precision", "bf16", "--fast-layout", "nchw", "--json")
+                      "--warmup", "0", "--fast-precision", "bf16", "--fast-layout", "nchw", "--peak-size", PEAK_SIZE,
+                      "--json")
     ref, fst = result["reference"], result["fast"]
     assert fst["variant"]["bf16"] and fst["variant"]["cpu_autocast"] and not ref["variant"]["bf16"]
     assert not fst["variant"]["channels_last"]  # asked for, over the tiny backbone's channels-last
@@ -104,28 +149,29 @@ def test_the_fast_variant_is_what_training_runs_on_this_cpu():
 
 
 @pytest.mark.slow
-def test_evaluation_and_loader_benchmarks():
-    result = run_json("evaluation", "--device", "cpu", "--n", "500", "--dim", "48", "--branches", "4")
+def test_evaluation_and_loader_benchmarks(capsys):
+    result = run_json(capsys, "evaluation", "--device", "cpu", "--n", "500", "--dim", "48", "--branches", "4")
     assert result["n"] == 500 and 0.0 <= result["recall_at_1"] <= 1.0
-    loaded = run_json("loader", "--workers", "0", "--images", "16", "--epochs", "1", "--json")
+    loaded = run_json(capsys, "loader", "--workers", "0", "--images", "16", "--epochs", "1", "--json")
     assert loaded["images_per_s_by_workers"]["0"] > 0 and loaded["cached_images_per_s_by_workers"]["0"] > 0
 
 
 @pytest.mark.slow
-def test_profile_step_profiles_a_whole_training_step():
+def test_profile_step_profiles_a_whole_training_step(capsys):
     """Forward, backward and the fused Adam step of antimetric.training.step.training_step all show in the table."""
-    table = run_module("profile_step", "--device", "cpu", "--backbone", "tiny", "--ensemble-size", "2",
-                       "--meta-class-size", "4", "--image-size", "32", "--batch-size", "2", "--warmup", "1",
-                       "--steps", "1", "--rows", "200")
+    table = run_main(capsys, "profile_step", "--device", "cpu", "--backbone", "tiny", "--ensemble-size", "2",
+                     "--meta-class-size", "4", "--image-size", "32", "--batch-size", "2", "--warmup", "1",
+                     "--steps", "1", "--rows", "200")
     for kernel in ("aten::convolution ", "ConvolutionBackward0", "aten::cross_entropy_loss", "aten::_fused_adam_"):
         assert kernel in table, kernel
 
 
 @pytest.mark.slow
-def test_the_prepared_gpu_run_works_on_tiny_sizes(tmp_path):
-    """The script a GPU lease will run (convs + the quick levers), at CPU smoke sizes: every section completes."""
-    run_module("gpu_study", "--device", "cpu", "--smoke", "--quick", "--out", str(tmp_path), "--sections", "convs",
-               "levers", timeout=600)
+def test_the_prepared_gpu_run_works_on_tiny_sizes(tmp_path, capsys):
+    """The script a GPU lease will run (convs + the quick levers), at CPU smoke sizes: every section completes.
+    Each row runs in a process of its own, as on the lease (benchmarks/study_rows.py)."""
+    run_main(capsys, "gpu_study", "--device", "cpu", "--smoke", "--quick", "--out", str(tmp_path), "--sections",
+             "convs", "levers", "--peak-size", PEAK_SIZE)
     study = json.loads((tmp_path / "study.json").read_text())
     assert study["device"] == "cpu" and study["convs"]["rows"]
     assert all("grouped-cl_train_ms" in row for row in study["convs"]["rows"])
@@ -137,8 +183,12 @@ def test_the_prepared_gpu_run_works_on_tiny_sizes(tmp_path):
 
 @pytest.mark.slow
 def test_conv_benchmark_checks_the_triton_kernels_against_torch():
-    """On a GPU it runs the kernels compiled; here through Triton's interpreter (slow: tiny sizes)."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    """On a GPU it runs the kernels compiled; here through Triton's interpreter (slow: tiny sizes), in a process of
+    its own, as TRITON_INTERPRET=1 must be set before the kernels are defined. With the GPU's tiles (up to
+    128 x 128 x 64; the interpreter's own are 16 x 16 x 16): a few large programs, which the interpreter runs in a
+    fraction of the time many small ones take, with partial tiles masked as on a GPU (2 to 8 output pixels in a
+    tile of 64 rows)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "ANTIMETRIC_TRITON_GPU_TILES": "1"}
     rows = json.loads(run_module("conv_kernels", "--device", "cpu", "--backbone", "tiny", "--share-type", "layer2",
                                  "--ensemble-size", "2", "--image-size", "32", "--batches", "2", "--reps", "1",
                                  "--strategies", "grouped-cl", "tap-gemm", "--json", env=env, timeout=600))["rows"]
@@ -148,9 +198,9 @@ def test_conv_benchmark_checks_the_triton_kernels_against_torch():
 
 
 @pytest.mark.slow
-def test_demo_epoch_times_a_trial_before_and_after(demo_data_path):
-    result = run_json("demo_epoch", "--data-path", str(demo_data_path), "--epochs", "2", "--variants", "before",
-                      "after", "--json")
+def test_demo_epoch_times_a_trial_before_and_after(small_demo_path, capsys):
+    result = run_json(capsys, "demo_epoch", "--data-path", str(small_demo_path), "--epochs", "2", "--variants",
+                      "before", "after", "--json")
     before, after = result["variants"]["before"], result["variants"]["after"]
     for variant in (before, after):
         assert len(variant["train_s"]) == len(variant["eval_s"]) == 2 and variant["fit_s"] > sum(variant["train_s"])
@@ -172,8 +222,11 @@ def test_branch_parallel_on_paper_splits_the_memory_and_sums_only_the_trunk():
 
 
 @pytest.mark.slow
-def test_branch_parallel_measures_two_processes_against_one(demo_data_path):
-    result = run_json("branch_parallel", "measure", "--data-path", str(demo_data_path), "--epochs", "1", "--json")
+def test_branch_parallel_measures_two_processes_against_one(small_demo_path, capsys):
+    """The ranks against the one process of their thread count (as-ranks: the one-process row of every core, the
+    same code with another count, is not run)."""
+    result = run_json(capsys, "branch_parallel", "measure", "--data-path", str(small_demo_path), "--epochs", "1",
+                      "--alone-threads", "as-ranks", "--json")
     rows = result["rows"]
     assert [r["processes"] for r in rows] == [1] * (len(rows) - 1) + [2]
     assert len(rows[-1]["peak_rss_mib"]) == 2 and all(m > 0 for m in rows[-1]["peak_rss_mib"])
@@ -182,10 +235,10 @@ def test_branch_parallel_measures_two_processes_against_one(demo_data_path):
 
 
 @pytest.mark.slow
-def test_own_data_reading_times_both_forms_to_the_first_batch(tmp_path):
+def test_own_data_reading_times_both_forms_to_the_first_batch(tmp_path, capsys):
     """Both forms of the same generated files, the five phases each, in processes of their own; --out is kept."""
     out = tmp_path / "data"
-    result = json.loads(run_module("own_data_reading", "--entries", "200", "--out", str(out), "--json"))
+    result = json.loads(run_main(capsys, "own_data_reading", "--entries", "200", "--out", str(out), "--json"))
     assert result["entries"] == 200 and result["generate_s"] > 0 and result["kept"] == str(out)
     assert set(result["forms"]) == {"folder", "table"}
     for form in result["forms"].values():
@@ -208,10 +261,12 @@ def test_demo_spread_seeds_its_repeats_as_the_confirmation_stage_does():
 
 
 @pytest.mark.slow
-def test_demo_spread_trains_the_repeats_of_a_demo_design_and_leaves_no_data():
+def test_demo_spread_trains_the_repeats_of_a_demo_design_and_leaves_no_data(capsys):
     before = set(Path(tempfile.gettempdir()).glob("demo-spread-*"))
-    result = json.loads(run_module("demo_spread", "--classes", "20", "--per-class", "4", "--size", "32", "--epochs",
-                                   "1", "--repeats", "2", "--json"))
+    design = demo.N_CLASSES, demo.IMAGES_PER_CLASS, demo.SIZE
+    result = json.loads(run_main(capsys, "demo_spread", "--classes", "20", "--per-class", "4", "--size", "32",
+                                 "--epochs", "1", "--repeats", "2", "--json"))
     assert len(result["test_recall_at_1"]) == 2 and all(0 <= v <= 100 for v in result["test_recall_at_1"])
     assert result["mean"] == pytest.approx(sum(result["test_recall_at_1"]) / 2, abs=0.06) and result["sd"] >= 0
     assert set(Path(tempfile.gettempdir()).glob("demo-spread-*")) == before  # its generated data is removed
+    assert (demo.N_CLASSES, demo.IMAGES_PER_CLASS, demo.SIZE) == design  # the generator's own design again
