@@ -149,9 +149,12 @@ def small_tiles():
             [2, 2, 32, 16, 5, 1, 1],  # 1x1, narrowing
             [2, 2, 16, 16, 7, 1, 2],  # 1x1 stride 2: odd parity classes of the input gradient get no tap
         ],
-        "blocks": [[2, 2, 16, 32, 7, 2], [2, 3, 16, 16, 5, 1]],  # n, groups, channels in / out, size, stride
-        "benchmark": {"input_chw": [32, 5, 5], "out_channels": 32, "groups": 2, "branches": 2, "stride": 1,
-                      "padding": 1, "kernel": 3},
+        # n, groups, channels in / out, size, stride: a block with a downsample, one without (rows past a tile's
+        # end); 16 channels a group, as a wider block only adds programs to the units' checks above
+        "blocks": [[2, 2, 16, 16, 7, 2], [2, 2, 16, 16, 5, 1]],
+        # the rows' plumbing: a 1x1 convolution on 3 x 3 pixels, the fewest programs that run both rows
+        "benchmark": {"input_chw": [32, 3, 3], "out_channels": 32, "groups": 2, "branches": 2, "stride": 1,
+                      "padding": 0, "kernel": 1},
     })
 
 
