@@ -14,24 +14,31 @@ import pytest  # noqa: E402
 from antimetric.data.demo import ensure_demo  # noqa: E402
 from tests.fixtures.datasets import make_cub  # noqa: E402
 from tests.fixtures.memory import TESTS_MEMORY_GIB, set_available_memory  # noqa: E402
+from tests.fixtures.xdist_groups import file_scheduler  # noqa: E402
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# The files whose tests read the session's smoke study (tests/studies/conftest.py): one worker runs them all, so
-# that the study is made once.
+# The files whose tests read the session's smoke study (tests/studies/conftest.py): one test process runs them all,
+# so that the study is made once. Checked against the tests at each collection.
+SMOKE_STUDY_FILES = ("tests/studies/test_search.py", "tests/studies/record/test_model_registry.py",
+                     "tests/studies/record/test_serve.py")
 SMOKE_STUDY_GROUP = "smoke-study"
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Under pytest-xdist (`make test` runs `pytest -n 2 --dist loadgroup`): a test file is one unit of work, so that
-    its module fixtures are made once; the files reading the smoke study are one; the files with slow tests go first,
-    so that the longest studies do not start last while the other worker idles."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    smoke_files = {item.path for item in items if "smoke_study" in getattr(item, "fixturenames", ())}
+    """The files with slow tests first, so that under pytest-xdist (`make test`) the longest studies do not start last
+    while the other test process idles; and SMOKE_STUDY_FILES kept true."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(SMOKE_STUDY_GROUP if item.path in smoke_files else str(item.path)))
     items.sort(key=lambda item: item.path not in slow_files)
+    readers = {item.nodeid.split("::", 1)[0] for item in items if "smoke_study" in getattr(item, "fixturenames", ())}
+    if not readers <= set(SMOKE_STUDY_FILES):
+        raise pytest.UsageError(f"tests/conftest.py: add {sorted(readers - set(SMOKE_STUDY_FILES))} to "
+                                "SMOKE_STUDY_FILES: they read the session's smoke study")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`make test`: each test file one unit of work, SMOKE_STUDY_FILES one (tests/fixtures/xdist_groups.py)."""
+    return file_scheduler(config, log, {SMOKE_STUDY_GROUP: SMOKE_STUDY_FILES})
 
 
 @pytest.fixture(scope="session")
