@@ -16,7 +16,6 @@ from typing import Any, Callable
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 from optuna.trial import FrozenTrial, TrialState
 
 from studies.record.optuna_record import quiet_optuna
@@ -78,6 +77,8 @@ def importances(study: optuna.Study) -> dict[str, float]:
     """PED-ANOVA's importances of reaching the top 10% of OBJECTIVE among the study's COMPLETE trials, computed as
     optuna-dashboard computes them (optuna_dashboard/_importance.py: PedAnovaImportanceEvaluator(), the objective
     negated for a maximised direction), so that its ranking of the same trials is this one."""
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances  # scikit-learn: 1 s to import
+
     with warnings.catch_warnings():  # "computes the importances of params to achieve low `target` values": meant
         warnings.simplefilter("ignore")
         return get_param_importances(study, target=lambda trial: -trial.values[0],

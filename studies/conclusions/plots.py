@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import optuna
-from optuna.importance import PedAnovaImportanceEvaluator
 
 from studies.conclusions.param_plots import (
     BEST_COLOR,
@@ -151,6 +150,7 @@ def interactive_figures(study: optuna.Study, names: set[str]) -> Iterator[tuple[
     """(name, plotly figure) of the plots in `names` as Optuna draws them with plotly: the parameter plots from
     every_trial_study, so from the same trials as the PNG files, with the same titles."""
     from optuna import visualization
+    from optuna.importance import PedAnovaImportanceEvaluator  # scikit-learn: 1 s of every study's start otherwise
 
     every, linear = every_trial_study(study), every_trial_study(study, linear_integers=True)
     titles = _parameter_titles(valued(every))

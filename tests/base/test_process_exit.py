@@ -1,5 +1,6 @@
-"""`python -m antimetric` and `python -m studies.search` end without Python's last garbage collection (3-4 s of a
-study's exit), and still with their exit code and their atexit handlers."""
+"""What a command-line process spends outside its work: `python -m antimetric` and `python -m studies.search` end
+without Python's last garbage collection (3-4 s of a study's exit), still with their exit code and atexit handlers;
+a study starts without what only its end needs."""
 import os
 import subprocess
 import sys
@@ -31,3 +32,11 @@ def test_a_command_exits_with_its_code_and_its_objects_frozen(tmp_path, module, 
     assert proc.stderr.startswith(error) and len(proc.stderr.splitlines()) == 1, proc.stderr[-2000:]
     frozen = int(proc.stdout.split("frozen ", 1)[1])
     assert frozen > 10_000, proc.stdout  # torch and the rest are loaded by then
+
+
+@pytest.mark.slow
+def test_a_study_command_starts_without_what_only_its_end_needs():
+    """scikit-learn (Optuna's parameter importances, drawn once at a study's end) took 1 s of every start."""
+    probe = "import sys, studies.search; print(sorted({'sklearn', 'optuna.importance'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr[-2000:]
