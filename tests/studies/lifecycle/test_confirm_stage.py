@@ -14,9 +14,9 @@ from antimetric.data.splits import make_splits
 from tests.fixtures.mlflow_store import new_tracking_uri
 from tests.fixtures.studies import run_study, stop_study_when, trial_runs
 
-pytestmark = pytest.mark.slow  # each study: 3 trials and 6 confirmation runs of 2 epochs (~1-2 min on 2 cores)
+pytestmark = pytest.mark.slow  # each study: 2 trials and 6 confirmation runs of 2 epochs (~1 min on 2 cores)
 
-ARGS = ("--backbone", "tiny", "--confirm-top", "2", "--repeats", "2", "--max-concurrent", "1")
+ARGS = ("--backbone", "tiny", "--num-samples", "2", "--confirm-top", "2", "--repeats", "2", "--max-concurrent", "1")
 TIMING = ("images_per_s", "epoch_seconds", "eval_seconds")  # the clock's, not the study's
 
 
@@ -56,10 +56,10 @@ def test_the_confirmation_stage_is_recorded(confirmed, demo_data_path):
     client, runs, parents = trial_runs(dirs["tracking_uri"])
     confirm = [r for r in runs if r.data.tags["stage"] == "confirm"]
     search = [r for r in runs if r.data.tags["stage"] == "search"]
-    assert len(search) == 3 and len(confirm) == 2 * 2 + 2
+    assert len(search) == 2 and len(confirm) == 2 * 2 + 2
     assert all(r.info.status == "FINISHED" and "trial_number" not in r.data.tags for r in confirm)
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in confirm)
-    assert sorted(r.data.params["seed"] for r in search) != ["0"] * 3  # each trial its own seed
+    assert sorted(r.data.params["seed"] for r in search) != ["0"] * 2  # each trial its own seed
     index = load_or_prepare(benchmark("demo", demo_data_path))
     by_config: dict[str, list] = {}
     for run in confirm:
@@ -110,9 +110,9 @@ def test_the_confirmation_stage_is_recorded(confirmed, demo_data_path):
     assert tags["verdict"] in note and "models:/t-ensemble@best" in note
     assert {k: v for k, v in parent.data.params.items() if k.startswith("best.")} == {
         f"best.{key}": source.data.params[key] for key in parent.data.params["searched"].split(", ")}
-    assert "trials" not in metrics and metrics["trials_done"] + metrics["trials_failed"] == 3
+    assert "trials" not in metrics and metrics["trials_done"] + metrics["trials_failed"] == 2
     storage = f"sqlite:///{dirs['tracking_uri'].removeprefix('sqlite:///').rsplit('/', 1)[0]}/optuna.db"
-    assert len(optuna.load_study(study_name="t", storage=storage).trials) == 3
+    assert len(optuna.load_study(study_name="t", storage=storage).trials) == 2
 
 
 def test_a_resumed_study_equals_the_uninterrupted_one(confirmed, demo_data_path, tmp_path):
@@ -124,7 +124,7 @@ def test_a_resumed_study_equals_the_uninterrupted_one(confirmed, demo_data_path,
     resumed = _dirs(tmp_path)
     stop_study_when(demo_data_path, resumed, ARGS, lambda epochs: sum(epochs.values()) >= 3, signal.SIGINT)
     _, runs, _ = trial_runs(resumed["tracking_uri"])
-    assert len(runs) < 3 + 6  # interrupted before its end
+    assert len(runs) < 2 + 6  # interrupted before its end
     run_study(demo_data_path, resumed, "--resume", timeout=600)
     first, second = snapshot(dirs["tracking_uri"]), snapshot(resumed["tracking_uri"])
     assert sorted(first) == sorted(second)
