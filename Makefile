@@ -57,6 +57,6 @@ clean-results:
 	du -sh $$found; \
 	if [ "$(YES)" != 1 ]; then \
 		printf 'delete them? [y/N] '; read answer; \
-		case "$$answer" in y|Y|yes) ;; *) echo "nothing deleted"; exit 1;; esac; \
+		case "$$answer" in y|Y|yes) ;; *) echo "nothing deleted"; exit 0;; esac; \
 	fi; \
 	rm -rf $$found; echo "deleted"
